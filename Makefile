@@ -1,0 +1,48 @@
+# Two commands matter on a fresh machine: `make test` (and, later, `make demo`).
+# Everything they need is installed here: the project into .venv, redis-server and
+# prometheus from Debian's packages when missing, and the MongoDB-wire test server
+# (secantusdb) into a tools venv of its own so its pins never meet ours.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TOOLS       ?= .tools
+SECANTUS    := $(TOOLS)/secantus
+PY          := $(VENV)/bin/python
+PIP_FLAGS   := --quiet --disable-pip-version-check
+APT_PKGS    := redis-server prometheus
+
+.PHONY: test bench deps system-deps clean
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: deps
+	$(PY) -m tests.bench $(BENCH_ARGS)
+
+deps: $(VENV)/.installed system-deps $(SECANTUS)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[test]'
+	touch $@
+
+# Debian's packages; `apt-get update` only when something is actually missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v prometheus   >/dev/null || missing="$$missing prometheus"; \
+	command -v promtool     >/dev/null || missing="$$missing prometheus"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing from Debian:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(SECANTUS)/.installed:
+	$(PYTHON) -m venv $(SECANTUS)
+	$(SECANTUS)/bin/python -m pip install $(PIP_FLAGS) 'secantusdb==0.7.0b3'
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache

@@ -1,0 +1,249 @@
+"""Reading flags from JSON: strict on what rolloutd uses, tolerant of what it doesn't.
+
+`parse_flags_text` turns the bytes of flags.json into flags or raises `FlagsFileError`
+naming the file, the line and the problem. `flag_from_dict` validates one flag's
+mapping and raises `FlagValidationError` naming the field. Keys rolloutd does not use
+are kept (other tools write them) unless they look like a misspelling of one it does
+use, which would otherwise silently change nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from flags.errors import FlagsFileError, FlagValidationError
+from flags.model import (
+    DEFAULT_STICKINESS,
+    Constraint,
+    Flag,
+    Operator,
+    ProgressiveConfig,
+    Strategy,
+)
+
+FLAG_KEYS = {
+    "enabled", "rollout_strategy", "rollout_percentage", "progressive_config",
+    "constraints", "stickiness", "group_id", "description", "audit_id",
+}
+PROGRESSIVE_KEYS = {"initial_percentage", "end_percentage", "start_date", "end_date", "current_percentage"}
+CONSTRAINT_KEYS = {"context_name", "operator", "values", "case_insensitive", "inverted"}
+_SHORTHAND = re.compile(r"^\s*(NOT\s+)?([A-Za-z_][\w.-]*)\s+([A-Z_]+)\s+(.+?)\s*$")
+
+
+def parse_flags_text(text: str, path: Path | str) -> dict[str, Flag]:
+    """Parse and validate a whole flags file; errors name `path` and the line."""
+    if not text.strip():
+        raise FlagsFileError(path, None, f"the file is empty ({len(text)} bytes); expected a JSON object of flags")
+    try:
+        raw = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except json.JSONDecodeError as exc:
+        raise FlagsFileError(path, exc.lineno, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+    except _DuplicateKey as dup:
+        raise FlagsFileError(path, locate_line(text, (dup.key,), nth=2), f"duplicate key {dup.key!r}") from None
+    if not isinstance(raw, dict):
+        raise FlagsFileError(path, 1, f"expected a JSON object mapping flag names to flags, got {type(raw).__name__}")
+    flags = {}
+    for name, body in raw.items():
+        try:
+            flags[name] = flag_from_dict(name, body)
+        except FlagValidationError as exc:
+            line = locate_line(text, (name, exc.field.split(".")[0]))
+            raise FlagsFileError(path, line, str(exc)) from None
+    return flags
+
+
+def flag_from_dict(name: str, body: Any) -> Flag:
+    """Validate one flag's JSON mapping."""
+    if not isinstance(name, str) or not name.strip():
+        raise FlagValidationError(str(name), "name", "a flag name must be a non-empty string")
+    if not isinstance(body, dict):
+        raise FlagValidationError(name, "(flag)", f"expected an object, got {_kind(body)}")
+    _check_keys(name, body, FLAG_KEYS, "")
+    if "enabled" not in body:
+        raise FlagValidationError(name, "enabled", "missing; every flag needs `\"enabled\": true|false`")
+    strategy = _strategy(name, body.get("rollout_strategy", Strategy.ALL.value))
+    default_pct = 100.0 if strategy is Strategy.ALL else 0.0
+    progressive = None
+    if strategy is Strategy.PROGRESSIVE or body.get("progressive_config") is not None:
+        progressive = _progressive(name, body.get("progressive_config"))
+    return Flag(
+        name=name,
+        enabled=_bool(name, "enabled", body["enabled"]),
+        rollout_strategy=strategy,
+        rollout_percentage=_percentage(name, "rollout_percentage", body.get("rollout_percentage", default_pct)),
+        progressive_config=progressive,
+        constraints=_constraints(name, body.get("constraints", [])),
+        stickiness=_string(name, "stickiness", body.get("stickiness", DEFAULT_STICKINESS)),
+        group_id=_optional_string(name, "group_id", body.get("group_id")),
+        description=_string(name, "description", body.get("description", ""), allow_empty=True),
+        audit_id=_optional_string(name, "audit_id", body.get("audit_id")),
+        extra={k: v for k, v in body.items() if k not in FLAG_KEYS},
+    )
+
+
+def parse_constraint(name: str, raw: Any, where: str = "constraints") -> Constraint:
+    """One constraint, as an object or as the shorthand ``agent IN [Builder, QA]``."""
+    if isinstance(raw, str):
+        return _shorthand(name, raw, where)
+    if not isinstance(raw, dict):
+        raise FlagValidationError(name, where, f"expected an object or a string like 'agent IN [Builder, QA]', got {_kind(raw)}")
+    _check_keys(name, raw, CONSTRAINT_KEYS, where + ".")
+    for key in ("context_name", "operator", "values"):
+        if key not in raw:
+            raise FlagValidationError(name, f"{where}.{key}", "missing")
+    values = raw["values"]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise FlagValidationError(name, f"{where}.values", "expected a list of strings")
+    return Constraint(
+        context_name=_string(name, f"{where}.context_name", raw["context_name"]),
+        operator=_operator(name, f"{where}.operator", raw["operator"]),
+        values=tuple(values),
+        case_insensitive=_bool(name, f"{where}.case_insensitive", raw.get("case_insensitive", False)),
+        inverted=_bool(name, f"{where}.inverted", raw.get("inverted", False)),
+    )
+
+
+def locate_line(text: str, path: tuple[str, ...], nth: int = 1) -> int | None:
+    """The line of the `nth` occurrence of the last key of `path`, searching in order.
+
+    Good enough to point an operator at the right line; it does not need a JSON
+    parser that tracks positions.
+    """
+    pos = 0
+    for depth, key in enumerate(path):
+        pattern = re.compile(r'"' + re.escape(key) + r'"\s*:')
+        count = nth if depth == len(path) - 1 else 1
+        for _ in range(count):
+            found = pattern.search(text, pos)
+            if found is None:
+                return text.count("\n", 0, pos) + 1 if depth else None
+            pos = found.end()
+    return text.count("\n", 0, pos) + 1
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _check_keys(name: str, body: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    for key in body:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close:
+            raise FlagValidationError(name, prefix + key, f"unknown key; did you mean {close[0]!r}?")
+        if prefix:  # nested objects are ours alone: nothing to preserve there
+            raise FlagValidationError(name, prefix + key, f"unknown key; expected one of {sorted(known)}")
+
+
+def _shorthand(name: str, text: str, where: str) -> Constraint:
+    match = _SHORTHAND.match(text)
+    if not match:
+        raise FlagValidationError(name, where, f"cannot read constraint {text!r}; write it like 'agent IN [Builder, QA]'")
+    negated, context_name, op, rest = match.groups()
+    rest = rest.strip()
+    if rest.startswith("[") and rest.endswith("]"):
+        values = tuple(v.strip().strip("'\"") for v in rest[1:-1].split(",") if v.strip())
+    else:
+        values = (rest.strip("'\""),)
+    return Constraint(context_name, _operator(name, where, op), values, inverted=bool(negated))
+
+
+def _strategy(name: str, raw: Any) -> Strategy:
+    try:
+        return Strategy(raw)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Strategy)
+        raise FlagValidationError(name, "rollout_strategy", f"{raw!r} is not one of {allowed}") from None
+
+
+def _operator(name: str, where: str, raw: Any) -> Operator:
+    try:
+        return Operator(raw)
+    except ValueError:
+        allowed = ", ".join(o.value for o in Operator)
+        raise FlagValidationError(name, where, f"operator {raw!r} is not one of {allowed}") from None
+
+
+def _progressive(name: str, raw: Any) -> ProgressiveConfig:
+    where = "progressive_config"
+    if not isinstance(raw, dict):
+        raise FlagValidationError(name, where, f"a progressive flag needs an object here, got {_kind(raw)}")
+    _check_keys(name, raw, PROGRESSIVE_KEYS, where + ".")
+    for key in ("initial_percentage", "end_percentage", "start_date", "end_date"):
+        if key not in raw:
+            raise FlagValidationError(name, f"{where}.{key}", "missing")
+    start = _time(name, f"{where}.start_date", raw["start_date"])
+    end = _time(name, f"{where}.end_date", raw["end_date"])
+    if end <= start:
+        raise FlagValidationError(name, f"{where}.end_date", f"{raw['end_date']} is not after start_date {raw['start_date']}")
+    current = raw.get("current_percentage")
+    return ProgressiveConfig(
+        initial_percentage=_percentage(name, f"{where}.initial_percentage", raw["initial_percentage"]),
+        end_percentage=_percentage(name, f"{where}.end_percentage", raw["end_percentage"]),
+        start_date=start,
+        end_date=end,
+        current_percentage=None if current is None else _percentage(name, f"{where}.current_percentage", current),
+    )
+
+
+def _constraints(name: str, raw: Any) -> tuple[Constraint, ...]:
+    if not isinstance(raw, list):
+        raise FlagValidationError(name, "constraints", f"expected a list, got {_kind(raw)}")
+    return tuple(parse_constraint(name, item, f"constraints[{i}]") for i, item in enumerate(raw))
+
+
+def _percentage(name: str, where: str, raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise FlagValidationError(name, where, f"expected a number from 0 to 100, got {raw!r}")
+    if not 0 <= raw <= 100:
+        raise FlagValidationError(name, where, f"{raw} is outside 0-100")
+    return float(raw)
+
+
+def _bool(name: str, where: str, raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise FlagValidationError(name, where, f"expected true or false, got {raw!r}")
+    return raw
+
+
+def _string(name: str, where: str, raw: Any, allow_empty: bool = False) -> str:
+    if not isinstance(raw, str) or (not allow_empty and not raw.strip()):
+        raise FlagValidationError(name, where, f"expected a non-empty string, got {raw!r}")
+    return raw
+
+
+def _optional_string(name: str, where: str, raw: Any) -> str | None:
+    return None if raw is None else _string(name, where, raw)
+
+
+def _time(name: str, where: str, raw: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise FlagValidationError(name, where, f"expected an ISO-8601 time like 2025-10-23T09:00:00Z, got {raw!r}")
+    if moment.tzinfo is None:
+        raise FlagValidationError(name, where, f"{raw!r} has no time zone; add Z (UTC) or an offset")
+    return moment
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), repr(value))

@@ -1,0 +1,3 @@
+from controller.daemon import main
+
+raise SystemExit(main())

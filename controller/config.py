@@ -1,0 +1,158 @@
+"""The daemon's TOML configuration (DESIGN.md "Config"), read and checked in one place.
+
+Every problem is reported with the file and, where TOML gives one, the line, plus
+what to write instead. Sections and keys that rolloutd does not know are errors: a
+misspelt `mongodb_url` must not silently mean "no MongoDB".
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "daemon": {
+        "state_dir": "/var/lib/rolloutd",
+        "listen": "127.0.0.1:8787",
+        "admin_socket": "/run/rolloutd/admin.sock",
+        "admin_socket_group": None,
+        "plan": None,
+        "time_scale": 1.0,
+        "drain_seconds": 10.0,
+    },
+    "prometheus": {"url": None},
+    "retrieval": {"mongodb_uri": None, "redis_url": None},
+}
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    state_dir: Path
+    listen_host: str
+    listen_port: int
+    admin_socket: Path
+    admin_socket_group: str | None
+    plan: Path | None
+    time_scale: float
+    drain_seconds: float
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    daemon: DaemonSection
+    prometheus_url: str | None = None
+    mongodb_uri: str | None = None
+    redis_url: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def restart_needed_for(self, new: Config) -> list[str]:
+        """Settings that differ in `new` but only take effect on a restart."""
+        fixed = ("state_dir", "listen_host", "listen_port", "admin_socket", "admin_socket_group")
+        return [name for name in fixed if getattr(self.daemon, name) != getattr(new.daemon, name)]
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate the config file at `path`."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(path, "no such file; pass the path of a rolloutd TOML config (see systemd/rolloutd.toml)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read it: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from None
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: dict[str, Any], path: Path) -> Config:
+    merged = _merge_defaults(raw, path)
+    d = merged["daemon"]
+    host, port = parse_listen(d["listen"], path)
+    daemon = DaemonSection(
+        state_dir=Path(_string(d, "state_dir", path)),
+        listen_host=host,
+        listen_port=port,
+        admin_socket=Path(_string(d, "admin_socket", path)),
+        admin_socket_group=d["admin_socket_group"],
+        plan=Path(d["plan"]) if d["plan"] else None,
+        time_scale=_positive(d, "time_scale", path),
+        drain_seconds=_positive(d, "drain_seconds", path),
+    )
+    return Config(
+        source=path,
+        daemon=daemon,
+        prometheus_url=merged["prometheus"]["url"],
+        mongodb_uri=merged["retrieval"]["mongodb_uri"],
+        redis_url=merged["retrieval"]["redis_url"],
+        raw=raw,
+    )
+
+
+def parse_listen(value: Any, path: Path) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:8787`) → (host, port)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(path, f"[daemon] listen = {value!r}: expected \"HOST:PORT\", e.g. \"127.0.0.1:8787\"")
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535 or not host:
+        raise ConfigError(path, f"[daemon] listen = {value!r}: expected \"HOST:PORT\" with a port from 0 to 65535")
+    return host, int(port_text)
+
+
+def _merge_defaults(raw: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for section, body in raw.items():
+        if section not in DEFAULTS:
+            raise ConfigError(path, f"unknown section [{section}]{_suggest(section, DEFAULTS)}; known: {', '.join(DEFAULTS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(path, f"{section} must be a [{section}] table")
+        for key in body:
+            if key not in DEFAULTS[section]:
+                raise ConfigError(path, f"unknown key {key!r} in [{section}]{_suggest(key, DEFAULTS[section])}; "
+                                        f"known: {', '.join(DEFAULTS[section])}")
+    for section, defaults in DEFAULTS.items():
+        merged[section] = {**defaults, **raw.get(section, {})}
+    for section, key in (("prometheus", "url"), ("retrieval", "mongodb_uri"), ("retrieval", "redis_url"),
+                         ("daemon", "plan"), ("daemon", "admin_socket_group")):
+        value = merged[section][key]
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(path, f"[{section}] {key} = {value!r}: expected a non-empty string, or leave it out")
+    return merged
+
+
+def _string(section: dict[str, Any], key: str, path: Path) -> str:
+    value = section[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(path, f"[daemon] {key} = {value!r}: expected a non-empty string")
+    return value
+
+
+def _positive(section: dict[str, Any], key: str, path: Path) -> float:
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(path, f"[daemon] {key} = {value!r}: expected a number greater than 0")
+    return float(value)
+
+
+def _suggest(word: str, known: Any) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,203 @@
+"""The rolloutd process: composition, lifecycle and signals.
+
+    rolloutd --config PATH
+
+Start-up: read the config → open (and lock) the flags store → bind the public TCP
+listener and the admin socket → serve → READY=1. Any start-up error is one log
+line naming what is wrong and an exit with status 78 (EX_CONFIG), which the unit's
+RestartPreventExitStatus= keeps systemd from retrying in a loop.
+
+Signals (handled in the event loop, never in a signal handler):
+    SIGTERM, SIGINT   stop accepting, drain in-flight requests for `drain_seconds`, exit 0
+    SIGHUP            reload the config and flags.json; a bad file is rejected, the old kept
+    SIGUSR1           emergency shutdown: the kill switch on, durably, first
+    SIGUSR2           log a full status snapshot
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+import structlog
+import uvicorn
+from anyio.abc import TaskStatus
+
+from controller.admin_api import build_admin_app, emergency_stop
+from controller.config import Config, ConfigError, load_config
+from controller.listeners import ListenerError, bind_tcp, bind_unix
+from controller.logs import configure_logging
+from controller.metrics import build_registry
+from controller.public_http import Readiness, build_public_app
+from controller.sdnotify import Notifier
+from flags.errors import FlagsFileError, StoreLockedError
+from flags.store import FlagStore
+
+log = structlog.get_logger("rolloutd")
+EX_CONFIG = 78
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rolloutd", description="Roll feature flags out to an agent fleet, safely.")
+    parser.add_argument("--config", required=True, type=Path, help="the TOML config file (see systemd/rolloutd.toml)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.critical("config.invalid", file=str(exc.path), problem=exc.problem)
+        print(f"rolloutd: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        return anyio.run(partial(run_daemon, config), backend="asyncio")
+    except KeyboardInterrupt:
+        return 0
+
+
+async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock: Clock = utcnow) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit status."""
+    notifier = notifier or Notifier()
+    with anyio.open_signal_receiver(*HANDLED) as signals:  # queue signals that arrive during start-up
+        try:
+            store = FlagStore.open(config.daemon.state_dir, clock=clock)
+        except FlagsFileError as exc:
+            log.critical("flags.invalid", file=str(exc.path), line=exc.line, problem=exc.problem,
+                         remedy="fix the file or run `rolloutctl flags restore --state-dir DIR`")
+            return EX_CONFIG
+        except StoreLockedError as exc:
+            log.critical("flags.locked", error=str(exc))
+            return EX_CONFIG
+        try:
+            return await _serve_until_stopped(config, store, notifier, signals, clock)
+        except ListenerError as exc:
+            log.critical("listen.failed", error=str(exc))
+            return EX_CONFIG
+        finally:
+            store.close()
+
+
+async def _serve_until_stopped(config: Config, store: FlagStore, notifier: Notifier,
+                               signals: Any, clock: Clock) -> int:
+    readiness = Readiness()
+    snapshot = lambda: store.snapshot  # noqa: E731  (always the current snapshot)
+    registry = build_registry(snapshot, clock)
+    info = {"listen": config.daemon.listen, "admin_socket": str(config.daemon.admin_socket),
+            "state_dir": str(config.daemon.state_dir), "config": str(config.source)}
+    public = _server(build_public_app(snapshot, clock, registry, readiness), config)
+    admin = _server(build_admin_app(store, clock, readiness, info), config)
+    tcp = bind_tcp(config.daemon.listen_host, config.daemon.listen_port)
+    uds = bind_unix(config.daemon.admin_socket, config.daemon.admin_socket_group)
+    holder = {"config": config}
+    try:
+        async with anyio.create_task_group() as background:
+            async with anyio.create_task_group() as serving:
+                await serving.start(_serve, public, tcp)
+                await serving.start(_serve, admin, uds)
+                readiness.set("starting", None)
+                host, port = tcp.getsockname()[:2]
+                log.info("daemon.ready", listen=f"{host}:{port}", admin_socket=str(config.daemon.admin_socket),
+                         flags=len(store.snapshot), kill_switch=store.snapshot.kill_switch, priority="notice")
+                notifier.ready(_status(store, host, port))
+                if notifier.watchdog_seconds:
+                    background.start_soon(_watchdog, notifier, notifier.watchdog_seconds)
+                await _handle_signals(signals, store, holder, notifier, partial(_status, store, host, port), (public, admin))
+                readiness.set("stopping", "draining in-flight requests")
+                notifier.stopping(f"draining for up to {holder['config'].daemon.drain_seconds:g}s")
+                for server in (public, admin):
+                    server.should_exit = True
+            background.cancel_scope.cancel()
+    finally:
+        config.daemon.admin_socket.unlink(missing_ok=True)
+    log.info("daemon.stopped", priority="notice")
+    return 0
+
+
+def _server(app: Any, config: Config) -> uvicorn.Server:
+    settings = uvicorn.Config(
+        app, lifespan="off", log_config=None, access_log=False, server_header=False,
+        http="httptools", timeout_graceful_shutdown=config.daemon.drain_seconds,
+    )
+    return uvicorn.Server(settings)
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket, *, task_status: TaskStatus[None]) -> None:
+    """uvicorn's serve() minus its signal handling, which is ours: start, signal, run, drain."""
+    server.config.load()
+    server.lifespan = server.config.lifespan_class(server.config)
+    await server.startup(sockets=[sock])
+    task_status.started()
+    await server.main_loop()
+    await server.shutdown(sockets=[sock])
+
+
+async def _handle_signals(signals: Any, store: FlagStore, holder: dict[str, Config], notifier: Notifier,
+                          status: Callable[[], str], servers: tuple[uvicorn.Server, ...]) -> None:
+    """React to signals until one says stop."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            log.info("daemon.stopping", signal=name, priority="notice")
+            return
+        if signum == signal.SIGHUP:
+            notifier.reloading()
+            await _reload(store, holder, servers)
+            notifier.ready(status())
+        elif signum == signal.SIGUSR1:
+            await emergency_stop(store, actor="signal:SIGUSR1", reason="emergency shutdown requested with SIGUSR1")
+            notifier.status(status())
+        elif signum == signal.SIGUSR2:
+            log.info("daemon.status", status=status(), revision=store.snapshot.revision,
+                     flags={n: f.to_dict() for n, f in store.snapshot.flags.items()})
+
+
+async def _reload(store: FlagStore, holder: dict[str, Config], servers: tuple[uvicorn.Server, ...]) -> None:
+    current = holder["config"]
+    try:
+        new = load_config(current.source)
+    except ConfigError as exc:
+        log.error("config.reload_rejected", file=str(exc.path), problem=exc.problem, kept="the running config")
+    else:
+        needs_restart = current.restart_needed_for(new)
+        if needs_restart:
+            log.warning("config.restart_needed", settings=needs_restart)
+        for server in servers:
+            server.config.timeout_graceful_shutdown = new.daemon.drain_seconds
+        holder["config"] = new
+        log.info("config.reloaded", file=str(new.source))
+    try:
+        snap = await anyio.to_thread.run_sync(store.reload)
+    except FlagsFileError as exc:
+        log.error("flags.reload_rejected", file=str(exc.path), line=exc.line, problem=exc.problem,
+                  kept_revision=store.snapshot.revision)
+    else:
+        log.info("flags.reloaded", revision=snap.revision, flags=len(snap))
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    """WATCHDOG=1 at half systemd's interval, from the event loop: if the loop stalls, pings stop."""
+    while True:
+        notifier.watchdog()
+        await anyio.sleep(interval / 2)
+
+
+def _status(store: FlagStore, host: str, port: int) -> str:
+    snap = store.snapshot
+    kill = "ON" if snap.kill_switch else "off"
+    return f"serving {len(snap)} flags on {host}:{port}; kill switch {kill}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""The daemon's TOML config: defaults, validation, and messages that say what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rolloutd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_takes_the_documented_defaults(tmp_path: Path) -> None:
+    """An empty [daemon] table means the DESIGN.md defaults and no external services."""
+    config = load_config(write(tmp_path, "[daemon]\n"))
+    assert config.daemon.state_dir == Path("/var/lib/rolloutd")
+    assert (config.daemon.listen_host, config.daemon.listen_port) == ("127.0.0.1", 8787)
+    assert config.daemon.admin_socket == Path("/run/rolloutd/admin.sock")
+    assert config.daemon.time_scale == 1.0
+    assert config.prometheus_url is None and config.mongodb_uri is None and config.redis_url is None
+
+
+def test_the_shipped_example_config_loads(tmp_path: Path) -> None:
+    """systemd/rolloutd.toml, the file operators copy, is a valid config."""
+    example = Path(__file__).resolve().parent.parent / "systemd" / "rolloutd.toml"
+    config = load_config(example)
+    assert config.daemon.listen == "127.0.0.1:8787"
+
+
+def test_design_md_full_example_loads(tmp_path: Path) -> None:
+    """Every key DESIGN.md shows is accepted, with its value."""
+    text = """
+[daemon]
+state_dir = "/srv/rolloutd"
+listen = "[::1]:9000"
+admin_socket = "/run/rolloutd/admin.sock"
+plan = "/etc/rolloutd/plans/phase5.toml"
+time_scale = 60
+[prometheus]
+url = "http://127.0.0.1:9090"
+[retrieval]
+mongodb_uri = "mongodb://127.0.0.1:27017/rolloutd"
+redis_url = "redis://127.0.0.1:6379/0"
+"""
+    config = load_config(write(tmp_path, text))
+    assert (config.daemon.listen_host, config.daemon.listen_port) == ("::1", 9000)
+    assert config.daemon.listen == "[::1]:9000"
+    assert config.daemon.time_scale == 60.0
+    assert config.daemon.plan == Path("/etc/rolloutd/plans/phase5.toml")
+    assert config.redis_url == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[daemon]\nstat_dir = 'x'\n", "did you mean 'state_dir'"),
+    ("[deamon]\n", "did you mean 'daemon'"),
+    ("[daemon]\nlisten = '8787'\n", "HOST:PORT"),
+    ("[daemon]\nlisten = '127.0.0.1:99999'\n", "0 to 65535"),
+    ("[daemon]\ntime_scale = 0\n", "greater than 0"),
+    ("[daemon]\ndrain_seconds = true\n", "greater than 0"),
+    ("[prometheus]\nurl = ''\n", "non-empty string"),
+    ("[daemon\n", "not valid TOML"),
+])
+def test_bad_config_is_rejected_with_what_to_fix(tmp_path: Path, text: str, expected: str) -> None:
+    """Each mistake gets a ConfigError naming the file and the fix."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_says_so(tmp_path: Path) -> None:
+    """A wrong --config path is reported as such, pointing at the example."""
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_restart_only_settings_are_reported_on_reload(tmp_path: Path) -> None:
+    """Changing listen or state_dir on SIGHUP is flagged as needing a restart; time_scale is not."""
+    old = load_config(write(tmp_path, "[daemon]\nlisten = '127.0.0.1:1'\n"))
+    new = load_config(write(tmp_path, "[daemon]\nlisten = '127.0.0.1:2'\ntime_scale = 2\n"))
+    assert old.restart_needed_for(new) == ["listen_port"]

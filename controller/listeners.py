@@ -72,4 +72,10 @@ def _chgrp(path: Path, group: str) -> None:
         gid = grp.getgrnam(group).gr_gid
     except KeyError:
         raise ListenerError(f"[daemon] admin_socket_group = {group!r}: no such group") from None
-    os.chown(path, -1, gid)
+    if path.stat().st_gid == gid:
+        return  # already ours (the unit's Group=): no chown, which the syscall filter forbids
+    try:
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        raise ListenerError(f"cannot give {path} to group {group!r}: {exc.strerror}; the daemon must be a member "
+                            f"of that group, or leave admin_socket_group out") from None

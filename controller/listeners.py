@@ -24,6 +24,7 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host, port), family=family, backlog=1024)
     except OSError as exc:
         raise ListenerError(f"cannot listen on {host}:{port}: {exc.strerror}; change [daemon] listen") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets; asyncio skips proto=0 ones
     sock.setblocking(False)
     return sock
 

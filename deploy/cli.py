@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         _parser().print_usage(sys.stderr)
         return EXIT_USAGE
-    location = locate_socket(args.socket, args.config)
+    try:
+        location = locate_socket(args.socket, args.config)
+    except ApiError as exc:
+        print(f"rolloutctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     client = AdminClient(location)
     try:
         return args.run(client, args)

@@ -70,7 +70,8 @@ def ofrep_routes(snapshot: Snapshot, clock: Clock) -> list[Route]:
         items = [_failure(r) if r.error else _success(r, flags, now) for r in flags.evaluate_all(context, now)]
         body = json.dumps({"flags": items}, separators=(",", ":")).encode()
         etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-        if etag in _etags(request.headers.get("if-none-match", "")):
+        wanted = _etags(request.headers.get("if-none-match", ""))
+        if etag in wanted or "*" in wanted:
             return Response(status_code=304, headers={"ETag": etag})
         return Response(body, 200, media_type="application/json", headers={"ETag": etag})
 

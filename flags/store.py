@@ -257,6 +257,8 @@ class FlagStore:
 
 def with_percentage(flag: Flag, percentage: float) -> Flag:
     """The flag rolled out to `percentage`, written where the seeds write it."""
+    if flag.name == KILL_SWITCH:
+        raise FlagValidationError(flag.name, "rollout_percentage", "the kill switch is all or nothing; use --enabled true|false")
     if not 0 <= percentage <= 100:
         raise FlagValidationError(flag.name, "rollout_percentage", f"{percentage} is outside 0-100")
     if flag.rollout_strategy is Strategy.PROGRESSIVE and flag.progressive_config is not None:

@@ -57,7 +57,11 @@ def flag_summary(flag: Flag, now: datetime) -> dict[str, Any]:
 async def emergency_stop(store: FlagStore, actor: str, reason: str) -> None:
     """Turn the kill switch on, durably, before anything else happens."""
     kill = store.snapshot.flags.get(KILL_SWITCH) or Flag(name=KILL_SWITCH, enabled=True)
-    await anyio.to_thread.run_sync(partial(store.apply, {KILL_SWITCH: replace(kill, enabled=True)}, actor=actor, reason=reason))
+    if store.load_error is not None:
+        log.error("emergency.overwrites_invalid_flags_file", file=str(store.path), problem=store.load_error.problem,
+                  kept_as="a backup in " + str(store.backup_dir))
+    change = {KILL_SWITCH: replace(kill, enabled=True)}
+    await anyio.to_thread.run_sync(partial(store.apply, change, actor=actor, reason=reason, force=True))
     log.critical("emergency.activated", actor=actor, reason=reason)
 
 

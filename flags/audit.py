@@ -27,7 +27,9 @@ class AuditLog:
         data = b"".join(json.dumps(r, sort_keys=True, default=str).encode() + b"\n" for r in records)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a short write must not leave half a record mid-log
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)

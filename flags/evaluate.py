@@ -146,11 +146,13 @@ def _compile_constraint(c: Constraint) -> Callable[[Mapping[str, Any]], bool]:
     fold: Callable[[str], str] = str.casefold if c.case_insensitive else (lambda s: s)
     values = tuple(fold(v) for v in c.values)
     test = _operator_test(c.operator, values)
+    # As in Unleash: a missing field is in no list, so NOT_IN matches it and nothing else does.
+    when_missing = (c.operator is Operator.NOT_IN) != inverted
 
     def check(context: Mapping[str, Any]) -> bool:
         raw = context.get(name)
         if raw is None:
-            return inverted  # a missing field matches nothing (as in Unleash)
+            return when_missing
         return test(fold(raw if isinstance(raw, str) else str(raw))) != inverted
 
     return check

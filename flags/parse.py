@@ -45,7 +45,7 @@ def parse_flags_text(text: str, path: Path | str) -> dict[str, Flag]:
     except json.JSONDecodeError as exc:
         raise FlagsFileError(path, exc.lineno, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
     except _DuplicateKey as dup:
-        raise FlagsFileError(path, locate_line(text, (dup.key,), nth=2), f"duplicate key {dup.key!r}") from None
+        raise FlagsFileError(path, _duplicate_line(text), f"duplicate key {dup.key!r}") from None
     if not isinstance(raw, dict):
         raise FlagsFileError(path, 1, f"expected a JSON object mapping flag names to flags, got {type(raw).__name__}")
     flags = {}
@@ -53,7 +53,7 @@ def parse_flags_text(text: str, path: Path | str) -> dict[str, Flag]:
         try:
             flags[name] = flag_from_dict(name, body)
         except FlagValidationError as exc:
-            line = locate_line(text, (name, exc.field.split(".")[0]))
+            line = locate_line(text, field_path(name, exc.field))
             raise FlagsFileError(path, line, str(exc)) from None
     return flags
 
@@ -109,22 +109,71 @@ def parse_constraint(name: str, raw: Any, where: str = "constraints") -> Constra
     )
 
 
-def locate_line(text: str, path: tuple[str, ...], nth: int = 1) -> int | None:
-    """The line of the `nth` occurrence of the last key of `path`, searching in order.
+def locate_line(text: str, path: tuple[str | int, ...]) -> int | None:
+    """The line of the key at `path` (e.g. ``("f", "constraints", 0, "operator")``).
 
-    Good enough to point an operator at the right line; it does not need a JSON
-    parser that tracks positions.
+    A key that is missing is located at its nearest enclosing key, so "missing
+    `enabled`" points at the flag that lacks it.
     """
-    pos = 0
-    for depth, key in enumerate(path):
-        pattern = re.compile(r'"' + re.escape(key) + r'"\s*:')
-        count = nth if depth == len(path) - 1 else 1
-        for _ in range(count):
-            found = pattern.search(text, pos)
-            if found is None:
-                return text.count("\n", 0, pos) + 1 if depth else None
-            pos = found.end()
-    return text.count("\n", 0, pos) + 1
+    positions = _key_positions(text)
+    for depth in range(len(path), 0, -1):
+        for key_path, pos in positions:
+            if key_path == path[:depth]:
+                return text.count("\n", 0, pos) + 1
+    return None
+
+
+def field_path(flag: str, field: str) -> tuple[str | int, ...]:
+    """``"constraints[0].operator"`` → ``(flag, "constraints", 0, "operator")``."""
+    parts: list[str | int] = [flag]
+    for piece in field.split("."):
+        name, _, rest = piece.partition("[")
+        parts.append(name)
+        if rest:
+            parts.append(int(rest.rstrip("]")))
+    return tuple(parts)
+
+
+def _duplicate_line(text: str) -> int | None:
+    seen: set[tuple[str | int, ...]] = set()
+    for key_path, pos in _key_positions(text):
+        if key_path in seen:
+            return text.count("\n", 0, pos) + 1
+        seen.add(key_path)
+    return None
+
+
+def _key_positions(text: str) -> list[tuple[tuple[str | int, ...], int]]:
+    """Every object key in a JSON text with its full path and offset.
+
+    Only used to point at a line when reporting an error, so it favours being short
+    over being fast; it assumes the text is syntactically valid JSON.
+    """
+    out: list[tuple[tuple[str | int, ...], int]] = []
+    stack: list[list[str | int | None]] = []  # [container, current key or index]
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            j = i + 1
+            while text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            after = j + 1
+            while after < n and text[after] in " \t\r\n":
+                after += 1
+            if stack and stack[-1][0] == "{" and after < n and text[after] == ":":
+                stack[-1][1] = json.loads(text[i:j + 1])
+                out.append((tuple(entry[1] for entry in stack), i))  # type: ignore[misc]
+            i = j + 1
+            continue
+        if ch in "{[":
+            stack.append([ch, None if ch == "{" else 0])
+        elif ch in "}]" and stack:
+            stack.pop()
+        elif ch == "," and stack and stack[-1][0] == "[":
+            stack[-1][1] = int(stack[-1][1] or 0) + 1
+        i += 1
+    return out
 
 
 class _DuplicateKey(Exception):

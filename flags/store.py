@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import threading
 from dataclasses import dataclass, replace
@@ -30,12 +31,20 @@ from typing import Any, Callable, Mapping
 
 from flags.atomic import atomic_write, fsync_dir, remove_stale_temps
 from flags.audit import AuditLog
-from flags.errors import BackupNotFoundError, FlagsFileError, FlagValidationError, StoreLockedError, UnknownFlagError
+from flags.errors import (
+    BackupNotFoundError,
+    FlagsError,
+    FlagsFileError,
+    FlagValidationError,
+    StoreLockedError,
+    UnknownFlagError,
+)
 from flags.evaluate import FlagSet
 from flags.model import KILL_SWITCH, Flag, Strategy
-from flags.parse import parse_flags_text
+from flags.parse import flag_from_dict, parse_flags_text
 
 Clock = Callable[[], datetime]
+_BACKUP_NAME = re.compile(r"flags\.(.+?)(?:-(\d+))?\.json")
 
 
 def utcnow() -> datetime:
@@ -103,16 +112,24 @@ class FlagStore:
         return flag
 
     def reload(self) -> FlagSet:
-        """Re-read flags.json (after an edit by hand); on error the current flags stay."""
+        """Re-read flags.json (after an edit by hand).
+
+        On error the current flags stay in force, and writes are refused until the file
+        is fixed or restored, so the operator's broken edit is not silently replaced.
+        """
         with self._write_lock:
-            self.snapshot = FlagSet(self._read_file())
+            try:
+                self.snapshot = FlagSet(self._read_file())
+            except FlagsFileError as exc:
+                self.load_error = exc
+                raise
             self.load_error = None
             return self.snapshot
 
     def backups(self) -> list[BackupInfo]:
         """Every backup, oldest first, with whether it can be restored."""
         out = []
-        for path in sorted(self.backup_dir.glob("flags.*.json")):
+        for path in self._backup_paths():
             try:
                 count, problem = len(parse_flags_text(path.read_text(), path)), None
             except (FlagsFileError, OSError, UnicodeDecodeError) as exc:
@@ -125,6 +142,7 @@ class FlagStore:
     def set(self, name: str, *, enabled: bool | None = None, percentage: float | None = None,
             actor: str, reason: str) -> FlagSet:
         """Change a flag's `enabled` and/or rollout percentage (the seeds' way: both fields)."""
+        self._refuse_if_invalid()
         flag = self.get(name)
         if enabled is not None:
             flag = replace(flag, enabled=enabled)
@@ -132,14 +150,22 @@ class FlagStore:
             flag = with_percentage(flag, percentage)
         return self.apply({name: flag}, actor=actor, reason=reason)
 
-    def apply(self, changes: Mapping[str, Flag], *, actor: str, reason: str) -> FlagSet:
-        """Create or replace whole flags; unchanged flags are not rewritten or audited."""
+    def apply(self, changes: Mapping[str, Flag], *, actor: str, reason: str, force: bool = False) -> FlagSet:
+        """Create or replace whole flags; unchanged flags are not rewritten or audited.
+
+        `force` writes even over an invalid flags file (which is kept as a backup):
+        only the emergency stop uses it, because turning everything off must not
+        wait for someone to fix a typo.
+        """
         with self._write_lock:
-            self._refuse_if_invalid()
+            if not force:
+                self._refuse_if_invalid()
+            self._ensure_open()
             current = self.snapshot.flags
             for name, flag in changes.items():
                 if flag.name != name:
                     raise FlagValidationError(name, "name", f"the flag stored under {name!r} is named {flag.name!r}")
+                flag_from_dict(name, flag.to_dict())  # the same rules as the file, before anything is written
             changed = {n: f for n, f in changes.items() if not _same_content(current.get(n), f)}
             if not changed:
                 return self.snapshot
@@ -152,6 +178,7 @@ class FlagStore:
             raise BackupNotFoundError(backup_name, self.backup_dir)
         restored = parse_flags_text(path.read_text(), path)
         with self._write_lock:
+            self._ensure_open()
             current = {} if self.load_error else dict(self.snapshot.flags)
             gone = {n: None for n in current if n not in restored}
             return self._commit(restored, {**restored, **gone}, actor, f"{reason} (from {backup_name})", event="restore")
@@ -164,14 +191,17 @@ class FlagStore:
         audit_id = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(3)}"
         flags = {n: replace(f, audit_id=audit_id) if n in changed else f for n, f in new.items()}
         data = render(flags)
-        parse_flags_text(data.decode(), self.path)  # never write what we could not read back
         before = {} if self.load_error else self.snapshot.flags
         self.audit.append(
             _record(now, audit_id, actor, reason, event, name, before.get(name), flags.get(name))
             for name in changed
         )
-        self._backup_current(now)
-        atomic_write(self.path, data)
+        try:
+            self._backup_current(now)
+            atomic_write(self.path, data)
+        except BaseException as exc:
+            self.audit.append([_aborted(self._clock(), audit_id, f"writing {self.path} failed: {exc!r}")])
+            raise
         self._prune_backups()
         self.snapshot, self.load_error = FlagSet(flags), None
         return self.snapshot
@@ -180,6 +210,9 @@ class FlagStore:
         remove_stale_temps(self.path)
         self.audit.repair_torn_tail()
         if not self.path.exists():
+            if self._backup_paths():
+                raise FlagsFileError(self.path, None, f"the file is missing but {self.backup_dir} holds backups; "
+                                                      f"it was not recreated empty")
             self._create_initial()
             return
         try:
@@ -213,32 +246,36 @@ class FlagStore:
         flag = self.snapshot.flags.get(last.get("flag", ""))
         committed = (flag.audit_id == last.get("id")) if flag else last.get("after") is None
         if not committed:
-            self.audit.append([{
-                "time": self._clock().isoformat(), "id": last.get("id"), "event": "aborted",
-                "actor": "rolloutd", "reason": "the process stopped before the flags file was written; the change did not happen",
-            }])
+            reason = "the process stopped before the flags file was written; the change did not happen"
+            self.audit.append([_aborted(self._clock(), last.get("id"), reason)])
 
     def _backup_current(self, now: datetime) -> None:
         if not self.path.exists():
             return
         self.backup_dir.mkdir(mode=0o750, exist_ok=True)
         stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
-        target = self.backup_dir / f"flags.{stamp}.json"
-        n = 1
-        while target.exists():
-            n += 1
-            target = self.backup_dir / f"flags.{stamp}-{n}.json"
+        # The same clock reading twice: number them after the newest so they still sort in order.
+        seq = max((n for t, n in map(_backup_order, self._backup_paths()) if t == stamp), default=0) + 1
+        target = self.backup_dir / (f"flags.{stamp}.json" if seq == 1 else f"flags.{stamp}-{seq:04d}.json")
         os.link(self.path, target)  # the old inode lives on as the backup; no copy needed
         fsync_dir(self.backup_dir)
 
     def _prune_backups(self) -> None:
-        backups = sorted(self.backup_dir.glob("flags.*.json"))
+        backups = self._backup_paths()
         for old in backups[: max(0, len(backups) - self.keep_backups)]:
             old.unlink(missing_ok=True)
+
+    def _backup_paths(self) -> list[Path]:
+        """Backups oldest first (by time, then by the sequence a same-time collision gets)."""
+        return sorted(self.backup_dir.glob("flags.*.json"), key=_backup_order)
 
     def _refuse_if_invalid(self) -> None:
         if self.load_error is not None:
             raise self.load_error
+
+    def _ensure_open(self) -> None:
+        if self._lock_fd is None:
+            raise FlagsError(f"the flag store for {self.state_dir} is closed; it no longer owns the state_dir")
 
     def _acquire_lock(self) -> None:
         self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -274,6 +311,15 @@ def _same_content(old: Flag | None, new: Flag) -> bool:
 def render(flags: Mapping[str, Flag]) -> bytes:
     """flags.json's bytes: indented like the seeds, one trailing newline."""
     return (json.dumps({n: f.to_dict() for n, f in flags.items()}, indent=2) + "\n").encode()
+
+
+def _backup_order(path: Path) -> tuple[str, int]:
+    match = _BACKUP_NAME.fullmatch(path.name)
+    return (match.group(1), int(match.group(2) or 1)) if match else (path.name, 0)
+
+
+def _aborted(now: datetime, audit_id: str | None, reason: str) -> dict[str, Any]:
+    return {"time": now.isoformat(), "id": audit_id, "event": "aborted", "actor": "rolloutd", "reason": reason}
 
 
 def _record(now: datetime, audit_id: str, actor: str, reason: str, event: str,

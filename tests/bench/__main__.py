@@ -1,0 +1,91 @@
+"""Run the benchmarks: `python -m tests.bench [flags] [ofrep] [write]` (no argument: all three).
+
+Prints each benchmark's block, then writes `bench-results/bench.json`: the machine's
+facts, every figure, and which benchmarks failed a correctness check. Exit status 0
+when every check passed (missed speed targets included), 1 when one failed, 2 on a
+bad argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from tests.bench import RESULTS_DIR, BenchFailure, heading, line, machine_facts
+from tests.bench import bench_flags, bench_ofrep
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "flags": bench_flags.run_evaluation,
+    "ofrep": bench_ofrep.run,
+    "write": bench_flags.run_write,
+}
+USAGE = f"usage: python -m tests.bench [{'|'.join(BENCHMARKS)} ...]   (no argument: all)"
+
+
+def selected(argv: list[str]) -> list[str]:
+    """The benchmarks named in `argv`, in the suite's order; all of them when none is named."""
+    unknown = [a for a in argv if a not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"unknown benchmark {', '.join(unknown)}\n{USAGE}")
+    return [name for name in BENCHMARKS if name in argv] if argv else list(BENCHMARKS)
+
+
+def run_one(name: str) -> tuple[dict[str, Any], str | None]:
+    """The benchmark's figures, and why it failed (None when its checks passed)."""
+    start = time.monotonic()
+    try:
+        figures = BENCHMARKS[name]()
+        error = None
+    except BenchFailure as exc:
+        figures, error = {}, str(exc)
+    except Exception:  # a crash is a failure too, but keep running the others
+        figures, error = {}, traceback.format_exc()
+    figures["seconds"] = round(time.monotonic() - start, 1)
+    if error:
+        figures["error"] = error
+        print(f"\n  FAILED {name}: {error}", file=sys.stderr, flush=True)
+    return figures, error
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        names = selected(argv)
+    except ValueError as bad:
+        print(bad, file=sys.stderr)
+        return 2
+    report: dict[str, Any] = {"machine": machine_facts(), "benchmarks": {}, "failed": []}
+    heading("machine")
+    for key in ("date_utc", "nproc", "cpu_model", "python", "loadavg_at_start"):
+        line(key, report["machine"][key])
+    start = time.monotonic()
+    for name in names:
+        report["benchmarks"][name], error = run_one(name)
+        if error:
+            report["failed"].append(name)
+    report["runtime_seconds"] = round(time.monotonic() - start, 1)
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = write_report(report)
+    heading("done")
+    line("runtime", f"{report['runtime_seconds']:.1f} s")
+    line("load average at end", report["machine"]["loadavg_at_end"])
+    line("results", path)
+    line("correctness checks", "FAILED: " + ", ".join(report["failed"]) if report["failed"] else "all passed")
+    return 1 if report["failed"] else 0
+
+
+def write_report(report: dict[str, Any]) -> str:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / "bench.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

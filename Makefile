@@ -16,7 +16,11 @@ APT_PKGS    := redis-server prometheus
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The OFREP benchmark loads the daemon with `hey` (Debian's package), installed when missing.
+# BENCH_ARGS picks benchmarks: `make bench BENCH_ARGS=flags` (flags, ofrep, write; default all).
 bench: deps
+	@command -v hey >/dev/null || { echo "installing from Debian: hey"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey; }
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
 deps: $(VENV)/.installed system-deps $(SECANTUS)/.installed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import stat
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemon_harness import Daemon, free_port, write_config
+from tests.daemon_harness import Daemon, write_config
 
 
 class NotifyListener:

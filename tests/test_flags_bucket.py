@@ -8,7 +8,6 @@ and without `initialize_client()` no thread is started and nothing touches the n
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -19,13 +18,11 @@ from typing import Any
 
 import pytest
 from UnleashClient import UnleashClient
-from UnleashClient.cache import BaseCache
-from UnleashClient.constants import FEATURES_URL
-from UnleashClient.utils import InstanceAllowType
 
 from flags.bucket import in_rollout, normalized_hash, rollout_position
 from flags.evaluate import CompiledFlag
 from flags.model import Constraint, Flag, Operator, Strategy
+from tests.unleash_offline import offline_unleash
 
 NOW = datetime(2025, 10, 24, 12, tzinfo=timezone.utc)
 GROUP = "hybrid_rag_enabled"
@@ -33,39 +30,6 @@ COHORT = ("Builder", "Deploy", "QA")
 AGENTS = ("Builder", "Deploy", "QA", "Support", "Legal")
 PERCENTAGES = range(101)
 N_CONTEXTS = 10_000
-
-
-class MemoryCache(BaseCache):
-    """An Unleash cache holding a bootstrap payload in memory (no files, no fetching)."""
-
-    def __init__(self, features: list[dict[str, Any]]) -> None:
-        self._data: dict[str, Any] = {FEATURES_URL: json.dumps({"version": 2, "features": features})}
-        self.bootstrapped = True
-
-    def set(self, key: str, value: Any) -> None:
-        self._data[key] = value
-
-    def mset(self, data: dict) -> None:
-        self._data.update(data)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
-
-    def exists(self, key: str) -> bool:
-        return key in self._data
-
-    def destroy(self) -> None:
-        self._data.clear()
-
-
-def offline_unleash(features: list[dict[str, Any]]) -> UnleashClient:
-    """An UnleashClient answering from `features` only (port 9 is discard; nothing connects)."""
-    client = UnleashClient(
-        url="http://127.0.0.1:9", app_name="rolloutd-tests", disable_metrics=True, disable_registration=True,
-        cache=MemoryCache(features), multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
-    )
-    assert len(client.feature_definitions()) == len(features), "the bootstrap did not load"
-    return client
 
 
 def rollout_feature(p: int) -> dict[str, Any]:

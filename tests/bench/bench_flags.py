@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import cProfile
 import gc
-import json
 import os
 import pstats
 import random
@@ -89,56 +88,16 @@ def unleash_features() -> dict[str, Any]:
 
 
 def offline_unleash_client() -> Any:
-    """An UnleashClient bootstrapped from memory; it never opens a connection.
+    """The real UnleashClient with the same flag, offline (tests/unleash_offline.py).
 
     (UnleashClient is a test extra that only this benchmark needs, hence the local import.)
-
-    The constructor loads a bootstrapped cache into the engine; registration,
-    metrics and fetching all start in `initialize_client()`, which is never called
-    (and both are disabled besides). The URL is a closed port, to be sure.
     """
-    from UnleashClient import UnleashClient
-    from UnleashClient.utils import InstanceAllowType
+    from tests.unleash_offline import offline_unleash
 
-    client = UnleashClient(
-        url="http://127.0.0.1:9/unused", app_name="rolloutd-bench", instance_id="bench",
-        disable_metrics=True, disable_registration=True, cache=_memory_cache(unleash_features()),
-        multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
-    )
-    if FLAG_KEY not in client.feature_definitions():
-        raise BenchFailure(f"the Unleash engine did not load {FLAG_KEY!r} from the bootstrap")
-    return client
-
-
-def _memory_cache(features: dict[str, Any]) -> Any:
-    from UnleashClient.cache import BaseCache
-    from UnleashClient.constants import FEATURES_URL
-
-    class MemoryCache(BaseCache):
-        """A dict: no files (the default FileCache writes under the home directory)."""
-
-        def __init__(self) -> None:
-            self._data: dict[str, Any] = {}
-
-        def set(self, key: str, value: Any) -> None:
-            self._data[key] = value
-
-        def mset(self, data: dict) -> None:
-            self._data.update(data)
-
-        def get(self, key: str, default: Any = None) -> Any:
-            return self._data.get(key, default)
-
-        def exists(self, key: str) -> bool:
-            return key in self._data
-
-        def destroy(self) -> None:
-            self._data.clear()
-
-    cache = MemoryCache()
-    cache.set(FEATURES_URL, json.dumps(features))
-    cache.bootstrapped = True
-    return cache
+    try:
+        return offline_unleash(unleash_features()["features"], app_name="rolloutd-bench")
+    except RuntimeError as exc:
+        raise BenchFailure(str(exc)) from None
 
 
 def make_contexts(count: int, seed: int = SEED) -> tuple[list[dict], list[dict]]:

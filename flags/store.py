@@ -209,13 +209,13 @@ class FlagStore:
     def _load(self, strict: bool) -> None:
         remove_stale_temps(self.path)
         self.audit.repair_torn_tail()
-        if not self.path.exists():
-            if self._backup_paths():
-                raise FlagsFileError(self.path, None, f"the file is missing but {self.backup_dir} holds backups; "
-                                                      f"it was not recreated empty")
-            self._create_initial()
+        if not self.path.exists() and not self._backup_paths():
+            self._create_initial()  # first start: nothing to lose
             return
         try:
+            if not self.path.exists():
+                raise FlagsFileError(self.path, None, f"the file is missing but {self.backup_dir} holds backups; "
+                                                      f"it was not recreated empty")
             self.snapshot = FlagSet(self._read_file())
         except FlagsFileError as exc:
             if strict:

@@ -639,3 +639,19 @@ def test_stale_temp_files_are_removed_on_open(tmp_path):
 
     assert [p for p in stale if p.exists()] == []
     assert all(p.exists() for p in kept)
+
+
+def test_missing_file_with_backups_can_be_restored_offline(tmp_path):
+    """A deleted flags.json is not recreated empty, but a non-strict open can restore a backup."""
+    with seeded(tmp_path) as store:
+        store.set("vector_search_enabled", percentage=42, actor="t", reason="x")
+        store.set("vector_search_enabled", percentage=43, actor="t", reason="y")
+    (tmp_path / "flags.json").unlink()
+    with pytest.raises(FlagsFileError, match="missing"):
+        FlagStore.open(tmp_path)
+    with FlagStore.open(tmp_path, strict=False) as store:
+        assert store.load_error is not None
+        newest = store.backups()[-1].name
+        store.restore(newest, actor="op", reason="deleted by mistake")
+        assert store.get("vector_search_enabled").rollout_percentage == 42
+    assert json.loads((tmp_path / "flags.json").read_text())["vector_search_enabled"]["rollout_percentage"] == 42

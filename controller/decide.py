@@ -1,0 +1,384 @@
+"""The rollout's decisions: (plan, state, observations, now) -> (next state, decisions).
+
+Nothing here does I/O, reads a clock or logs. The service around it observes, persists
+the intent, applies flags and records completion; every decision carries its reason.
+
+Phases:
+
+    PENDING            the plan is loaded, the rollout has not started
+    RUNNING            advancing on schedule while the guards are clean
+    HOLDING            not advancing: an operator said hold, the guards are blind, or a
+                       checkpoint said HOLD (blindness clears itself; the others need resume)
+    AWAITING_APPROVAL  a checkpoint needs an operator's approval before the next stage
+    ROLLED_BACK        a guard (or an operator) rolled back; only `resume` moves on
+    COMPLETED          every stage applied and every checkpoint passed
+    EMERGENCY          the kill switch is on; only `resume --clear-emergency` leaves it
+
+Rules, in the order `decide` applies them:
+1. record each observation in its guard's counters;
+2. a breach sustained at critical or emergency, or a guard past the failure limit,
+   rolls back as the plan says (and resets the streaks, so a further rollback needs a
+   further sustained breach);
+3. a warning notifies (once per episode) and, like blindness, keeps the rollout from
+   advancing; blindness also puts a RUNNING rollout on an automatic hold;
+4. due checkpoints are recorded, in time order, before any later stage;
+5. one due stage is applied, and only if a clean evaluation happened at or after the
+   time it fell due — so stages that fell due while the daemon was down wait for the
+   first passing evaluation, and none is ever skipped.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+from controller.guards import GuardCounters, Observation, Outcome
+from controller.plan import Plan, Response, Severity
+
+
+class Phase(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    HOLDING = "holding"
+    AWAITING_APPROVAL = "awaiting_approval"
+    ROLLED_BACK = "rolled_back"
+    COMPLETED = "completed"
+    EMERGENCY = "emergency"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is Phase.COMPLETED
+
+
+class CommandRefused(Exception):
+    """An operator command that does not apply in the current phase (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One journal entry; `action` is what replay and the journal print."""
+
+    at: datetime
+    action: str            # stage_applied, rollback, hold, resume, warning, checkpoint, awaiting_approval,
+                           # approved, emergency, emergency_cleared, completed
+    stage: int
+    percentage: float
+    agents: tuple[str, ...]
+    reason: str
+    severity: Severity | None = None
+    checkpoint: int | None = None
+    guard: str | None = None
+
+    @property
+    def changes_flags(self) -> bool:
+        return self.action in ("stage_applied", "rollback", "emergency", "emergency_cleared")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat().replace("+00:00", "Z"), "action": self.action, "stage": self.stage,
+                "percentage": self.percentage, "agents": list(self.agents), "reason": self.reason,
+                "severity": str(self.severity) if self.severity else None, "checkpoint": self.checkpoint,
+                "guard": self.guard}
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    plan: str
+    plan_digest: str
+    started_at: datetime
+    phase: Phase = Phase.RUNNING
+    stage: int = -1                       # index of the applied stage; -1 before the first
+    percentage: float = 0.0
+    agents: tuple[str, ...] = ()
+    hold_reason: str = ""
+    held_by_operator: bool = False
+    checkpoints_done: tuple[int, ...] = ()
+    approved: tuple[int, ...] = ()
+    guards: Mapping[str, GuardCounters] = field(default_factory=dict)
+    warned: tuple[str, ...] = ()          # guards whose current warning episode was notified
+    rollbacks: int = 0
+    manual_interventions: int = 0
+    last_clean_at: datetime | None = None
+    last_evaluation_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    state: RolloutState
+    decisions: tuple[Decision, ...] = ()
+
+
+def start(plan: Plan, now: datetime) -> RolloutState:
+    """A new rollout of `plan`, starting at the plan's fixed start or `now`."""
+    return RolloutState(plan=plan.name, plan_digest=plan.digest, started_at=plan.start or now)
+
+
+def decide(plan: Plan, state: RolloutState, now: datetime,
+           observations: Iterable[Observation] = ()) -> Transition:
+    """The rollout's next step at `now`, given this round's guard observations (if any)."""
+    observations = tuple(observations)
+    if observations:
+        state = _record(state, observations, now)
+    if state.phase in (Phase.COMPLETED, Phase.EMERGENCY, Phase.PENDING):
+        return Transition(state)
+    decisions: list[Decision] = []
+    if observations:
+        state, reacted = _react(plan, state, now)
+        decisions += reacted
+        if reacted and reacted[-1].action == "rollback":
+            return Transition(state, tuple(decisions))
+    state, advanced = _advance(plan, state, now)
+    return Transition(state, tuple(decisions + advanced))
+
+
+# -- guards ---------------------------------------------------------------------------------
+
+def _record(state: RolloutState, observations: tuple[Observation, ...], now: datetime) -> RolloutState:
+    guards = dict(state.guards)
+    for obs in observations:
+        guards[obs.guard] = guards.get(obs.guard, GuardCounters()).observe(obs)
+    return replace(state, guards=guards, last_evaluation_at=now)
+
+
+def _react(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutState, list[Decision]]:
+    rollback = _rollback_trigger(plan, state)
+    if rollback is not None:
+        response, reason, severity, guard = rollback
+        return _roll_back(plan, state, now, response, reason, severity, guard)
+    decisions: list[Decision] = []
+    state, decisions = _warnings(plan, state, now)
+    blind = [(g.name, state.guards[g.name].last) for g in plan.guards
+             if g.name in state.guards and state.guards[g.name].blind(g)]
+    if blind:
+        why = "; ".join(f"{name}: {obs.outcome}{' (' + obs.detail + ')' if obs and obs.detail else ''}" for name, obs in blind)
+        if state.phase is Phase.RUNNING:
+            reason = f"not advancing while blind: {why}"
+            state = replace(state, phase=Phase.HOLDING, hold_reason=reason, held_by_operator=False)
+            decisions.append(_decision(state, now, "hold", reason))
+        return state, decisions
+    if state.phase is Phase.HOLDING and not state.held_by_operator and not state.hold_reason.startswith("checkpoint"):
+        state = replace(state, phase=Phase.RUNNING, hold_reason="")
+        decisions.append(_decision(state, now, "resume", "every guard reports again"))
+    if not any(_breaching(c) for c in state.guards.values()):
+        state = replace(state, last_clean_at=now)
+    return state, decisions
+
+
+def _rollback_trigger(plan: Plan, state: RolloutState) -> tuple[Response, str, Severity | None, str] | None:
+    """The worst reason to roll back now, if any: (response, reason, severity, guard)."""
+    worst: tuple[Response, str, Severity | None, str] | None = None
+    rank = {Response.NOTIFY: 0, Response.ROLLBACK_STAGE: 1, Response.ROLLBACK_ZERO: 2}
+    for guard in plan.guards:
+        counters = state.guards.get(guard.name)
+        if counters is None:
+            continue
+        severity = counters.sustained(guard, plan.guard_interval)
+        candidate = None
+        if severity is not None and severity >= Severity.CRITICAL and guard.responses[severity] is not Response.NOTIFY:
+            checks = guard.checks_to_sustain(plan.guard_interval)
+            detail = counters.last.detail if counters.last else ""
+            candidate = (guard.responses[severity], f"{detail} for {checks} consecutive check(s)", severity, guard.name)
+        elif counters.failures(guard) >= plan.failure_limit:
+            kind = "errors" if counters.errors >= plan.failure_limit else "no data"
+            reason = (f"{guard.name}: {counters.failures(guard)} consecutive failed checks ({kind}) "
+                      f">= failure_limit {plan.failure_limit}")
+            candidate = (plan.failure_response, reason, None, guard.name)
+        if candidate and candidate[0] is not Response.NOTIFY and (worst is None or rank[candidate[0]] > rank[worst[0]]):
+            worst = candidate
+    return worst
+
+
+def _warnings(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutState, list[Decision]]:
+    decisions, warned = [], []
+    for guard in plan.guards:
+        counters = state.guards.get(guard.name)
+        if counters is None or not _breaching(counters):
+            continue
+        warned.append(guard.name)
+        if guard.name not in state.warned:
+            obs = counters.last
+            decisions.append(_decision(state, now, "warning", obs.detail if obs else guard.name,
+                                       severity=obs.severity if obs else None, guard=guard.name))
+    return replace(state, warned=tuple(warned)), decisions
+
+
+def _breaching(counters: GuardCounters) -> bool:
+    return counters.last is not None and counters.last.outcome is Outcome.BREACH
+
+
+# -- moving between stages -----------------------------------------------------------------
+
+def _roll_back(plan: Plan, state: RolloutState, now: datetime, response: Response, reason: str,
+               severity: Severity | None, guard: str | None, manual: bool = False,
+               to_stage: int | None = None) -> tuple[RolloutState, list[Decision]]:
+    target = to_stage if to_stage is not None else _rollback_target(plan, state, response)
+    percentage, agents = _position(plan, target)
+    reset = {name: replace(c, streaks={}) for name, c in state.guards.items()}
+    if percentage >= state.percentage and not manual:
+        # Already as far back as this response goes: the breach was notified when it began,
+        # and it keeps the rollout from advancing; start counting the next episode afresh.
+        return replace(state, guards=reset), []
+    state = replace(state, phase=Phase.ROLLED_BACK, stage=target, percentage=percentage, agents=agents,
+                    hold_reason=reason, held_by_operator=False, guards=reset, rollbacks=state.rollbacks + 1,
+                    manual_interventions=state.manual_interventions + (1 if manual else 0), warned=())
+    return state, [_decision(state, now, "rollback", reason, severity=severity, guard=guard)]
+
+
+def _rollback_target(plan: Plan, state: RolloutState, response: Response) -> int:
+    if response is Response.ROLLBACK_STAGE:
+        return max(-1, state.stage - 1)
+    return 0 if plan.stages and plan.stages[0].percentage == 0 else -1
+
+
+def _position(plan: Plan, stage: int) -> tuple[float, tuple[str, ...]]:
+    if stage < 0:
+        return 0.0, ()
+    return plan.stages[stage].percentage, plan.stages[stage].agents
+
+
+def _advance(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutState, list[Decision]]:
+    decisions: list[Decision] = []
+    elapsed = now - state.started_at
+    while state.phase is Phase.RUNNING:
+        cp = _due_checkpoint(plan, state, elapsed)
+        nxt = state.stage + 1 if state.stage + 1 < len(plan.stages) else None
+        stage_due = nxt is not None and plan.stages[nxt].at <= elapsed
+        if cp is not None and (not stage_due or plan.checkpoints[cp].at <= plan.stages[nxt].at):
+            state, recorded = _checkpoint(plan, state, now, cp)
+            decisions += recorded
+            continue
+        if stage_due:
+            due_at = state.started_at + plan.stages[nxt].at
+            if state.last_clean_at is None or state.last_clean_at < due_at:
+                break  # wait for a clean evaluation at or after the stage fell due
+            state = _apply_stage(plan, state, nxt)
+            decisions.append(_decision(state, now, "stage_applied", f"{plan.stages[nxt].label()} fell due"))
+            break  # one stage a round: the next needs its own clean evaluation
+        if nxt is None and len(state.checkpoints_done) == len(plan.checkpoints):
+            state = replace(state, phase=Phase.COMPLETED, hold_reason="")
+            decisions.append(_decision(state, now, "completed", "every stage applied and every checkpoint passed"))
+        break
+    return state, decisions
+
+
+def _due_checkpoint(plan: Plan, state: RolloutState, elapsed: timedelta) -> int | None:
+    for i, cp in enumerate(plan.checkpoints):
+        if i not in state.checkpoints_done and cp.at <= elapsed:
+            return i
+    return None
+
+
+def _checkpoint(plan: Plan, state: RolloutState, now: datetime, index: int) -> tuple[RolloutState, list[Decision]]:
+    cp = plan.checkpoints[index]
+    state = replace(state, checkpoints_done=state.checkpoints_done + (index,))
+    decisions = [_decision(state, now, "checkpoint", cp.name, checkpoint=index)]
+    if cp.requires_approval and index not in state.approved:
+        reason = f"{cp.name} needs an operator's approval (`rolloutctl approve`)"
+        state = replace(state, phase=Phase.AWAITING_APPROVAL, hold_reason=reason)
+        decisions.append(_decision(state, now, "awaiting_approval", reason, checkpoint=index))
+    return state, decisions
+
+
+def _apply_stage(plan: Plan, state: RolloutState, index: int) -> RolloutState:
+    stage = plan.stages[index]
+    return replace(state, stage=index, percentage=stage.percentage, agents=stage.agents)
+
+
+def checkpoint_verdict(plan: Plan, state: RolloutState, now: datetime, index: int,
+                       recommendation: str, reason: str) -> Transition:
+    """Act on a checkpoint report's recommendation: GO goes on, HOLD holds, NO-GO rolls back to 0%."""
+    if recommendation == "GO" or state.phase in (Phase.EMERGENCY, Phase.COMPLETED):
+        return Transition(state)
+    if recommendation == "NO-GO":
+        state, decisions = _roll_back(plan, state, now, Response.ROLLBACK_ZERO,
+                                      f"checkpoint {plan.checkpoints[index].name}: NO-GO ({reason})", None, None)
+        return Transition(state, tuple(decisions))
+    hold = f"checkpoint {plan.checkpoints[index].name}: HOLD ({reason}); `rolloutctl resume` when satisfied"
+    if state.phase is Phase.AWAITING_APPROVAL:
+        return Transition(replace(state, hold_reason=hold))
+    state = replace(state, phase=Phase.HOLDING, hold_reason=hold, held_by_operator=True)
+    return Transition(state, (_decision(state, now, "hold", hold, checkpoint=index),))
+
+
+# -- operator commands ------------------------------------------------------------------------
+
+def hold(state: RolloutState, now: datetime, reason: str) -> Transition:
+    _refuse_in(state, Phase.EMERGENCY, Phase.COMPLETED)
+    state = replace(state, phase=Phase.HOLDING, hold_reason=f"operator: {reason}", held_by_operator=True,
+                    manual_interventions=state.manual_interventions + 1)
+    return Transition(state, (_decision(state, now, "hold", f"operator: {reason}"),))
+
+
+def resume(state: RolloutState, now: datetime, reason: str = "", clear_emergency: bool = False) -> Transition:
+    if state.phase is Phase.EMERGENCY:
+        if not clear_emergency:
+            raise CommandRefused("the emergency shutdown is on; `rolloutctl resume --clear-emergency` clears it")
+        state = replace(state, phase=Phase.ROLLED_BACK, hold_reason="emergency cleared; flags stay at 0% until resumed",
+                        stage=-1, percentage=0.0, agents=(), manual_interventions=state.manual_interventions + 1)
+        return Transition(state, (_decision(state, now, "emergency_cleared", reason or "operator cleared the emergency"),))
+    if state.phase is Phase.AWAITING_APPROVAL:
+        raise CommandRefused("the rollout waits for a checkpoint approval; use `rolloutctl approve`")
+    if state.phase not in (Phase.HOLDING, Phase.ROLLED_BACK):
+        raise CommandRefused(f"nothing to resume: the rollout is {state.phase}")
+    state = replace(state, phase=Phase.RUNNING, hold_reason="", held_by_operator=False,
+                    manual_interventions=state.manual_interventions + 1)
+    return Transition(state, (_decision(state, now, "resume", f"operator: {reason or 'resume'}"),))
+
+
+def approve(plan: Plan, state: RolloutState, now: datetime, reason: str = "") -> Transition:
+    if state.phase is not Phase.AWAITING_APPROVAL:
+        raise CommandRefused(f"no checkpoint is waiting for approval: the rollout is {state.phase}")
+    waiting = next(i for i in reversed(state.checkpoints_done) if plan.checkpoints[i].requires_approval)
+    state = replace(state, phase=Phase.RUNNING, hold_reason="", approved=state.approved + (waiting,))
+    text = f"{plan.checkpoints[waiting].name} approved" + (f": {reason}" if reason else "")
+    return Transition(state, (_decision(state, now, "approved", text, checkpoint=waiting),))
+
+
+def promote(plan: Plan, state: RolloutState, now: datetime, reason: str = "") -> Transition:
+    _refuse_in(state, Phase.EMERGENCY, Phase.COMPLETED, Phase.AWAITING_APPROVAL, Phase.PENDING)
+    nxt = state.stage + 1
+    if nxt >= len(plan.stages):
+        raise CommandRefused("the last stage is already applied")
+    state = replace(_apply_stage(plan, state, nxt), phase=Phase.RUNNING, hold_reason="", held_by_operator=False,
+                    manual_interventions=state.manual_interventions + 1)
+    text = f"promoted by operator to {plan.stages[nxt].label()}" + (f": {reason}" if reason else "")
+    return Transition(state, (_decision(state, now, "stage_applied", text),))
+
+
+def rollback(plan: Plan, state: RolloutState, now: datetime, to_stage: int, reason: str) -> Transition:
+    _refuse_in(state, Phase.EMERGENCY)
+    if not -1 <= to_stage < len(plan.stages):
+        raise CommandRefused(f"no stage {to_stage}: stages are 0-{len(plan.stages) - 1}")
+    if to_stage > state.stage:
+        raise CommandRefused(f"stage {to_stage} is ahead of the applied stage {state.stage}; use `promote` to advance")
+    state, decisions = _roll_back(plan, state, now, Response.ROLLBACK_STAGE, f"operator: {reason}", None, None,
+                                  manual=True, to_stage=to_stage)
+    return Transition(state, tuple(decisions))
+
+
+def emergency(state: RolloutState, now: datetime, reason: str) -> Transition:
+    state = replace(state, phase=Phase.EMERGENCY, stage=-1, percentage=0.0, agents=(), hold_reason=reason)
+    return Transition(state, (_decision(state, now, "emergency", reason),))
+
+
+def _refuse_in(state: RolloutState, *phases: Phase) -> None:
+    if state.phase in phases:
+        raise CommandRefused(f"not possible while the rollout is {state.phase}")
+
+
+def _decision(state: RolloutState, now: datetime, action: str, reason: str, **extra: Any) -> Decision:
+    return Decision(at=now, action=action, stage=state.stage, percentage=state.percentage, agents=state.agents,
+                    reason=reason, **extra)
+
+
+def next_transition(plan: Plan, state: RolloutState) -> tuple[datetime, str] | None:
+    """When the plan next wants something, and what: the next due stage or checkpoint."""
+    if state.phase in (Phase.COMPLETED, Phase.EMERGENCY):
+        return None
+    events = [(state.started_at + cp.at, cp.name) for i, cp in enumerate(plan.checkpoints)
+              if i not in state.checkpoints_done]
+    if state.stage + 1 < len(plan.stages):
+        stage = plan.stages[state.stage + 1]
+        events.append((state.started_at + stage.at, stage.label()))
+    return min(events) if events else None

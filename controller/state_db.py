@@ -1,0 +1,153 @@
+"""Durable controller state and the decision journal, in SQLite under `state_dir`.
+
+    state_dir/controller.db   WAL, synchronous=FULL
+
+Every decision that changes flags is written in three steps:
+
+    1. intent   one transaction: the journal rows (status 'intent') and the new state
+    2. apply    the flags are written (the flag store fsyncs them)
+    3. commit   the journal rows are marked 'done'
+
+A crash before 1 loses nothing that happened; a crash between 1 and 3 leaves intents
+that `pending()` returns on the next start, and re-applying them is idempotent (a
+decision sets flags *to* a percentage, never *by* one). So a restart converges to the
+flags and phase of an uninterrupted run, and no stage appears twice in the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from controller.decide import Decision, Phase, RolloutState
+from controller.guards import GuardCounters
+from controller.plan import Severity
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollout (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    plan        TEXT NOT NULL,
+    plan_digest TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    stage       INTEGER NOT NULL,
+    percentage  REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('intent', 'done'))
+);
+CREATE INDEX IF NOT EXISTS journal_pending ON journal (status) WHERE status = 'intent';
+"""
+
+
+class StateDB:
+    FILE = "controller.db"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / self.FILE
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def load(self) -> RolloutState | None:
+        row = self._db.execute("SELECT state FROM rollout WHERE id = 1").fetchone()
+        return state_from_json(json.loads(row[0])) if row else None
+
+    def record(self, state: RolloutState, decisions: tuple[Decision, ...], now: datetime) -> list[int]:
+        """Step 1: the new state and the decisions as intents, in one transaction."""
+        ids = []
+        with _transaction(self._db):
+            for d in decisions:
+                cursor = self._db.execute(
+                    "INSERT INTO journal (at, action, stage, percentage, reason, decision, status) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (d.at.isoformat(), d.action, d.stage, d.percentage, d.reason, json.dumps(d.to_dict()),
+                     "intent" if d.changes_flags else "done"),
+                )
+                ids.append(int(cursor.lastrowid))
+            self._db.execute(
+                "INSERT INTO rollout (id, plan, plan_digest, state, updated_at) VALUES (1, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET plan = excluded.plan, plan_digest = excluded.plan_digest, "
+                "state = excluded.state, updated_at = excluded.updated_at",
+                (state.plan, state.plan_digest, json.dumps(state_to_json(state)), now.isoformat()),
+            )
+        return ids
+
+    def complete(self, ids: list[int]) -> None:
+        """Step 3: the intents' flags are applied."""
+        if ids:
+            marks = ",".join("?" * len(ids))
+            self._db.execute(f"UPDATE journal SET status = 'done' WHERE seq IN ({marks})", ids)
+
+    def pending(self) -> list[tuple[int, Decision]]:
+        """Intents whose flags may not have been applied (a crash between steps 1 and 3)."""
+        rows = self._db.execute("SELECT seq, decision FROM journal WHERE status = 'intent' ORDER BY seq").fetchall()
+        return [(seq, decision_from_json(json.loads(raw))) for seq, raw in rows]
+
+    def journal(self, limit: int = 100, since_seq: int = 0) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT seq, decision, status FROM journal WHERE seq > ? ORDER BY seq DESC LIMIT ?", (since_seq, limit)
+        ).fetchall()
+        return [{"seq": seq, **json.loads(raw), "status": status} for seq, raw, status in reversed(rows)]
+
+    def count(self, action: str) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM journal WHERE action = ?", (action,)).fetchone()[0])
+
+
+class _transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def state_to_json(state: RolloutState) -> dict[str, Any]:
+    raw = asdict(state)
+    raw["phase"] = str(state.phase)
+    raw["started_at"] = state.started_at.isoformat()
+    raw["guards"] = {name: counters.to_dict() for name, counters in state.guards.items()}
+    for key in ("last_clean_at", "last_evaluation_at"):
+        value = getattr(state, key)
+        raw[key] = value.isoformat() if value else None
+    return raw
+
+
+def state_from_json(raw: dict[str, Any]) -> RolloutState:
+    def moment(key: str) -> datetime | None:
+        return datetime.fromisoformat(raw[key]) if raw.get(key) else None
+
+    return RolloutState(
+        plan=raw["plan"], plan_digest=raw["plan_digest"], started_at=datetime.fromisoformat(raw["started_at"]),
+        phase=Phase(raw["phase"]), stage=raw["stage"], percentage=raw["percentage"], agents=tuple(raw["agents"]),
+        hold_reason=raw["hold_reason"], held_by_operator=raw["held_by_operator"],
+        checkpoints_done=tuple(raw["checkpoints_done"]), approved=tuple(raw["approved"]),
+        guards={name: GuardCounters.from_dict(c) for name, c in raw["guards"].items()},
+        warned=tuple(raw["warned"]), rollbacks=raw["rollbacks"], manual_interventions=raw["manual_interventions"],
+        last_clean_at=moment("last_clean_at"), last_evaluation_at=moment("last_evaluation_at"),
+    )
+
+
+def decision_from_json(raw: dict[str, Any]) -> Decision:
+    return Decision(
+        at=datetime.fromisoformat(raw["at"].replace("Z", "+00:00")), action=raw["action"], stage=raw["stage"],
+        percentage=raw["percentage"], agents=tuple(raw["agents"]), reason=raw["reason"],
+        severity=Severity[raw["severity"].upper()] if raw.get("severity") else None,
+        checkpoint=raw.get("checkpoint"), guard=raw.get("guard"),
+    )

@@ -9,6 +9,7 @@ because it needs a tool or a server, and `rolloutctl plan validate` runs both.
 from __future__ import annotations
 
 import difflib
+import enum
 import json
 import re
 import shutil
@@ -107,7 +108,7 @@ class _Checker:
         """`convert(table[key])`, recording a problem (and returning None) when it fails."""
         if key not in table:
             if default is ...:
-                self.fail(path + (key,), "missing")
+                self.fail(path + (key,), f"missing; add `{key} = ...`")
                 return None
             return default
         try:
@@ -120,7 +121,9 @@ class _Checker:
         self.keys(raw, (), SECTIONS)
         head = self.table(raw, "plan")
         guards = self.guards(raw.get("guards", []))
-        guard_names = {g.name for g in guards}
+        # Names as written, not only the guards that came out valid: a guard with a
+        # problem of its own is reported once, not again by every checkpoint naming it.
+        guard_names = {g.name for g in guards} | _declared_names(raw.get("guards"))
         interval = self.get(head, ("plan",), "guard_interval", _positive_duration, timedelta(minutes=5))
         plan = Plan(
             name=self.get(head, ("plan",), "name", _identifier),
@@ -131,7 +134,7 @@ class _Checker:
             guards=guards,
             guard_interval=interval,
             failure_limit=self.get(head, ("plan",), "failure_limit", _at_least(1), 5),
-            failure_response=self.get(head, ("plan",), "failure_response", Response, Response.ROLLBACK_ZERO),
+            failure_response=self.get(head, ("plan",), "failure_response", _choice(Response), Response.ROLLBACK_ZERO),
             start=self.get(head, ("plan",), "start", _moment, None),
             digest=self._digest,
         )
@@ -156,7 +159,7 @@ class _Checker:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
-                self.fail(path + (key,), f"unknown key{hint}")
+                self.fail(path + (key,), f"unknown {'key' if path else 'section'}{hint}")
 
     def stages(self, value: Any) -> tuple[Stage, ...]:
         entries = self.array(value, "stages")
@@ -194,11 +197,13 @@ class _Checker:
             criteria = self.get(entry, path, "criteria", _name_list, tuple(sorted(guard_names)))
             for name in criteria or ():
                 if name not in guard_names:
-                    self.fail(path + ("criteria",), f"no guard named {name!r}; guards: {', '.join(sorted(guard_names))}")
+                    self.fail(path + ("criteria",), f"no guard named {name!r}; guards: "
+                                                   f"{', '.join(sorted(guard_names)) or '(none)'}")
             if at is None:
                 continue
             if out and at <= out[-1].at:
-                self.fail(path + ("at",), f"{format_duration(at)} is not after the previous checkpoint's {format_duration(out[-1].at)}")
+                self.fail(path + ("at",), f"{format_duration(at)} is not after the previous checkpoint's "
+                                          f"{format_duration(out[-1].at)}; list checkpoints in time order")
             out.append(Checkpoint(
                 at=at,
                 name=self.get(entry, path, "name", _text, f"checkpoint at {format_duration(at)}"),
@@ -227,7 +232,7 @@ class _Checker:
         builtin = self.get(entry, path, "builtin", _identifier, None)
         if "query" not in entry and "builtin" not in entry:
             self.fail(path, "a guard needs a PromQL `query`, a `builtin` signal, or both")
-        direction = self.get(entry, path, "direction", Direction, Direction.ABOVE)
+        direction = self.get(entry, path, "direction", _choice(Direction), Direction.ABOVE)
         thresholds = {s: self.get(entry, path, str(s), _number) for s in Severity if str(s) in entry}
         if not thresholds:
             self.fail(path, "a guard needs at least one of warning, critical, emergency")
@@ -236,8 +241,8 @@ class _Checker:
         interval_default = timedelta(minutes=5)
         sustain = self.get(entry, path, "sustain", _duration, timedelta(0))
         window = self.get(entry, path, "window", _positive_duration, sustain or interval_default)
-        no_data = self.get(entry, path, "no_data", NoData, NoData.HOLD)
-        responses = {s: self.get(entry, path, f"on_{s}", Response, DEFAULT_RESPONSE[s]) for s in Severity}
+        no_data = self.get(entry, path, "no_data", _choice(NoData), NoData.HOLD)
+        responses = {s: self.get(entry, path, f"on_{s}", _choice(Response), DEFAULT_RESPONSE[s]) for s in Severity}
         if self.problems and any(p.where.startswith(_dotted(path)) for p in self.problems):
             return None
         return Guard(name=name, query=query, builtin=builtin, direction=direction, thresholds=thresholds,
@@ -256,17 +261,18 @@ class _Checker:
 
 
 def check_promql(plan: Plan, *, promtool: str | None = None, prometheus_url: str | None = None,
-                 plan_text: str | None = None) -> list[Problem]:
+                 plan_text: str | None = None, use_promtool: bool = True) -> list[Problem]:
     """Parse every guard query with promtool, else with a Prometheus server; [] when all parse.
 
-    Raises RuntimeError when neither is available, so a caller never mistakes "not
-    checked" for "fine".
+    `use_promtool=False` asks the server even when promtool is installed. Raises
+    RuntimeError when neither is available (or the one asked fails), so a caller never
+    mistakes "not checked" for "fine".
     """
     guards = [g for g in plan.guards if g.query]
     if not guards:
         return []
     locate = _TomlLocator(plan_text or "")
-    tool = promtool or shutil.which("promtool")
+    tool = (promtool or shutil.which("promtool")) if use_promtool else None
     if tool:
         failures = _promtool_failures(tool, guards)
     elif prometheus_url:
@@ -284,7 +290,10 @@ def _promtool_failures(tool: str, guards: list[Guard]) -> list[tuple[str, str]]:
     with tempfile.NamedTemporaryFile("w", suffix=".yml") as handle:
         json.dump(rules, handle)  # JSON is YAML
         handle.flush()
-        done = subprocess.run([tool, "check", "rules", handle.name], capture_output=True, text=True, timeout=30)
+        try:
+            done = subprocess.run([tool, "check", "rules", handle.name], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"cannot run promtool ({tool}): {exc}") from None
     failures = []
     for line in (done.stdout + done.stderr).splitlines():
         match = re.search(r'"rolloutd_guard_(\w+)": could not parse expression: (.*)$', line)
@@ -299,7 +308,10 @@ def _prometheus_failures(url: str, guards: list[Guard]) -> list[tuple[str, str]]
     failures = []
     with httpx.Client(base_url=url, timeout=10.0, trust_env=False) as client:
         for guard in guards:
-            response = client.get("/api/v1/query", params={"query": guard.resolved_query()})
+            try:
+                response = client.get("/api/v1/query", params={"query": guard.resolved_query()})
+            except httpx.HTTPError as exc:
+                raise RuntimeError(f"cannot ask Prometheus at {url} to parse the queries: {exc}") from None
             body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             if response.status_code == 400 and body.get("errorType") == "bad_data":
                 failures.append((guard.name, body.get("error", "bad_data")))
@@ -332,17 +344,20 @@ class _TomlLocator:
         index = path[1] if len(path) > 1 and isinstance(path[1], int) else -1
         rest = path[2:] if index != -1 else path[1:]
         for i, (block, block_index, first) in enumerate(self._blocks):
-            if block == name and block_index == index:
+            # A whole section named without an index (`stage`) is its first header, [x] or [[x]].
+            if block == name and (block_index == index or (index == -1 and not rest)):
                 last = self._blocks[i + 1][2] - 1 if i + 1 < len(self._blocks) else len(self._lines)
-                return self._key_line(str(rest[0]), first, last) if rest else first
+                return (self._key_line(str(rest[0]), first, last) or first) if rest else first
+        if len(path) == 1:  # a top-level `key = value`, written before the first header
+            return self._key_line(name, 1, self._blocks[0][2] - 1 if self._blocks else len(self._lines))
         return None
 
-    def _key_line(self, key: str, first: int, last: int) -> int:
+    def _key_line(self, key: str, first: int, last: int) -> int | None:
         pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
         for number in range(first, last + 1):
             if pattern.match(self._lines[number - 1]):
                 return number
-        return first
+        return None
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
@@ -350,6 +365,23 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out or "(plan)"
+
+
+def _declared_names(entries: Any) -> set[str]:
+    """The `name`s written in an array of tables, valid or not."""
+    if not isinstance(entries, list):
+        return set()
+    return {e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)}
+
+
+def _choice(kind: type[enum.StrEnum]) -> Callable[[Any], Any]:
+    """A converter to one of `kind`'s values whose error lists them."""
+    def convert(value: Any) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"expected one of {', '.join(repr(m.value) for m in kind)}, got {value!r}") from None
+    return convert
 
 
 def _identifier(value: Any) -> str:
@@ -394,7 +426,7 @@ def _at_least(low: int) -> Callable[[Any], int]:
 def _duration(value: Any) -> timedelta:
     delta = parse_duration(value)
     if delta < timedelta(0):
-        raise ValueError(f"{value!r} is negative")
+        raise ValueError(f"{value!r} is negative; durations and offsets count forward from 0")
     return delta
 
 

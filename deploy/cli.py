@@ -7,10 +7,19 @@
         flags set NAME [--enabled true|false] [--percentage P] --reason "..."
         flags restore [BACKUP --reason "..."] [--state-dir DIR]
         emergency-stop --reason "..."
+        plan validate FILE [--prometheus URL] [--json]
 
 Exit status: 0 success, 1 failure, 2 usage error, 3 the daemon cannot be reached.
 
-`flags restore` is the one command that also works without a daemon: when the
+`plan validate` needs no daemon and never looks for or opens the admin socket: an
+operator checks a plan before installing it, or where rolloutd does not run. It is an
+offline command, so it imports the controller's public plan API
+(`controller.plan_load.load_plan`, `check_promql`) instead of asking the daemon, and
+accepts exactly what the daemon will load. It reports every problem as FILE:LINE, and
+calls a plan valid only after its PromQL has been parsed (by promtool on PATH, else by
+the Prometheus at `--prometheus URL`); with neither it says so and exits 1.
+
+`flags restore` also works without a daemon: when the
 flags file is corrupt the daemon refuses to start, so with `--state-dir` (or a
 `--config` naming one) rolloutctl lists and restores backups itself, through the
 flags store's public API and its lock (so it cannot race a running daemon).
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -33,6 +43,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "offline", None):  # no daemon involved: no socket is looked for or opened
+        return args.offline(args)
     if not getattr(args, "run", None):
         _parser().print_usage(sys.stderr)
         return EXIT_USAGE
@@ -80,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--reason")
     restore.add_argument("--state-dir", type=Path, help="work on this state_dir directly when no daemon runs")
     restore.set_defaults(run=cmd_flags_restore)
+    plan = sub.add_parser("plan", help="check a plan file (no daemon needed)").add_subparsers(metavar="ACTION")
+    validate = plan.add_parser("validate", help="load a plan, report every problem with its line, parse its PromQL")
+    validate.add_argument("file", type=Path, metavar="FILE")
+    validate.add_argument("--prometheus", metavar="URL",
+                          help="parse the queries on this Prometheus when promtool is not on PATH")
+    # SUPPRESS: a default here would overwrite a `--json` given before the command.
+    validate.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
+    validate.set_defaults(offline=cmd_plan_validate)
     return p
 
 
@@ -197,10 +217,106 @@ def _print_backups(answer: dict[str, Any], as_json: bool) -> None:
     print('\nrestore one with: rolloutctl flags restore BACKUP --reason "..."')
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def cmd_plan_validate(args: argparse.Namespace) -> int:
+    """Load FILE as the daemon would, then parse its PromQL; valid only if both pass."""
+    # Imported here, not at the top: the daemon commands never need the controller.
+    from controller.plan_load import PlanError, check_promql, load_plan
+
+    file = str(args.file)
+    try:
+        plan = load_plan(args.file)
+    except PlanError as exc:
+        return _plan_verdict(file, args.json, exc.problems, None)
+    promtool = shutil.which("promtool")
+    try:
+        problems = check_promql(plan, promtool=promtool, prometheus_url=args.prometheus,
+                                plan_text=args.file.read_text(), use_promtool=promtool is not None)
+    except (RuntimeError, OSError) as exc:
+        message = f"{exc}; {file} was NOT validated (its queries are unchecked)"
+        if args.json:
+            _print_json({"valid": False, "problems": [], "error": message, "plan": _plan_summary(plan)})
+        else:
+            print(f"rolloutctl: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    checked = "no PromQL to check" if not any(g.query for g in plan.guards) else \
+        f"PromQL parsed by {'promtool' if promtool else 'Prometheus at ' + args.prometheus}"
+    return _plan_verdict(file, args.json, problems, _plan_summary(plan), checked)
+
+
+def _plan_verdict(file: str, as_json: bool, problems: list[Any], summary: dict[str, Any] | None,
+                  checked: str = "") -> int:
+    problems = sorted(problems, key=lambda p: p.line or 0)
+    if as_json:
+        _print_json({"valid": not problems, "problems": [
+            {"where": p.where, "line": p.line, "message": p.message, "text": p.render(file)} for p in problems],
+            "plan": summary})
+    elif problems:
+        for problem in problems:
+            print(problem.render(file))
+        print(f"{file}: {len(problems)} problem(s); the plan is NOT valid")
+    else:
+        _print_plan(file, summary or {}, checked)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _plan_summary(plan: Any) -> dict[str, Any]:
+    """The plan as JSON-ready data; offsets in hours, as the plan file counts them."""
+    from controller.plan import format_duration
+
+    def at(delta: Any) -> dict[str, Any]:
+        hours = delta.total_seconds() / 3600
+        return {"at": f"{hours:g}h" if hours == int(hours) else format_duration(delta), "at_hours": hours}
+
+    return {
+        "name": plan.name,
+        "digest": plan.digest,
+        "flags": list(plan.flags),
+        "stages": [{**at(s.at), "percentage": s.percentage, "agents": list(s.agents), "name": s.name}
+                   for s in plan.stages],
+        "checkpoints": [{**at(c.at), "name": c.name, "requires_approval": c.requires_approval,
+                         "criteria": list(c.criteria)} for c in plan.checkpoints],
+        "guard_interval": format_duration(plan.guard_interval),
+        "failure_limit": plan.failure_limit,
+        "failure_response": str(plan.failure_response),
+        "guards": [{"name": g.name, "direction": str(g.direction),
+                    "thresholds": {str(sev): value for sev, value in sorted(g.thresholds.items())},
+                    "responses": {str(sev): str(r) for sev, r in sorted(g.responses.items())},
+                    "window": format_duration(g.window), "sustain": format_duration(g.sustain),
+                    "checks_to_sustain": g.checks_to_sustain(plan.guard_interval), "no_data": str(g.no_data),
+                    "query": g.resolved_query(), "builtin": g.builtin, "unit": g.unit} for g in plan.guards],
+    }
+
+
+def _print_plan(file: str, plan: dict[str, Any], checked: str) -> None:
+    print(f"{file}: plan {plan['name']} is valid ({checked})")
+    print(f"flags: {', '.join(plan['flags'])}")
+    print("stages:")
+    _print_table(("AT", "PERCENT", "AGENTS"), [(s["at"], f"{s['percentage']:g}%", ", ".join(s["agents"]) or "-")
+                                               for s in plan["stages"]], indent="  ")
+    print("checkpoints:")
+    _print_table(("AT", "APPROVAL", "NAME"), [(c["at"], "required" if c["requires_approval"] else "-", c["name"])
+                                              for c in plan["checkpoints"]], indent="  ")
+    print(f"guards, checked every {plan['guard_interval']} ({plan['failure_limit']} failed checks in a row: "
+          f"{plan['failure_response']}):")
+    rows = [(g["name"], g["direction"], *(_threshold(g, sev) for sev in ("warning", "critical", "emergency")),
+             _sustain(g), g["no_data"]) for g in plan["guards"]]
+    _print_table(("GUARD", "DIRECTION", "WARNING", "CRITICAL", "EMERGENCY", "SUSTAIN", "NO DATA"), rows, indent="  ")
+
+
+def _sustain(guard: dict[str, Any]) -> str:
+    checks = guard["checks_to_sustain"]
+    return f"{guard['sustain'] if guard['sustain'] != '0s' else 'none'} ({checks} check{'s' if checks != 1 else ''})"
+
+
+def _threshold(guard: dict[str, Any], severity: str) -> str:
+    value = guard["thresholds"].get(severity)
+    return "-" if value is None else f"{value:g}"
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "") -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print(indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def _print_json(value: Any) -> None:

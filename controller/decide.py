@@ -145,8 +145,10 @@ def _react(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutState
     rollback = _rollback_trigger(plan, state)
     if rollback is not None:
         response, reason, severity, guard = rollback
-        return _roll_back(plan, state, now, response, reason, severity, guard)
-    decisions: list[Decision] = []
+        state, rolled = _roll_back(plan, state, now, response, reason, severity, guard)
+        if rolled:
+            return state, rolled
+        # nothing left to roll back: the warnings and blindness below still apply
     state, decisions = _warnings(plan, state, now)
     blind = [(g.name, state.guards[g.name].last) for g in plan.guards
              if g.name in state.guards and state.guards[g.name].blind(g)]
@@ -175,7 +177,7 @@ def _rollback_trigger(plan: Plan, state: RolloutState) -> tuple[Response, str, S
             continue
         severity = counters.sustained(guard, plan.guard_interval)
         candidate = None
-        if severity is not None and severity >= Severity.CRITICAL and guard.responses[severity] is not Response.NOTIFY:
+        if severity is not None and guard.responses[severity] is not Response.NOTIFY:
             checks = guard.checks_to_sustain(plan.guard_interval)
             detail = counters.last.detail if counters.last else ""
             candidate = (guard.responses[severity], f"{detail} for {checks} consecutive check(s)", severity, guard.name)
@@ -249,9 +251,16 @@ def _advance(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutSta
             decisions += recorded
             continue
         if stage_due:
+            unapproved = _unapproved_checkpoint(plan, state, plan.stages[nxt].at)
+            if unapproved is not None:
+                reason = f"{plan.checkpoints[unapproved].name} needs an operator's approval (`rolloutctl approve`)"
+                state = replace(state, phase=Phase.AWAITING_APPROVAL, hold_reason=reason)
+                decisions.append(_decision(state, now, "awaiting_approval", reason, checkpoint=unapproved))
+                break
             due_at = state.started_at + plan.stages[nxt].at
-            if state.last_clean_at is None or state.last_clean_at < due_at:
-                break  # wait for a clean evaluation at or after the stage fell due
+            clean_now = state.last_clean_at is not None and state.last_clean_at == state.last_evaluation_at
+            if not clean_now or state.last_clean_at < due_at:
+                break  # wait for the latest evaluation to be clean, at or after the stage fell due
             state = _apply_stage(plan, state, nxt)
             decisions.append(_decision(state, now, "stage_applied", f"{plan.stages[nxt].label()} fell due"))
             break  # one stage a round: the next needs its own clean evaluation
@@ -260,6 +269,14 @@ def _advance(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutSta
             decisions.append(_decision(state, now, "completed", "every stage applied and every checkpoint passed"))
         break
     return state, decisions
+
+
+def _unapproved_checkpoint(plan: Plan, state: RolloutState, before: timedelta) -> int | None:
+    """A passed checkpoint that gates `before` and still lacks its approval (hold+resume must not skip it)."""
+    for i in state.checkpoints_done:
+        if plan.checkpoints[i].requires_approval and i not in state.approved and plan.checkpoints[i].at <= before:
+            return i
+    return None
 
 
 def _due_checkpoint(plan: Plan, state: RolloutState, elapsed: timedelta) -> int | None:

@@ -87,7 +87,7 @@ class Guard:
         interval, "for 5 minutes" is 2 consecutive evaluations (and the PromQL window
         makes each of them a 5-minute average). No sustain: the first breach counts.
         """
-        return math.floor(self.sustain / interval) + 1 if self.sustain else 1
+        return math.ceil(self.sustain / interval) + 1 if self.sustain else 1
 
 
 @dataclass(frozen=True)

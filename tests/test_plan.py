@@ -450,10 +450,10 @@ def test_resolved_query_of_a_builtin_only_guard_is_none() -> None:
 
 
 @pytest.mark.parametrize(("sustain", "interval", "checks"), [
-    ("5m", "5m", 2), ("0s", "5m", 1), ("10m", "5m", 3), ("2m", "5m", 1), ("5m", "1m", 6),
+    ("5m", "5m", 2), ("0s", "5m", 1), ("10m", "5m", 3), ("2m", "5m", 2), ("7m", "5m", 3), ("5m", "1m", 6),
 ])
 def test_checks_to_sustain(sustain: str, interval: str, checks: int) -> None:
-    """A breach is sustained after floor(sustain / interval) + 1 consecutive breaching checks."""
+    """A breach is sustained after ceil(sustain / interval) + 1 consecutive breaching checks (t .. t + sustain)."""
     assert guard(sustain=sustain).checks_to_sustain(parse_duration(interval)) == checks
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -124,22 +125,23 @@ def _transport_message(endpoint: str, exc: Exception) -> str:
         limit = exc.request.extensions.get("timeout", {}).get(phase)
         within = f" within {limit:g}s" if limit is not None else ""
         return f"no answer from {endpoint}{within} ({phase} timeout)"
-    cause = _os_error(exc)
-    if isinstance(cause, ConnectionRefusedError):
+    causes = _causes(exc)
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
         return f"cannot connect to {endpoint}: connection refused (is Prometheus running?)"
-    if cause is not None and type(cause).__name__ == "gaierror":
-        return f"cannot resolve the host of {endpoint}: {cause.strerror or cause}"
-    return f"cannot query {endpoint}: {type(exc).__name__}: {exc or 'no details'}"
+    if dns := next((c for c in causes if isinstance(c, socket.gaierror)), None):
+        return f"cannot resolve the host of {endpoint}: {dns.strerror or dns}"
+    return f"cannot query {endpoint}: {type(exc).__name__}: {str(exc) or 'no details'}"
 
 
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError under httpx's and httpcore's wrappers, if there is one."""
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exceptions under httpx's, httpcore's and anyio's wrappers, outermost first."""
+    # anyio wraps the per-address errors in a generic OSError("All connection attempts failed").
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
+    while seen is not None and seen not in chain:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return None
+    return chain
 
 
 def _body(endpoint: str, response: httpx.Response) -> dict[str, Any]:
@@ -214,4 +216,5 @@ def _labels(endpoint: str, sample: Any) -> str:
     metric = sample.get("metric") if isinstance(sample, dict) else None
     if not isinstance(metric, dict):
         raise PrometheusError(f"unexpected answer from {endpoint}: sample {_snippet(str(sample))!r} has no labels")
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(metric.items())) + "}"
+    name = metric.get("__name__", "")
+    return name + "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(metric.items()) if k != "__name__") + "}"

@@ -159,7 +159,7 @@ def _react(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutState
             state = replace(state, phase=Phase.HOLDING, hold_reason=reason, held_by_operator=False)
             decisions.append(_decision(state, now, "hold", reason))
         return state, decisions
-    if state.phase is Phase.HOLDING and not state.held_by_operator and not state.hold_reason.startswith("checkpoint"):
+    if state.phase is Phase.HOLDING and not state.held_by_operator:  # only automatic holds clear themselves
         state = replace(state, phase=Phase.RUNNING, hold_reason="")
         decisions.append(_decision(state, now, "resume", "every guard reports again"))
     if not any(_breaching(c) for c in state.guards.values()):

@@ -196,13 +196,14 @@ class FlagStore:
             _record(now, audit_id, actor, reason, event, name, before.get(name), flags.get(name))
             for name in changed
         )
+        backups = self._backup_paths()  # listed once per write: for the new name and for pruning
         try:
-            self._backup_current(now)
+            backups = self._backup_current(now, backups)
             atomic_write(self.path, data)
         except BaseException as exc:
             self.audit.append([_aborted(self._clock(), audit_id, f"writing {self.path} failed: {exc!r}")])
             raise
-        self._prune_backups()
+        self._prune_backups(backups)
         self.snapshot, self.load_error = FlagSet(flags), None
         return self.snapshot
 
@@ -249,19 +250,20 @@ class FlagStore:
             reason = "the process stopped before the flags file was written; the change did not happen"
             self.audit.append([_aborted(self._clock(), last.get("id"), reason)])
 
-    def _backup_current(self, now: datetime) -> None:
+    def _backup_current(self, now: datetime, backups: list[Path]) -> list[Path]:
+        """Link the current file into backups/; return `backups` with it, oldest first."""
         if not self.path.exists():
-            return
+            return backups
         self.backup_dir.mkdir(mode=0o750, exist_ok=True)
         stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
         # The same clock reading twice: number them after the newest so they still sort in order.
-        seq = max((n for t, n in map(_backup_order, self._backup_paths()) if t == stamp), default=0) + 1
+        seq = max((n for t, n in map(_backup_order, backups) if t == stamp), default=0) + 1
         target = self.backup_dir / (f"flags.{stamp}.json" if seq == 1 else f"flags.{stamp}-{seq:04d}.json")
         os.link(self.path, target)  # the old inode lives on as the backup; no copy needed
         fsync_dir(self.backup_dir)
+        return sorted([*backups, target], key=_backup_order)
 
-    def _prune_backups(self) -> None:
-        backups = self._backup_paths()
+    def _prune_backups(self, backups: list[Path]) -> None:
         for old in backups[: max(0, len(backups) - self.keep_backups)]:
             old.unlink(missing_ok=True)
 

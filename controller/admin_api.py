@@ -65,8 +65,14 @@ async def emergency_stop(store: FlagStore, actor: str, reason: str) -> None:
     log.critical("emergency.activated", actor=actor, reason=reason)
 
 
+Emergency = Callable[[str, str], Awaitable[Any]]   # (actor, reason)
+
+
 def build_admin_app(store: FlagStore, clock: Callable[[], datetime], readiness: Readiness,
-                    info: dict[str, Any]) -> Starlette:
+                    info: dict[str, Any], *, emergency: Emergency | None = None,
+                    extra_routes: list[Route] | None = None) -> Starlette:
+    """The admin app; `emergency` replaces the kill-switch-only stop when a rollout runs
+    (its flags go off too), and `extra_routes` are the rollout's own (rollout_api.py)."""
     started = time.monotonic()
 
     async def health(request: Request) -> Response:
@@ -88,7 +94,7 @@ def build_admin_app(store: FlagStore, clock: Callable[[], datetime], readiness: 
         return JSONResponse({**flag_summary(flag, clock()), "stored": flag.to_dict(), "audit": audit[-10:]})
 
     async def set_flag(request: Request) -> Response:
-        body = await _body(request)
+        body = await body_of(request)
         enabled, percentage = body.get("enabled"), body.get("percentage")
         if enabled is None and percentage is None:
             raise BadRequest("nothing to change: give enabled and/or percentage")
@@ -97,7 +103,7 @@ def build_admin_app(store: FlagStore, clock: Callable[[], datetime], readiness: 
         if percentage is not None and (isinstance(percentage, bool) or not isinstance(percentage, (int, float))):
             raise BadRequest(f"percentage must be a number from 0 to 100, got {percentage!r}")
         name = request.path_params["name"]
-        actor, reason = _actor(body), _reason(body)
+        actor, reason = actor_of(body), reason_of(body)
         await anyio.to_thread.run_sync(partial(store.set, name, enabled=enabled, percentage=percentage, actor=actor, reason=reason))
         log.warning("flag.set", flag=name, enabled=enabled, percentage=percentage, actor=actor, reason=reason)
         return JSONResponse(flag_summary(store.get(name), clock()))
@@ -108,33 +114,38 @@ def build_admin_app(store: FlagStore, clock: Callable[[], datetime], readiness: 
             {"name": b.name, "size": b.size, "flags": b.flags, "problem": b.problem} for b in items]})
 
     async def restore(request: Request) -> Response:
-        body = await _body(request)
+        body = await body_of(request)
         name = body.get("backup")
         if not isinstance(name, str) or not name:
             raise BadRequest("give the backup's name, as `rolloutctl flags restore` lists them")
-        actor, reason = _actor(body), _reason(body)
+        actor, reason = actor_of(body), reason_of(body)
         snap = await anyio.to_thread.run_sync(partial(store.restore, name, actor=actor, reason=reason))
         log.warning("flags.restored", backup=name, actor=actor, reason=reason, revision=snap.revision)
         return JSONResponse({"restored": name, "revision": snap.revision, "flags": len(snap)})
 
     async def stop(request: Request) -> Response:
-        body = await _body(request)
-        await emergency_stop(store, _actor(body), _reason(body))
+        body = await body_of(request)
+        actor, reason = actor_of(body), reason_of(body)
+        if emergency is not None:
+            await emergency(actor, reason)
+        else:
+            await emergency_stop(store, actor, reason)
         return JSONResponse({"kill_switch": store.snapshot.kill_switch})
 
     routes = [
         Route("/v1/health", health, methods=["GET"]),
         Route("/v1/flags", list_flags, methods=["GET"]),
-        Route("/v1/flags/{name}", _guarded(show_flag), methods=["GET"]),
-        Route("/v1/flags/{name}", _guarded(set_flag), methods=["POST"]),
-        Route("/v1/flags-backups", _guarded(backups), methods=["GET"]),
-        Route("/v1/flags-restore", _guarded(restore), methods=["POST"]),
-        Route("/v1/emergency-stop", _guarded(stop), methods=["POST"]),
+        Route("/v1/flags/{name}", guarded(show_flag), methods=["GET"]),
+        Route("/v1/flags/{name}", guarded(set_flag), methods=["POST"]),
+        Route("/v1/flags-backups", guarded(backups), methods=["GET"]),
+        Route("/v1/flags-restore", guarded(restore), methods=["POST"]),
+        Route("/v1/emergency-stop", guarded(stop), methods=["POST"]),
+        *(extra_routes or []),
     ]
     return Starlette(routes=routes)
 
 
-def _guarded(handler: Handler) -> Handler:
+def guarded(handler: Handler) -> Handler:
     """Turn our exceptions into JSON errors with the right status."""
 
     async def wrapped(request: Request) -> Response:
@@ -152,7 +163,7 @@ def _guarded(handler: Handler) -> Handler:
     return wrapped
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def body_of(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"{}")
     except ValueError as exc:
@@ -162,13 +173,13 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _reason(body: dict[str, Any]) -> str:
+def reason_of(body: dict[str, Any]) -> str:
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         raise BadRequest("a reason is required (--reason \"...\"): it goes into the audit log")
     return reason.strip()
 
 
-def _actor(body: dict[str, Any]) -> str:
+def actor_of(body: dict[str, Any]) -> str:
     actor = body.get("actor")
     return actor.strip() if isinstance(actor, str) and actor.strip() else "unknown"

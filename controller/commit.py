@@ -23,6 +23,11 @@ def commit(db: StateDB, store: FlagStore, plan: Plan, transition: Transition, no
     db.complete([i for i, d in zip(ids, transition.decisions) if d.changes_flags])
 
 
+def record_applied(db: StateDB, store: FlagStore, plan: Plan, transition: Transition, now: datetime) -> None:
+    """Journal a transition whose flags were written first (the emergency stop)."""
+    db.complete(db.record(transition.state, transition.decisions, now))
+
+
 def recover(db: StateDB, store: FlagStore, plan: Plan) -> list[Decision]:
     """Re-apply intents a crash left unapplied (idempotent); return them."""
     done = []

@@ -23,7 +23,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "time_scale": 1.0,
         "drain_seconds": 10.0,
     },
-    "prometheus": {"url": None},
+    "prometheus": {"url": None, "timeout_seconds": 10.0},
+    "notifications": {"webhook_urls": [], "alertmanager_url": None},
     "retrieval": {"mongodb_uri": None, "redis_url": None},
 }
 
@@ -61,6 +62,9 @@ class Config:
     prometheus_url: str | None = None
     mongodb_uri: str | None = None
     redis_url: str | None = None
+    prometheus_timeout: float = 10.0
+    webhook_urls: tuple[str, ...] = ()
+    alertmanager_url: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def restart_needed_for(self, new: Config) -> list[str]:
@@ -103,6 +107,9 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> Config:
         prometheus_url=merged["prometheus"]["url"],
         mongodb_uri=merged["retrieval"]["mongodb_uri"],
         redis_url=merged["retrieval"]["redis_url"],
+        prometheus_timeout=_positive(merged["prometheus"], "timeout_seconds", path, "prometheus"),
+        webhook_urls=_urls(merged["notifications"]["webhook_urls"], path),
+        alertmanager_url=merged["notifications"]["alertmanager_url"],
         raw=raw,
     )
 
@@ -131,7 +138,7 @@ def _merge_defaults(raw: dict[str, Any], path: Path) -> dict[str, dict[str, Any]
                                         f"known: {', '.join(DEFAULTS[section])}")
     for section, defaults in DEFAULTS.items():
         merged[section] = {**defaults, **raw.get(section, {})}
-    for section, key in (("prometheus", "url"), ("retrieval", "mongodb_uri"), ("retrieval", "redis_url"),
+    for section, key in (("prometheus", "url"), ("notifications", "alertmanager_url"), ("retrieval", "mongodb_uri"), ("retrieval", "redis_url"),
                          ("daemon", "plan"), ("daemon", "admin_socket_group")):
         value = merged[section][key]
         if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -146,11 +153,21 @@ def _string(section: dict[str, Any], key: str, path: Path) -> str:
     return value
 
 
-def _positive(section: dict[str, Any], key: str, path: Path) -> float:
+def _positive(section: dict[str, Any], key: str, path: Path, name: str = "daemon") -> float:
     value = section[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(path, f"[daemon] {key} = {value!r}: expected a number greater than 0")
+        raise ConfigError(path, f"[{name}] {key} = {value!r}: expected a number greater than 0")
     return float(value)
+
+
+def _urls(value: Any, path: Path) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(path, f"[notifications] webhook_urls = {value!r}: expected a list of URLs, "
+                                "e.g. [\"https://hooks.slack.com/services/...\"]")
+    for url in value:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(path, f"[notifications] webhook_urls: {url!r} is not an http(s) URL")
+    return tuple(value)
 
 
 def _suggest(word: str, known: Any) -> str:

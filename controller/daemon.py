@@ -2,15 +2,17 @@
 
     rolloutd --config PATH
 
-Start-up: read the config → open (and lock) the flags store → bind the public TCP
-listener and the admin socket → serve → READY=1. Any start-up error is one log
+Start-up: read the config → open (and lock) the flags store → open the rollout (its
+plan, its durable state, recovering what a crash interrupted) → bind the public TCP
+listener and the admin socket → serve → schedule guard checks → READY=1. Any start-up error is one log
 line naming what is wrong and an exit with status 78 (EX_CONFIG), which the unit's
 RestartPreventExitStatus= keeps systemd from retrying in a loop.
 
 Signals (handled in the event loop, never in a signal handler):
     SIGTERM, SIGINT   stop accepting, drain in-flight requests for `drain_seconds`, exit 0
-    SIGHUP            reload the config and flags.json; a bad file is rejected, the old kept
-    SIGUSR1           emergency shutdown: the kill switch on, durably, first
+    SIGHUP            reload the config, the plan and flags.json; a bad file is rejected, the old kept
+    SIGUSR1           emergency shutdown: every rollout flag off and the kill switch on, durably,
+                      first; the rollout stays in EMERGENCY until `rolloutctl resume --clear-emergency`
     SIGUSR2           log a full status snapshot
 """
 
@@ -31,6 +33,8 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from controller.admin_api import build_admin_app, emergency_stop
+from controller.rollout_api import rollout_routes
+from controller.rollout_runtime import Rollout, RolloutStartError, open_rollout, reload_plan
 from controller.config import Config, ConfigError, load_config
 from controller.listeners import ListenerError, bind_tcp, bind_unix
 from controller.logs import configure_logging
@@ -51,7 +55,13 @@ def utcnow() -> datetime:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rolloutd", description="Roll feature flags out to an agent fleet, safely.")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["replay"]:
+        from controller.replay import replay  # noqa: PLC0415  (the daemon itself does not need it)
+
+        return anyio.run(replay, argv[1:], backend="asyncio")
+    parser = argparse.ArgumentParser(prog="rolloutd", description="Roll feature flags out to an agent fleet, safely.",
+                                     epilog="Also: rolloutd replay --config PATH --from T0 [--to T1] [--json]")
     parser.add_argument("--config", required=True, type=Path, help="the TOML config file (see systemd/rolloutd.toml)")
     args = parser.parse_args(argv)
     configure_logging()
@@ -81,15 +91,23 @@ async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock:
             log.critical("flags.locked", error=str(exc))
             return EX_CONFIG
         try:
-            return await _serve_until_stopped(config, store, notifier, signals, clock)
+            rollout = await open_rollout(config, store, clock)
+        except RolloutStartError as exc:
+            log.critical("rollout.cannot_start", problem=str(exc))
+            store.close()
+            return EX_CONFIG
+        try:
+            return await _serve_until_stopped(config, store, rollout, notifier, signals, clock)
         except ListenerError as exc:
             log.critical("listen.failed", error=str(exc))
             return EX_CONFIG
         finally:
+            if rollout is not None:
+                await rollout.close()
             store.close()
 
 
-async def _serve_until_stopped(config: Config, store: FlagStore, notifier: Notifier,
+async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollout | None, notifier: Notifier,
                                signals: Any, clock: Clock) -> int:
     readiness = Readiness()
     snapshot = lambda: store.snapshot  # noqa: E731  (always the current snapshot)
@@ -97,7 +115,10 @@ async def _serve_until_stopped(config: Config, store: FlagStore, notifier: Notif
     info = {"listen": config.daemon.listen, "admin_socket": str(config.daemon.admin_socket),
             "state_dir": str(config.daemon.state_dir), "config": str(config.source)}
     public = _server(build_public_app(snapshot, clock, registry, readiness), config)
-    admin = _server(build_admin_app(store, clock, readiness, info), config)
+    controller = rollout.controller if rollout else None
+    emergency = controller.emergency_stop if controller else None
+    routes = rollout_routes(controller, rollout.schedule.wake_at_next_transition if rollout else lambda: None)
+    admin = _server(build_admin_app(store, clock, readiness, info, emergency=emergency, extra_routes=routes), config)
     tcp = bind_tcp(config.daemon.listen_host, config.daemon.listen_port)
     uds = bind_unix(config.daemon.admin_socket, config.daemon.admin_socket_group)
     holder = {"config": config}
@@ -107,13 +128,17 @@ async def _serve_until_stopped(config: Config, store: FlagStore, notifier: Notif
                 await serving.start(_serve, public, tcp)
                 await serving.start(_serve, admin, uds)
                 readiness.set("starting", None)
+                if rollout is not None:
+                    background.start_soon(rollout.notifications.run)
+                    rollout.schedule.start()
                 host, port = tcp.getsockname()[:2]
                 log.info("daemon.ready", listen=f"{host}:{port}", admin_socket=str(config.daemon.admin_socket),
                          flags=len(store.snapshot), kill_switch=store.snapshot.kill_switch, priority="notice")
-                notifier.ready(_status(store, host, port))
+                notifier.ready(_status(store, host, port, rollout))
                 if notifier.watchdog_seconds:
                     background.start_soon(_watchdog, notifier, notifier.watchdog_seconds)
-                await _handle_signals(signals, store, holder, notifier, partial(_status, store, host, port), (public, admin))
+                await _handle_signals(signals, store, rollout, holder, notifier,
+                                      partial(_status, store, host, port, rollout), (public, admin))
                 readiness.set("stopping", "draining in-flight requests")
                 notifier.stopping(f"draining for up to {holder['config'].daemon.drain_seconds:g}s")
                 for server in (public, admin):
@@ -143,8 +168,8 @@ async def _serve(server: uvicorn.Server, sock: socket.socket, *, task_status: Ta
     await server.shutdown(sockets=[sock])
 
 
-async def _handle_signals(signals: Any, store: FlagStore, holder: dict[str, Config], notifier: Notifier,
-                          status: Callable[[], str], servers: tuple[uvicorn.Server, ...]) -> None:
+async def _handle_signals(signals: Any, store: FlagStore, rollout: Rollout | None, holder: dict[str, Config],
+                          notifier: Notifier, status: Callable[[], str], servers: tuple[uvicorn.Server, ...]) -> None:
     """React to signals until one says stop."""
     async for signum in signals:
         name = signal.Signals(signum).name
@@ -154,13 +179,21 @@ async def _handle_signals(signals: Any, store: FlagStore, holder: dict[str, Conf
         if signum == signal.SIGHUP:
             notifier.reloading()
             await _reload(store, holder, servers)
+            if rollout is not None:
+                reload_plan(rollout, holder["config"])
             notifier.ready(status())
         elif signum == signal.SIGUSR1:
-            await emergency_stop(store, actor="signal:SIGUSR1", reason="emergency shutdown requested with SIGUSR1")
+            why = "emergency shutdown requested with SIGUSR1"
+            if rollout is not None:
+                await rollout.controller.emergency_stop("signal:SIGUSR1", why)
+                rollout.schedule.wake_at_next_transition()
+            else:
+                await emergency_stop(store, actor="signal:SIGUSR1", reason=why)
             notifier.status(status())
         elif signum == signal.SIGUSR2:
             log.info("daemon.status", status=status(), revision=store.snapshot.revision,
-                     flags={n: f.to_dict() for n, f in store.snapshot.flags.items()})
+                     flags={n: f.to_dict() for n, f in store.snapshot.flags.items()},
+                     rollout=rollout.controller.status() if rollout else None)
 
 
 async def _reload(store: FlagStore, holder: dict[str, Config], servers: tuple[uvicorn.Server, ...]) -> None:
@@ -193,10 +226,14 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
         await anyio.sleep(interval / 2)
 
 
-def _status(store: FlagStore, host: str, port: int) -> str:
+def _status(store: FlagStore, host: str, port: int, rollout: Rollout | None = None) -> str:
     snap = store.snapshot
     kill = "ON" if snap.kill_switch else "off"
-    return f"serving {len(snap)} flags on {host}:{port}; kill switch {kill}"
+    text = f"serving {len(snap)} flags on {host}:{port}; kill switch {kill}"
+    if rollout is not None:
+        state = rollout.controller.state
+        text += f"; rollout {state.plan} {state.phase} at {state.percentage:g}%"
+    return text
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ Rules, in the order `decide` applies them:
    further sustained breach);
 3. a warning notifies (once per episode) and, like blindness, keeps the rollout from
    advancing; blindness also puts a RUNNING rollout on an automatic hold;
-4. due checkpoints are recorded, in time order, before any later stage;
+4. due checkpoints are recorded, in time order, before any later stage, and no stage
+   is applied past a checkpoint until its report's verdict is in (`checkpoint_verdict`;
+   the service measures the report, then decides again);
 5. one due stage is applied, and only if a clean evaluation happened at or after the
    time it fell due — so stages that fell due while the daemon was down wait for the
    first passing evaluation, and none is ever skipped.
@@ -61,8 +63,8 @@ class Decision:
     """One journal entry; `action` is what replay and the journal print."""
 
     at: datetime
-    action: str            # stage_applied, rollback, hold, resume, warning, checkpoint, awaiting_approval,
-                           # approved, emergency, emergency_cleared, completed
+    action: str            # stage_applied, rollback, hold, resume, warning, checkpoint, verdict,
+                           # awaiting_approval, approved, emergency, emergency_cleared, completed
     stage: int
     percentage: float
     agents: tuple[str, ...]
@@ -70,6 +72,7 @@ class Decision:
     severity: Severity | None = None
     checkpoint: int | None = None
     guard: str | None = None
+    recommendation: str | None = None   # verdict: GO, NO-GO or HOLD
 
     @property
     def changes_flags(self) -> bool:
@@ -79,7 +82,7 @@ class Decision:
         return {"at": self.at.isoformat().replace("+00:00", "Z"), "action": self.action, "stage": self.stage,
                 "percentage": self.percentage, "agents": list(self.agents), "reason": self.reason,
                 "severity": str(self.severity) if self.severity else None, "checkpoint": self.checkpoint,
-                "guard": self.guard}
+                "guard": self.guard, "recommendation": self.recommendation}
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class RolloutState:
     hold_reason: str = ""
     held_by_operator: bool = False
     checkpoints_done: tuple[int, ...] = ()
+    verdicts: tuple[int, ...] = ()        # checkpoints whose report has been judged (GO, HOLD or NO-GO)
     approved: tuple[int, ...] = ()
     guards: Mapping[str, GuardCounters] = field(default_factory=dict)
     warned: tuple[str, ...] = ()          # guards whose current warning episode was notified
@@ -250,6 +254,8 @@ def _advance(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutSta
             state, recorded = _checkpoint(plan, state, now, cp)
             decisions += recorded
             continue
+        if stage_due and awaiting_verdict(state):
+            break  # the checkpoint's report decides first
         if stage_due:
             unapproved = _unapproved_checkpoint(plan, state, plan.stages[nxt].at)
             if unapproved is not None:
@@ -264,11 +270,16 @@ def _advance(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutSta
             state = _apply_stage(plan, state, nxt)
             decisions.append(_decision(state, now, "stage_applied", f"{plan.stages[nxt].label()} fell due"))
             break  # one stage a round: the next needs its own clean evaluation
-        if nxt is None and len(state.checkpoints_done) == len(plan.checkpoints):
+        if nxt is None and len(state.checkpoints_done) == len(plan.checkpoints) and not awaiting_verdict(state):
             state = replace(state, phase=Phase.COMPLETED, hold_reason="")
             decisions.append(_decision(state, now, "completed", "every stage applied and every checkpoint passed"))
         break
     return state, decisions
+
+
+def awaiting_verdict(state: RolloutState) -> tuple[int, ...]:
+    """Recorded checkpoints whose report has not been judged yet."""
+    return tuple(i for i in state.checkpoints_done if i not in state.verdicts)
 
 
 def _unapproved_checkpoint(plan: Plan, state: RolloutState, before: timedelta) -> int | None:
@@ -304,18 +315,26 @@ def _apply_stage(plan: Plan, state: RolloutState, index: int) -> RolloutState:
 
 def checkpoint_verdict(plan: Plan, state: RolloutState, now: datetime, index: int,
                        recommendation: str, reason: str) -> Transition:
-    """Act on a checkpoint report's recommendation: GO goes on, HOLD holds, NO-GO rolls back to 0%."""
+    """Act on a checkpoint report's recommendation: GO goes on, HOLD holds, NO-GO rolls back to 0%.
+
+    The verdict itself is journaled (action `verdict`), then what it does.
+    """
+    if index in state.verdicts:
+        return Transition(state)  # judged already (a report re-measured after a crash changes nothing)
+    state = replace(state, verdicts=state.verdicts + (index,))
+    verdict = _decision(state, now, "verdict", f"{plan.checkpoints[index].name}: {recommendation} ({reason})",
+                        checkpoint=index, recommendation=recommendation)
     if recommendation == "GO" or state.phase in (Phase.EMERGENCY, Phase.COMPLETED):
-        return Transition(state)
+        return Transition(state, (verdict,))
     if recommendation == "NO-GO":
         state, decisions = _roll_back(plan, state, now, Response.ROLLBACK_ZERO,
                                       f"checkpoint {plan.checkpoints[index].name}: NO-GO ({reason})", None, None)
-        return Transition(state, tuple(decisions))
+        return Transition(state, (verdict, *decisions))
     hold = f"checkpoint {plan.checkpoints[index].name}: HOLD ({reason}); `rolloutctl resume` when satisfied"
     if state.phase is Phase.AWAITING_APPROVAL:
-        return Transition(replace(state, hold_reason=hold))
+        return Transition(replace(state, hold_reason=hold), (verdict,))
     state = replace(state, phase=Phase.HOLDING, hold_reason=hold, held_by_operator=True)
-    return Transition(state, (_decision(state, now, "hold", hold, checkpoint=index),))
+    return Transition(state, (verdict, _decision(state, now, "hold", hold, checkpoint=index)))
 
 
 # -- operator commands ------------------------------------------------------------------------
@@ -372,6 +391,20 @@ def rollback(plan: Plan, state: RolloutState, now: datetime, to_stage: int, reas
     state, decisions = _roll_back(plan, state, now, Response.ROLLBACK_STAGE, f"operator: {reason}", None, None,
                                   manual=True, to_stage=to_stage)
     return Transition(state, tuple(decisions))
+
+
+def clock_jump(state: RolloutState, now: datetime, reason: str) -> Transition:
+    """The wall clock moved unlike the monotonic clock: hold until an operator has looked.
+
+    Plan time is read from the wall clock, so a jump could make stages fall due (or
+    checkpoints pass) that nobody waited for. The hold is sticky like an operator's,
+    but it is not counted as a manual intervention.
+    """
+    advancing = state.phase is Phase.RUNNING or (state.phase is Phase.HOLDING and not state.held_by_operator)
+    if not advancing:
+        return Transition(state)  # nothing would advance by itself anyway
+    state = replace(state, phase=Phase.HOLDING, hold_reason=reason, held_by_operator=True)
+    return Transition(state, (_decision(state, now, "hold", reason),))
 
 
 def emergency(state: RolloutState, now: datetime, reason: str) -> Transition:

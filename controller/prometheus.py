@@ -47,6 +47,9 @@ class GuardSource(Protocol):
 
     async def observe(self, guard: Guard, at: datetime) -> Observation: ...
 
+    async def value(self, promql: str, at: datetime, direction: Direction | None = None) -> float | None:
+        """A query's value for reports; raises PrometheusError when it cannot be had."""
+
 
 class PrometheusError(Exception):
     """Prometheus could not give an answer; the message says where and why."""
@@ -89,6 +92,10 @@ class PrometheusSource:
             return observation
         several = f"worst of {reading.series} series: {reading.worst}"
         return replace(observation, detail=f"{observation.detail}; {several}" if observation.detail else several)
+
+    async def value(self, promql: str, at: datetime, direction: Direction | None = None) -> float | None:
+        """Any query's value at `at` (reports use it); raises PrometheusError on any failure."""
+        return await query_value(self._client, promql, at, direction)
 
 
 async def query_value(client: httpx.AsyncClient, promql: str, at: datetime,

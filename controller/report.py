@@ -30,8 +30,40 @@ class Measurement:
     query: str | None = None
 
 
+# The seeds' report metrics (their key → PromQL over the checkpoint's period `{{window}}`),
+# read from the metrics rolloutd exports. Ratios are 0-1; test_pass_rate is a percentage,
+# as the seeds' exporter publishes it. `None`: rolloutd cannot measure it, said in the report.
+SEED_METRICS: dict[str, str | None] = {
+    "test_pass_rate": "min(min_over_time(genesis_regression_pass_rate[{{window}}]))",
+    "error_rate": "(sum(increase(hybrid_rag_errors_total[{{window}}])) or vector(0))"
+                  " / sum(increase(hybrid_rag_queries_total[{{window}}]))",
+    "p95_latency_ms": "1000 * histogram_quantile(0.95, sum by (le) "
+                      "(increase(hybrid_rag_retrieval_latency_seconds_bucket[{{window}}])))",
+    "p99_latency_ms": "1000 * histogram_quantile(0.99, sum by (le) "
+                      "(increase(hybrid_rag_retrieval_latency_seconds_bucket[{{window}}])))",
+    "cache_hit_rate": "sum(increase(redis_cache_hits_total[{{window}}])) / (sum(increase(redis_cache_hits_total"
+                      "[{{window}}])) + sum(increase(redis_cache_misses_total[{{window}}])))",
+    "retrieval_accuracy_precision_at_10": "min(min_over_time(hybrid_rag_precision_at_10[{{window}}]))",
+    "retrieval_accuracy_recall_at_10": "min(min_over_time(hybrid_rag_recall_at_10[{{window}}]))",
+    "cost_reduction_percentage": None,
+}
+UNMEASURABLE = {
+    "cost_reduction_percentage": "rolloutd exports no cost signal; measure it from the provider's billing data",
+}
+
+
+def seed_metric_query(key: str, window_seconds: float) -> str | None:
+    template = SEED_METRICS[key]
+    if template is None:
+        return None
+    return template.replace("{{window}}", format_duration(timedelta(seconds=max(60, int(window_seconds)))))
+
+
 def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
-                 measurements: Mapping[str, Measurement], journal: list[dict[str, Any]]) -> dict[str, Any]:
+                 measurements: Mapping[str, Measurement], journal: list[dict[str, Any]],
+                 metrics: Mapping[str, Measurement] | None = None) -> dict[str, Any]:
+    """The checkpoint's report. `measurements`: each guard's worst value over the period
+    (the criteria); `metrics`: the seeds' metrics by their keys (default: the guards')."""
     checkpoint = plan.checkpoints[index]
     criteria = [_guard_criterion(plan, name, measurements.get(name)) for name in checkpoint.criteria]
     criteria.append(_count_criterion("rollbacks", state.rollbacks, checkpoint.max_rollbacks, "NO-GO"))
@@ -39,6 +71,7 @@ def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
         criteria.append(_count_criterion("manual_interventions", state.manual_interventions,
                                          checkpoint.max_manual_interventions, "HOLD"))
     recommendation, why = recommend(criteria)
+    shown = metrics if metrics is not None else measurements
     return {
         "checkpoint": checkpoint.name,
         "deployment_start": _iso(state.started_at),
@@ -46,8 +79,8 @@ def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
         "hours_elapsed": round((now - state.started_at).total_seconds() / 3600, 2),
         "current_rollout_percentage": state.percentage,
         "agents_affected": list(state.agents),
-        "metrics": {name: m.value for name, m in measurements.items()},
-        "unmeasured": {name: m.reason for name, m in measurements.items() if m.value is None},
+        "metrics": {name: m.value for name, m in shown.items()},
+        "unmeasured": {name: m.reason for name, m in {**measurements, **shown}.items() if m.value is None},
         "issues_detected": [f"{d['at']} {d['action']}: {d['reason']}" for d in journal
                             if d["action"] in ("warning", "rollback", "hold", "emergency")],
         "rollback_triggered": state.rollbacks > 0,
@@ -94,12 +127,14 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def window_query(plan: Plan, name: str, window_seconds: float) -> str | None:
-    """The guard's worst value over the window as PromQL (a subquery at the guard interval)."""
+def window_query(plan: Plan, name: str, window_seconds: float, step_seconds: float | None = None) -> str | None:
+    """The guard's worst value over the window as PromQL: a subquery stepping at the guard
+    interval (or `step_seconds`, the interval in wall time when rehearsing at a time_scale)."""
     guard = plan.guard(name)
     query = guard.resolved_query()
     if query is None:
         return None
     fn = "max_over_time" if guard.direction is Direction.ABOVE else "min_over_time"
-    window = format_duration(timedelta(seconds=int(window_seconds)))
-    return f"{fn}(({query})[{window}:{format_duration(plan.guard_interval)}])"
+    window = format_duration(timedelta(seconds=max(1, int(window_seconds))))
+    step = plan.guard_interval if step_seconds is None else timedelta(seconds=max(1, int(step_seconds)))
+    return f"{fn}(({query})[{window}:{format_duration(step)}])"

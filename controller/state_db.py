@@ -52,11 +52,12 @@ CREATE INDEX IF NOT EXISTS journal_pending ON journal (status) WHERE status = 'i
 class StateDB:
     FILE = "controller.db"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, durable: bool = True) -> None:
+        """`durable=False` (replay's scratch state only): no fsync per transaction."""
         self.path = Path(state_dir) / self.FILE
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -138,6 +139,7 @@ def state_from_json(raw: dict[str, Any]) -> RolloutState:
         phase=Phase(raw["phase"]), stage=raw["stage"], percentage=raw["percentage"], agents=tuple(raw["agents"]),
         hold_reason=raw["hold_reason"], held_by_operator=raw["held_by_operator"],
         checkpoints_done=tuple(raw["checkpoints_done"]), approved=tuple(raw["approved"]),
+        verdicts=tuple(raw.get("verdicts", raw["checkpoints_done"])),
         guards={name: GuardCounters.from_dict(c) for name, c in raw["guards"].items()},
         warned=tuple(raw["warned"]), rollbacks=raw["rollbacks"], manual_interventions=raw["manual_interventions"],
         last_clean_at=moment("last_clean_at"), last_evaluation_at=moment("last_evaluation_at"),
@@ -149,5 +151,5 @@ def decision_from_json(raw: dict[str, Any]) -> Decision:
         at=datetime.fromisoformat(raw["at"].replace("Z", "+00:00")), action=raw["action"], stage=raw["stage"],
         percentage=raw["percentage"], agents=tuple(raw["agents"]), reason=raw["reason"],
         severity=Severity[raw["severity"].upper()] if raw.get("severity") else None,
-        checkpoint=raw.get("checkpoint"), guard=raw.get("guard"),
+        checkpoint=raw.get("checkpoint"), guard=raw.get("guard"), recommendation=raw.get("recommendation"),
     )

@@ -2,6 +2,7 @@
 
     rolloutctl [--socket PATH | --config PATH] [--json] COMMAND
         health
+        status | hold | resume | approve | promote | rollback | report   (deploy/rollout_cmds.py)
         flags list
         flags show NAME
         flags set NAME [--enabled true|false] [--percentage P] --reason "..."
@@ -36,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from deploy import rollout_cmds
 from deploy.client import AdminClient, ApiError, Unreachable, locate_socket, read_config_value
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     sub = p.add_subparsers(metavar="COMMAND")
     sub.add_parser("health", help="is the daemon up and ready?").set_defaults(run=cmd_health)
+    rollout_cmds.register(sub)
     stop = sub.add_parser("emergency-stop", help="turn the kill switch on: every flag off")
     stop.add_argument("--reason", required=True)
     stop.set_defaults(run=cmd_emergency_stop)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.history import history_prometheus  # noqa: F401  (re-exported as a fixture)
 from tests.realservers import (  # noqa: F401  (re-exported as fixtures)
     mongo_server,
     prometheus_server,

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,8 @@ class Daemon:
     config: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
-    output: str = ""
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -68,6 +70,10 @@ class Daemon:
             [sys.executable, "-m", "controller.daemon", "--config", str(self.config)],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
+        # Drain the pipe all the time: a daemon rehearsing at a high time_scale logs fast,
+        # and a full pipe would block its event loop in the middle of a test.
+        self._reader = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
+        self._reader.start()
         if wait:
             self.wait_ready(timeout)
         return self
@@ -107,13 +113,23 @@ class Daemon:
                 self.proc.wait(5)
         return self.read_output()
 
+    def _drain(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
     def read_output(self) -> str:
-        if self.proc and self.proc.stdout and self.proc.poll() is not None:
-            self.output += self.proc.stdout.read()
+        """Everything printed so far (all of it, once the process has exited)."""
+        if self.proc and self.proc.poll() is not None and self._reader is not None:
+            self._reader.join(timeout=5)
         return self.output
 
     def events(self) -> list[dict[str, object]]:
-        """The JSON log events printed so far (the process must have exited)."""
+        """The JSON log events printed so far."""
         out = []
         for line in self.read_output().splitlines():
             if line.startswith("<") and ">" in line:

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, Self
 
@@ -230,17 +231,23 @@ class PrometheusServer(ManagedServer):
 
     name = "prometheus"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, *, storage: Path | None = None, retention: str | None = None
+    ) -> None:
+        """`storage` may hold backfilled blocks (tests/history.py); `retention` overrides
+        the 15 d default, which counts back from the newest block."""
         port = free_port()
         self.config_path = workdir / "prometheus.yml"
         argv = [
             require_binary("prometheus"),
             f"--config.file={self.config_path}",
-            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--storage.tsdb.path={storage or workdir / 'tsdb'}",
             f"--web.listen-address={HOST}:{port}",
             "--web.enable-lifecycle",  # lets a test POST /-/reload or /-/quit
             "--log.level=warn",  # info logs a dozen start-up lines per test
         ]
+        if retention is not None:
+            argv.append(f"--storage.tsdb.retention.time={retention}")
         super().__init__(argv, port, workdir)
         self.url = f"http://{HOST}:{port}"
 
@@ -270,9 +277,15 @@ class PrometheusServer(ManagedServer):
         except httpx.TransportError:
             return False
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """Run an instant query and return its result list (empty when nothing matches)."""
-        return query_result(promql, self._get("/api/v1/query", query=promql))
+    def query(self, promql: str, *, at: datetime | None = None) -> list[dict[str, Any]]:
+        """Run an instant query (now, or at the aware `at`) and return its result list
+        (empty when nothing matches)."""
+        params = {"query": promql}
+        if at is not None:
+            if at.tzinfo is None:
+                raise ValueError(f"query time {at} has no timezone; pass an aware datetime")
+            params["time"] = f"{at.timestamp():.3f}"
+        return query_result(promql, self._get("/api/v1/query", **params))
 
     def wait_for_query(self, promql: str, timeout: float = QUERY_TIMEOUT) -> list[dict[str, Any]]:
         """Return the query's result once it is non-empty; fail after `timeout` seconds."""

@@ -21,6 +21,7 @@ from controller.decide import (
     RolloutState,
     Transition,
     approve,
+    awaiting_verdict,
     checkpoint_verdict,
     decide,
     emergency,
@@ -122,10 +123,11 @@ Operator = Callable[[RolloutState, datetime], Transition | None]
 
 def run(p: Plan, state: RolloutState, values: Values = lambda h: {}, frm: datetime = T0,
         to: datetime = T0, step: timedelta = FIVE_MIN, operator: Operator | None = None,
-        ) -> tuple[RolloutState, list[Decision]]:
+        judge: str | None = "GO") -> tuple[RolloutState, list[Decision]]:
     """Evaluate the guards and `decide` every `step` from `frm` to `to` inclusive; collect every decision.
 
     `operator(state, now)` runs before each evaluation and may return a command's Transition.
+    `judge`: the verdict each checkpoint's report gets, as the service would (None: leave them unjudged).
     """
     decisions: list[Decision] = []
     now = frm
@@ -136,6 +138,12 @@ def run(p: Plan, state: RolloutState, values: Values = lambda h: {}, frm: dateti
         t = decide(p, state, now, observe(p, values((now - T0) / timedelta(hours=1)), now))
         state = t.state
         decisions += t.decisions
+        if judge and awaiting_verdict(state):  # as the service does: judge the report (GO here), then decide again
+            for index in awaiting_verdict(state):
+                t = checkpoint_verdict(p, state, now, index, judge, "test")
+                state, decisions = t.state, decisions + list(t.decisions)
+            t = decide(p, state, now)
+            state, decisions = t.state, decisions + list(t.decisions)
         now += step
     return state, decisions
 
@@ -168,9 +176,9 @@ def applied(decisions: list[Decision]) -> list[tuple[datetime, int]]:
 
 
 def phase5_until(hours: float, values: Values = lambda h: {}, operator: Operator | None = None,
-                 ) -> tuple[RolloutState, list[Decision]]:
+                 judge: str | None = "GO") -> tuple[RolloutState, list[Decision]]:
     """The phase5 rollout from hour 0 to `hours`, every 5 minutes."""
-    return run(PHASE5, start(PHASE5, T0), values, T0, at(hours), operator=operator)
+    return run(PHASE5, start(PHASE5, T0), values, T0, at(hours), operator=operator, judge=judge)
 
 
 @functools.cache
@@ -403,7 +411,7 @@ def test_downtime_past_an_approval_checkpoint_still_stops_for_approval():
     state, _ = run(p, start(p, T0), to=at(1, 5))
     state, decisions = run(p, state, frm=at(3), to=at(3, 30))
     assert state.phase is Phase.AWAITING_APPROVAL
-    assert [d.action for d in decisions] == ["checkpoint", "awaiting_approval"]
+    assert [d.action for d in decisions] == ["checkpoint", "awaiting_approval", "verdict"]
     assert state.stage == 1
 
 
@@ -539,34 +547,45 @@ def test_hold_is_refused_once_completed():
 # -- checkpoint verdicts ---------------------------------------------------------------------------
 
 def at_day1_checkpoint() -> RolloutState:
-    """The phase5 rollout right after the 24h checkpoint was recorded."""
-    state, _ = phase5_until(24)
+    """The phase5 rollout right after the 24h checkpoint was recorded, before its report's verdict."""
+    state, _ = phase5_until(24, judge=None)
     assert state.checkpoints_done == (0,)
     return state
 
 
-def test_go_verdict_changes_nothing():
-    """A GO recommendation leaves the state as it is and decides nothing."""
+def test_go_verdict_is_journaled_and_changes_nothing_else():
+    """A GO recommendation is recorded as a verdict; the phase stays, and a second verdict is a no-op."""
     state = at_day1_checkpoint()
     t = checkpoint_verdict(PHASE5, state, at(24, 1), 0, "GO", "all criteria met")
-    assert t.state == state and t.decisions == ()
+    (d,) = t.decisions
+    assert (d.action, d.recommendation, d.checkpoint) == ("verdict", "GO", 0)
+    assert t.state.phase is state.phase and t.state.verdicts == (0,)
+    again = checkpoint_verdict(PHASE5, t.state, at(24, 2), 0, "NO-GO", "re-measured after a crash")
+    assert again.state == t.state and again.decisions == ()
+
+
+def test_no_stage_passes_a_checkpoint_before_its_verdict():
+    """A stage due after a recorded checkpoint waits until the report has been judged."""
+    state = at_day1_checkpoint()
+    later, decisions = run(PHASE5, state, frm=at(24, 5), to=at(50), judge=None)
+    assert later.stage == state.stage and not [d for d in decisions if d.action == "stage_applied"]
 
 
 def test_hold_verdict_holds_until_resumed():
     """A HOLD recommendation holds the rollout; clean checks do not resume it, `resume` does."""
     t = checkpoint_verdict(PHASE5, at_day1_checkpoint(), at(24, 1), 0, "HOLD", "p95 trending up")
-    (d,) = t.decisions
+    _, d = t.decisions
     assert d.action == "hold" and d.checkpoint == 0 and "p95 trending up" in d.reason
     state, decisions = run(PHASE5, t.state, frm=at(24, 5), to=at(50))
     assert decisions == [] and state.phase is Phase.HOLDING
     state, decisions = run(PHASE5, resume(state, at(50, 1)).state, frm=at(50, 5), to=at(50, 5))
-    assert [d.action for d in decisions] == ["checkpoint", "awaiting_approval"]
+    assert [d.action for d in decisions] == ["checkpoint", "awaiting_approval", "verdict"]
 
 
 def test_no_go_verdict_rolls_back_to_zero():
     """A NO-GO recommendation rolls every flag back to 0% and counts a rollback."""
     t = checkpoint_verdict(PHASE5, at_day1_checkpoint(), at(24, 1), 0, "NO-GO", "P0 incident")
-    (d,) = t.decisions
+    _, d = t.decisions
     assert (d.action, d.stage, d.percentage) == ("rollback", 0, 0)
     assert "NO-GO (P0 incident)" in d.reason
     assert t.state.phase is Phase.ROLLED_BACK and t.state.rollbacks == 1
@@ -574,8 +593,9 @@ def test_no_go_verdict_rolls_back_to_zero():
 
 def test_hold_verdict_while_awaiting_approval_keeps_waiting():
     """A HOLD at the approval checkpoint keeps it awaiting approval, with the hold's reason."""
-    state, _ = phase5_until(48)
-    t = checkpoint_verdict(PHASE5, state, at(48, 1), 1, "HOLD", "stakeholders unsure")
+    state, _ = phase5_until(48, judge=None)
+    t = checkpoint_verdict(PHASE5, state, at(48, 1), 0, "GO", "day 1 fine")
+    t = checkpoint_verdict(PHASE5, t.state, at(48, 1), 1, "HOLD", "stakeholders unsure")
     assert t.state.phase is Phase.AWAITING_APPROVAL and "stakeholders unsure" in t.state.hold_reason
 
 
@@ -717,6 +737,11 @@ def random_trace(seed: int) -> list[Step]:
         t = decide(PHASE5, state, now, observations)
         steps.append(Step(now, "decide", is_clean(PHASE5, observations), state, t.state, t.decisions))
         state = t.state
+        for index in awaiting_verdict(state):   # the service judges each report, then decides again
+            t = checkpoint_verdict(PHASE5, state, now, index, rng.choice(("GO", "GO", "GO", "HOLD")), "random")
+            t = Transition(decide(PHASE5, t.state, now).state, t.decisions + decide(PHASE5, t.state, now).decisions)
+            steps.append(Step(now, "verdict", False, state, t.state, t.decisions))
+            state = t.state
         gap = rng.choice((5, 5, 15, 30, 60, 60)) if rng.random() > 0.01 else rng.randint(120, 480)
         now += timedelta(minutes=gap)
     return steps

@@ -1,0 +1,279 @@
+"""The controller service: observe → decide → persist the intent → apply flags → commit.
+
+`Controller` owns no policy: `decide.py` says what to do, `commit.py` does it durably.
+What lives here is the order of things and the I/O around them:
+
+    evaluate()   one guard round: check the clocks, observe every guard at once, decide,
+                 commit in a worker thread, judge the reports of checkpoints just passed
+                 (measure, write, verdict, decide again), log and notify
+    command()    an operator's hold / resume / approve / promote / rollback
+    emergency_stop()  the rollout flags off and the kill switch on, durably, first;
+                 then the journal
+
+One asyncio lock serialises every change of state; guards are observed outside it, so
+an operator's command never waits for a slow Prometheus. The daemon's scheduler and
+`rolloutd replay` both drive this same class, so a replay takes the daemon's decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from controller import decide as rules
+from controller.checkpoints import list_reports, measure_report, write_report
+from controller.commit import apply, commit, record_applied, recover
+from controller.decide import CommandRefused, Decision, Phase, RolloutState, Transition
+from controller.guards import Observation, Outcome
+from controller.notify import NOTIFY_KINDS, Event, Notifications, severity_for
+from controller.plan import Plan, Severity
+from controller.plan_clock import Clock, JumpDetector, PlanClock
+from controller.prometheus import GuardSource
+from controller.state_db import StateDB
+from controller.status import rollout_status
+from flags.store import FlagStore
+
+log = structlog.get_logger("rolloutd.controller")
+COMMANDS = ("hold", "resume", "approve", "promote", "rollback")
+# journald priorities for decisions (rollback = err, emergency = crit, holds and warnings = warning)
+PRIORITY = {"rollback": "err", "emergency": "crit", "hold": "warning", "warning": "warning",
+            "awaiting_approval": "warning", "verdict": "notice", "stage_applied": "notice", "checkpoint": "notice",
+            "completed": "notice", "resume": "notice", "approved": "notice", "emergency_cleared": "notice"}
+
+
+class PlanMismatch(Exception):
+    """The durable state belongs to a different rollout than the configured plan."""
+
+
+class Controller:
+    def __init__(self, plan: Plan, db: StateDB, store: FlagStore, source: GuardSource, *, wall: Clock,
+                 state_dir: Path, time_scale: float = 1.0, notifications: Notifications | None = None,
+                 jumps: JumpDetector | None = None, auto_approve: str | None = None) -> None:
+        self.plan, self._db, self._store, self._source = plan, db, store, source
+        self._wall, self._state_dir, self._scale = wall, Path(state_dir), time_scale
+        self._notifications = notifications or Notifications()
+        self._jumps = jumps
+        self._auto_approve = auto_approve   # the demo and replay answer approvals themselves, and say so
+        self._lock = anyio.Lock()
+        self._state: RolloutState | None = None
+        self.reaction_seconds: list[float] = []   # observed → flags fsynced, for rounds that changed flags
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> RolloutState:
+        if self._state is None:
+            raise RuntimeError("Controller.open() first")
+        return self._state
+
+    @property
+    def clock(self) -> PlanClock:
+        return PlanClock(self.state.started_at, self._scale)
+
+    def plan_now(self) -> datetime:
+        return self.clock.plan_time(self._wall())
+
+    async def open(self) -> list[Decision]:
+        """Load (or begin) the rollout, finish what a crash interrupted, and return what that took."""
+        async with self._lock:
+            state = await anyio.to_thread.run_sync(self._db.load)
+            if state is not None and state.plan != self.plan.name:
+                raise PlanMismatch(
+                    f"{self._db.path} holds rollout {state.plan!r}, but the configured plan is {self.plan.name!r}; "
+                    f"to start a new rollout, stop rolloutd and move {self._db.path.name} aside")
+            if state is not None and state.stage >= len(self.plan.stages):
+                raise PlanMismatch(f"the rollout is at stage {state.stage}, but the plan has only "
+                                   f"{len(self.plan.stages)} stages")
+            wall = self._wall()
+            if state is None:
+                state = rules.start(self.plan, wall)
+                await anyio.to_thread.run_sync(self._db.record, state, (), wall)
+                log.info("rollout.started", rollout=self.plan.name, started_at=state.started_at.isoformat(),
+                         time_scale=self._scale, priority="notice")
+            elif state.plan_digest != self.plan.digest:
+                log.warning("rollout.plan_changed", rollout=self.plan.name, old_digest=state.plan_digest[:12],
+                            new_digest=self.plan.digest[:12])
+                state = replace(state, plan_digest=self.plan.digest)
+            self._state = state
+            recovered = await anyio.to_thread.run_sync(recover, self._db, self._store, self.plan)
+            for decision in recovered:
+                log.warning("rollout.intent_recovered", rollout=self.plan.name, action=decision.action,
+                            stage=decision.stage, percentage=decision.percentage,
+                            note="applied after a crash between the intent and its commit")
+            decisions = list(recovered)
+            if self._store.snapshot.kill_switch and state.phase is not Phase.EMERGENCY:
+                decisions += await self._emergency("the kill switch was found on at start", "rolloutd")
+        decisions += await self._judge_checkpoints()
+        return decisions
+
+    def set_plan(self, plan: Plan) -> None:
+        """Adopt an edited plan (SIGHUP); a plan for another rollout is refused."""
+        if plan.name != self.plan.name:
+            raise PlanMismatch(f"the new plan is {plan.name!r}, the running rollout is {self.plan.name!r}; "
+                               "a new rollout needs a restart with its state moved aside")
+        if self._state is not None and self._state.stage >= len(plan.stages):
+            raise PlanMismatch(f"the rollout is at stage {self._state.stage}; the new plan has {len(plan.stages)} stages")
+        self.plan = plan
+
+    # -- one guard round --------------------------------------------------------------------------
+
+    async def evaluate(self) -> list[Decision]:
+        """Observe every guard and act on what they say; return the round's decisions."""
+        jump = self._jumps.check() if self._jumps else None
+        wall = self._wall()
+        now = self.clock.plan_time(wall)
+        if jump is not None:
+            log.warning("clock.jump", rollout=self.plan.name, detail=jump)
+            async with self._lock:
+                return await self._commit(rules.clock_jump(self.state, now, jump), now)
+        observations = await self._observe(wall, now)
+        observed = time.perf_counter()
+        async with self._lock:
+            transition = rules.decide(self.plan, self.state, now, observations)
+            decisions = await self._commit(transition, now)
+            if any(d.changes_flags for d in decisions):
+                self.reaction_seconds.append(time.perf_counter() - observed)
+        self._log_observations(observations)
+        decisions += await self._judge_checkpoints()
+        return decisions
+
+    async def _observe(self, wall: datetime, now: datetime) -> list[Observation]:
+        results: list[Observation] = []
+
+        async def one(guard: Any) -> None:
+            obs = await self._source.observe(guard, wall)
+            results.append(replace(obs, at=now))
+
+        async with anyio.create_task_group() as group:
+            for guard in self.plan.guards:
+                group.start_soon(one, guard)
+        order = {g.name: i for i, g in enumerate(self.plan.guards)}
+        return sorted(results, key=lambda o: order[o.guard])
+
+    def _log_observations(self, observations: list[Observation]) -> None:
+        for obs in observations:
+            guard = self.plan.guard(obs.guard)
+            counters = self.state.guards.get(obs.guard)
+            threshold = guard.thresholds.get(obs.severity or Severity.WARNING, min(guard.thresholds.values()))
+            level = {Outcome.PASS: "info", Outcome.BREACH: "warning"}.get(obs.outcome, "warning")
+            getattr(log, level)(
+                "guard.evaluated", rollout=self.plan.name, guard=obs.guard, query=obs.query, value=obs.value,
+                threshold=threshold, direction=str(guard.direction), verdict=str(obs.outcome),
+                severity=str(obs.severity) if obs.severity else None, detail=obs.detail or None,
+                consecutive_breaches=_breaches(counters), consecutive_no_data=counters.no_data if counters else 0,
+                consecutive_errors=counters.errors if counters else 0, plan_time=obs.at.isoformat())
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    async def _judge_checkpoints(self) -> list[Decision]:
+        """Measure and write the report of every checkpoint still waiting for its verdict, then
+        act on the verdicts and decide again (the stage the checkpoint held back may go now)."""
+        decisions: list[Decision] = []
+        for index in rules.awaiting_verdict(self.state):
+            now = self.plan_now()
+            journal = await anyio.to_thread.run_sync(partial(self._db.journal, limit=10_000))
+            report = await measure_report(self.plan, self.state, index, now, self.clock, self._source, journal)
+            path = await anyio.to_thread.run_sync(write_report, self._state_dir, self.plan, index, report)
+            log.info("checkpoint.report", rollout=self.plan.name, checkpoint=self.plan.checkpoints[index].name,
+                     recommendation=report["recommendation"], reason=report["recommendation_reason"],
+                     file=str(path), priority="notice")
+            async with self._lock:
+                t = rules.checkpoint_verdict(self.plan, self.state, now, index, report["recommendation"],
+                                             report["recommendation_reason"])
+                decisions += await self._commit(t, now, report=str(path))
+                decisions += await self._commit(rules.decide(self.plan, self.state, now), now)
+        if self._auto_approve and self.state.phase is Phase.AWAITING_APPROVAL:
+            decisions += await self.command("approve", reason=self._auto_approve)
+        return decisions
+
+    # -- operator commands ----------------------------------------------------------------------
+
+    async def command(self, name: str, *, reason: str = "", actor: str = "operator", to_stage: int | None = None,
+                      clear_emergency: bool = False) -> list[Decision]:
+        """Run an operator command; raises CommandRefused when it does not apply now."""
+        if name not in COMMANDS:
+            raise CommandRefused(f"unknown command {name!r}; commands: {', '.join(COMMANDS)}")
+        async with self._lock:
+            now, state, text = self.plan_now(), self.state, f"{actor}: {reason}" if reason else actor
+            if name == "hold":
+                t = rules.hold(state, now, text)
+            elif name == "resume":
+                t = rules.resume(state, now, text, clear_emergency=clear_emergency)
+            elif name == "approve":
+                t = rules.approve(self.plan, state, now, text)
+            elif name == "promote":
+                t = rules.promote(self.plan, state, now, text)
+            else:
+                if to_stage is None:
+                    raise CommandRefused("rollback needs a target: --to N (a stage index) or --to 0")
+                t = rules.rollback(self.plan, state, now, to_stage, text)
+            return await self._commit(t, now, actor=actor)
+
+    async def emergency_stop(self, actor: str, reason: str) -> list[Decision]:
+        async with self._lock:
+            return await self._emergency(reason, actor)
+
+    async def _emergency(self, reason: str, actor: str) -> list[Decision]:
+        """Flags first (durably), then the journal: nothing may come before the kill switch."""
+        t = rules.emergency(self.state, self.plan_now(), f"{actor}: {reason}")
+        await anyio.to_thread.run_sync(apply, self._store, self.plan, t.decisions[0])
+        return await self._commit(t, t.decisions[0].at, applied=True, actor=actor)
+
+    # -- committing ---------------------------------------------------------------------------------
+
+    async def _commit(self, transition: Transition, now: datetime, applied: bool = False,
+                      **context: Any) -> list[Decision]:
+        """Persist and apply `transition` (in a worker thread: SQLite and the flags fsync).
+        `applied`: its flags are written already; only the journal remains."""
+        run = record_applied if applied else commit
+        await anyio.to_thread.run_sync(run, self._db, self._store, self.plan, transition, now)
+        self._state = transition.state
+        for decision in transition.decisions:
+            self._announce(decision, **context)
+        return list(transition.decisions)
+
+    def _announce(self, decision: Decision, **context: Any) -> None:
+        fields = {k: v for k, v in decision.to_dict().items() if v not in (None, [], "")}
+        priority = PRIORITY.get(decision.action, "info")
+        log.info(f"rollout.{decision.action}", rollout=self.plan.name, priority=priority, phase=str(self.state.phase),
+                 **fields, **context)
+        if decision.action in NOTIFY_KINDS:
+            summary = f"{self.plan.name}: {decision.action.replace('_', ' ')} at {decision.percentage:g}%: {decision.reason}"
+            self._notifications.submit(Event(kind=decision.action, severity=severity_for(decision.action),
+                                             rollout=self.plan.name, summary=summary, at=decision.at,
+                                             fields={**fields, **context}))
+
+    # -- what operators see ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return rollout_status(self.plan, self.state, self.plan_now(), self.clock, self._store.snapshot.kill_switch,
+                              [p.name for p in self.reports()])
+
+    def reports(self) -> list[Path]:
+        return list_reports(self._state_dir)
+
+    def journal(self, limit: int = 100, since_seq: int = 0) -> list[dict[str, Any]]:
+        return self._db.journal(limit=limit, since_seq=since_seq)
+
+    def next_wake(self) -> datetime | None:
+        """The wall time at which the plan next wants an evaluation (a stage or checkpoint falls due)."""
+        nxt = rules.next_transition(self.plan, self.state)
+        return self.clock.wall_time(nxt[0]) if nxt else None
+
+
+def _breaches(counters: Any) -> int:
+    if counters is None:
+        return 0
+    return max(counters.streaks.values(), default=0)
+
+
+def wall_interval(plan: Plan, time_scale: float) -> timedelta:
+    return plan.guard_interval / time_scale
+

@@ -1,0 +1,75 @@
+"""What `rolloutctl status` shows: the rollout's position, its next step and every guard.
+
+Pure: (plan, state, now, clock) → a JSON-ready dict. Times an operator acts on are wall
+times (`*_at`); the plan's own clock is given too (`plan_*`), as they differ in rehearsals.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from controller.decide import Phase, RolloutState, next_transition
+from controller.guards import GuardCounters
+from controller.plan import Guard, Plan, Severity, format_duration
+from controller.plan_clock import PlanClock
+
+
+def rollout_status(plan: Plan, state: RolloutState, now: datetime, clock: PlanClock, kill_switch: bool,
+                   reports: list[str]) -> dict[str, Any]:
+    nxt = next_transition(plan, state)
+    stage = plan.stages[state.stage] if state.stage >= 0 else None
+    return {
+        "rollout": plan.name,
+        "phase": str(state.phase),
+        "stage": state.stage,
+        "stage_name": stage.label() if stage else None,
+        "percentage": state.percentage,
+        "agents": list(state.agents),
+        "hold_reason": state.hold_reason or None,
+        "next_transition": nxt[1] if nxt else None,
+        "next_transition_at": _iso(max(clock.wall_time(nxt[0]), clock.wall_time(now))) if nxt else None,
+        "next_transition_plan_at": _iso(nxt[0]) if nxt else None,
+        "next_transition_due": bool(nxt and nxt[0] <= now),
+        "emergency": state.phase is Phase.EMERGENCY or kill_switch,
+        "kill_switch": kill_switch,
+        "started_at": _iso(state.started_at),
+        "plan_now": _iso(now),
+        "plan_hours_elapsed": round((now - state.started_at).total_seconds() / 3600, 3),
+        "time_scale": clock.scale,
+        "guard_interval": format_duration(plan.guard_interval),
+        "last_evaluation_plan_at": _iso(state.last_evaluation_at) if state.last_evaluation_at else None,
+        "rollbacks": state.rollbacks,
+        "manual_interventions": state.manual_interventions,
+        "checkpoints": [{"name": cp.name, "plan_at": _iso(state.started_at + cp.at), "done": i in state.checkpoints_done,
+                         "verdict_in": i in state.verdicts, "requires_approval": cp.requires_approval,
+                         "approved": i in state.approved} for i, cp in enumerate(plan.checkpoints)],
+        "guards": [guard_status(g, state.guards.get(g.name)) for g in plan.guards],
+        "reports": reports,
+    }
+
+
+def guard_status(guard: Guard, counters: GuardCounters | None) -> dict[str, Any]:
+    last = counters.last if counters else None
+    severity = last.severity if last else None
+    threshold = guard.thresholds.get(severity or Severity.WARNING, min(guard.thresholds.values()))
+    return {
+        "name": guard.name,
+        "verdict": str(last.outcome) if last else "not_evaluated",
+        "severity": str(severity) if severity else None,
+        "value": last.value if last else None,
+        "threshold": threshold,
+        "direction": str(guard.direction),
+        "thresholds": {str(s): v for s, v in sorted(guard.thresholds.items())},
+        "unit": guard.unit,
+        "consecutive_breaches": max(counters.streaks.values(), default=0) if counters else 0,
+        "consecutive_no_data": counters.no_data if counters else 0,
+        "consecutive_errors": counters.errors if counters else 0,
+        "consecutive_failures": counters.failures(guard) if counters else 0,   # what failure_limit counts
+        "detail": last.detail if last and last.detail else None,
+        "evaluated_plan_at": _iso(last.at) if last else None,
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

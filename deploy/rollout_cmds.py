@@ -1,0 +1,164 @@
+"""rolloutctl's rollout commands: status, hold, resume, approve, promote, rollback, report.
+
+    rolloutctl status [--json]
+    rolloutctl hold --reason "..."
+    rolloutctl resume [--reason "..."] [--clear-emergency]
+    rolloutctl approve [--reason "..."]
+    rolloutctl promote [--reason "..."]
+    rolloutctl rollback --to N|0 --reason "..."      (N: a stage index; -1: before the first stage)
+    rolloutctl report [NAME] [--json]
+
+A command the rollout's phase does not allow (approve with nothing waiting, resume
+during an emergency without --clear-emergency, ...) exits 1 with the daemon's reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+from datetime import datetime, timezone
+from typing import Any
+
+from deploy.client import AdminClient
+
+EXIT_OK = 0
+
+
+def register(sub: Any) -> None:
+    status = sub.add_parser("status", help="the rollout: phase, stage, next transition, every guard")
+    status.set_defaults(run=cmd_status)
+    hold = sub.add_parser("hold", help="stop advancing until `resume`")
+    hold.add_argument("--reason", required=True)
+    hold.set_defaults(run=command("hold"))
+    resume = sub.add_parser("resume", help="advance again after a hold or a rollback")
+    resume.add_argument("--reason", default="")
+    resume.add_argument("--clear-emergency", action="store_true",
+                        help="leave the emergency shutdown (flags stay at 0%% until the rollout advances)")
+    resume.set_defaults(run=command("resume"))
+    approve = sub.add_parser("approve", help="approve the checkpoint that waits for it")
+    approve.add_argument("--reason", default="")
+    approve.set_defaults(run=command("approve"))
+    promote = sub.add_parser("promote", help="apply the next stage now")
+    promote.add_argument("--reason", default="")
+    promote.set_defaults(run=command("promote"))
+    rollback = sub.add_parser("rollback", help="roll back to a stage (0: the first stage; -1: no stage)")
+    rollback.add_argument("--to", type=int, required=True, metavar="N")
+    rollback.add_argument("--reason", required=True)
+    rollback.set_defaults(run=command("rollback"))
+    report = sub.add_parser("report", help="list checkpoint reports, or show one")
+    report.add_argument("name", nargs="?")
+    report.set_defaults(run=cmd_report)
+
+
+def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
+    status = client.get("/v1/rollout")
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print_status(status)
+    return EXIT_OK
+
+
+def command(name: str) -> Any:
+    def run(client: AdminClient, args: argparse.Namespace) -> int:
+        body: dict[str, Any] = {"reason": args.reason, "actor": _actor()}
+        if name == "rollback":
+            body["to"] = args.to
+        if name == "resume":
+            body["clear_emergency"] = args.clear_emergency
+        answer = client.post(f"/v1/rollout/{name}", body)
+        if args.json:
+            print(json.dumps(answer, indent=2))
+            return EXIT_OK
+        for d in answer["decisions"]:
+            print(f"{d['action']}: {d['reason']} (stage {d['stage']}, {d['percentage']:g}%)")
+        if not answer["decisions"]:
+            print("nothing changed")
+        s = answer["status"]
+        print(f"rollout {s['rollout']} is {s['phase']} at {s['percentage']:g}%")
+        return EXIT_OK
+    return run
+
+
+def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
+    if not args.name:
+        names = client.get("/v1/reports")["reports"]
+        if args.json:
+            print(json.dumps(names, indent=2))
+        elif not names:
+            print("no checkpoint reports yet")
+        else:
+            print("\n".join(names))
+        return EXIT_OK
+    report = client.get(f"/v1/reports/{args.name}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"{report['checkpoint']}: {report['recommendation']} ({report['recommendation_reason']})")
+    print(f"  at {report['checkpoint_time']} ({report['hours_elapsed']}h after {report['deployment_start']}), "
+          f"{report['current_rollout_percentage']:g}% of {', '.join(report['agents_affected']) or 'no agents'}")
+    print(f"  rollbacks {report['rollback_count']}, manual interventions {report['manual_interventions']}; "
+          f"next: {report['next_milestone']}")
+    rows = [(c["criterion"], _value(c["observed"]), c["threshold"], c["verdict"], c.get("note") or "")
+            for c in report["criteria"]]
+    _table(("CRITERION", "OBSERVED", "THRESHOLD", "VERDICT", "NOTE"), rows, "  ")
+    print("  metrics:")
+    for key, value in report["metrics"].items():
+        why = report.get("unmeasured", {}).get(key)
+        print(f"    {key}: {_value(value)}" + (f"  ({why})" if value is None and why else ""))
+    for issue in report["issues_detected"]:
+        print(f"  issue: {issue}")
+    return EXIT_OK
+
+
+def print_status(s: dict[str, Any]) -> None:
+    stage = f"stage {s['stage']}: {s['stage_name']}" if s["stage"] >= 0 else "no stage applied yet"
+    print(f"rollout {s['rollout']}: {s['phase'].upper()} at {s['percentage']:g}% ({stage})")
+    if s["hold_reason"]:
+        print(f"  why: {s['hold_reason']}")
+    print(f"  agents: {', '.join(s['agents']) or '(none)'}")
+    scale = f", time_scale {s['time_scale']:g}" if s["time_scale"] != 1 else ""
+    print(f"  plan time: +{s['plan_hours_elapsed']:.2f}h since {s['started_at']}{scale}; "
+          f"guards every {s['guard_interval']}")
+    if s["next_transition"]:
+        due = " (due: waits for a clean guard evaluation)" if s["next_transition_due"] else ""
+        print(f"  next: {s['next_transition']} at {s['next_transition_at']}{_until(s['next_transition_at'])}{due}")
+    print(f"  kill switch: {'ON' if s['kill_switch'] else 'off'}; rollbacks {s['rollbacks']}, "
+          f"manual interventions {s['manual_interventions']}")
+    rows = []
+    for g in s["guards"]:
+        sign = ">" if g["direction"] == "above" else "<"
+        verdict = g["verdict"] + (f" ({g['severity']})" if g["severity"] else "")
+        rows.append((g["name"], verdict, _value(g["value"]), f"{sign} {g['threshold']:g}",
+                     str(g["consecutive_breaches"]), str(g["consecutive_failures"])))
+    _table(("GUARD", "VERDICT", "VALUE", "THRESHOLD", "BREACHES", "FAILURES"), rows, "  ")
+    for cp in s["checkpoints"]:
+        mark = "done" if cp["done"] else "pending"
+        if cp["requires_approval"]:
+            mark += ", approved" if cp["approved"] else ", needs approval"
+        print(f"  checkpoint {cp['name']} at {cp['plan_at']}: {mark}")
+
+
+def _until(iso: str) -> str:
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    seconds = (moment - datetime.now(timezone.utc)).total_seconds()
+    if seconds <= 0:
+        return ""
+    hours, rest = divmod(int(seconds), 3600)
+    return f" (in {hours}h{rest // 60:02d}m)" if hours else f" (in {rest // 60}m{rest % 60:02d}s)"
+
+
+def _value(value: Any) -> str:
+    return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "") -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _actor() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()} via rolloutctl"

@@ -16,6 +16,7 @@ daemon.
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import shutil
 import sys
@@ -27,6 +28,7 @@ from typing import TextIO
 
 from controller.config import ConfigError, load_config
 from controller.decide import Decision, Phase
+from controller.logs import configure_logging
 from controller.plan_load import PlanError, load_plan
 from controller.prometheus import PrometheusSource
 from controller.service import Controller
@@ -65,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object a line per decision")
     p.add_argument("--approve", action="store_true", help="approve checkpoints as soon as they ask (said in the journal)")
     p.add_argument("--reports", type=Path, metavar="DIR", help="copy the checkpoint reports here")
+    p.add_argument("--verbose", action="store_true", help="log every guard evaluation to stderr (JSON lines)")
     return p
 
 
 async def replay(argv: list[str], out: TextIO = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(sys.stderr, logging.INFO if args.verbose else logging.ERROR)   # stdout is the decisions
     try:
         config = load_config(args.config)
         if config.daemon.plan is None:

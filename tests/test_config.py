@@ -55,6 +55,16 @@ redis_url = "redis://127.0.0.1:6379/0"
     assert config.redis_url == "redis://127.0.0.1:6379/0"
 
 
+def test_notifications_section(tmp_path: Path) -> None:
+    """Webhooks and an Alertmanager are optional; both are read as given."""
+    text = ("[notifications]\nwebhook_urls = ['https://hooks.example/a', 'http://127.0.0.1:9/b']\n"
+            "alertmanager_url = 'http://127.0.0.1:9093'\n[prometheus]\ntimeout_seconds = 2.5\n")
+    config = load_config(write(tmp_path, text))
+    assert config.webhook_urls == ("https://hooks.example/a", "http://127.0.0.1:9/b")
+    assert config.alertmanager_url == "http://127.0.0.1:9093" and config.prometheus_timeout == 2.5
+    assert load_config(write(tmp_path, "")).webhook_urls == ()
+
+
 @pytest.mark.parametrize("text, expected", [
     ("[daemon]\nstat_dir = 'x'\n", "did you mean 'state_dir'"),
     ("[deamon]\n", "did you mean 'daemon'"),
@@ -63,6 +73,11 @@ redis_url = "redis://127.0.0.1:6379/0"
     ("[daemon]\ntime_scale = 0\n", "greater than 0"),
     ("[daemon]\ndrain_seconds = true\n", "greater than 0"),
     ("[prometheus]\nurl = ''\n", "non-empty string"),
+    ("[prometheus]\ntimeout_seconds = -1\n", "[prometheus] timeout_seconds"),
+    ("[notifications]\nwebhook_urls = 'https://x'\n", "expected a list of URLs"),
+    ("[notifications]\nwebhook_urls = ['ftp://x']\n", "not an http(s) URL"),
+    ("[notifications]\nwebhook_url = []\n", "did you mean 'webhook_urls'"),
+    ("[notifications]\nalertmanager_url = 5\n", "non-empty string"),
     ("[daemon\n", "not valid TOML"),
 ])
 def test_bad_config_is_rejected_with_what_to_fix(tmp_path: Path, text: str, expected: str) -> None:

@@ -34,6 +34,7 @@ from anyio.abc import TaskStatus
 
 from controller.admin_api import build_admin_app, emergency_stop
 from controller.rollout_api import rollout_routes
+from controller.rollout_metrics import RolloutCollector
 from controller.rollout_runtime import Rollout, RolloutStartError, open_rollout, reload_plan
 from controller.config import Config, ConfigError, load_config
 from controller.listeners import ListenerError, bind_tcp, bind_unix
@@ -116,6 +117,8 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
             "state_dir": str(config.daemon.state_dir), "config": str(config.source)}
     public = _server(build_public_app(snapshot, clock, registry, readiness), config)
     controller = rollout.controller if rollout else None
+    if controller is not None:
+        registry.register(RolloutCollector(controller))
     emergency = controller.emergency_stop if controller else None
     routes = rollout_routes(controller, rollout.schedule.wake_at_next_transition if rollout else lambda: None)
     admin = _server(build_admin_app(store, clock, readiness, info, emergency=emergency, extra_routes=routes), config)

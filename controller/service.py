@@ -64,6 +64,7 @@ class Controller:
         self._lock = anyio.Lock()
         self._state: RolloutState | None = None
         self.reaction_seconds: list[float] = []   # observed → flags fsynced, for rounds that changed flags
+        self.rollback_counts: dict[str, int] = {}  # by trigger (rollout_metrics.py), rebuilt from the journal
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -102,6 +103,10 @@ class Controller:
                             new_digest=self.plan.digest[:12])
                 state = replace(state, plan_digest=self.plan.digest)
             self._state = state
+            journal = await anyio.to_thread.run_sync(partial(self._db.journal, limit=1_000_000))
+            for entry in journal:
+                if entry["action"] == "rollback":
+                    self._count_rollback(entry)
             recovered = await anyio.to_thread.run_sync(recover, self._db, self._store, self.plan)
             for decision in recovered:
                 log.warning("rollout.intent_recovered", rollout=self.plan.name, action=decision.action,
@@ -136,6 +141,9 @@ class Controller:
         observations = await self._observe(wall, now)
         observed = time.perf_counter()
         async with self._lock:
+            if self._store.snapshot.kill_switch and self.state.phase is not Phase.EMERGENCY:
+                # someone turned emergency_shutdown on by hand (`rolloutctl flags set`): same as SIGUSR1
+                return await self._emergency("the kill switch was turned on outside the controller", "rolloutd")
             transition = rules.decide(self.plan, self.state, now, observations)
             decisions = await self._commit(transition, now)
             if any(d.changes_flags for d in decisions):
@@ -239,7 +247,21 @@ class Controller:
             self._announce(decision, **context)
         return list(transition.decisions)
 
+    def _count_rollback(self, decision: dict[str, Any]) -> None:
+        reason = decision.get("reason", "")
+        if "failure_limit" in reason:
+            trigger = "failure_limit"
+        elif decision.get("guard"):
+            trigger = decision["guard"]
+        elif reason.startswith("checkpoint"):
+            trigger = "checkpoint"
+        else:
+            trigger = "operator"
+        self.rollback_counts[trigger] = self.rollback_counts.get(trigger, 0) + 1
+
     def _announce(self, decision: Decision, **context: Any) -> None:
+        if decision.action == "rollback":
+            self._count_rollback(decision.to_dict())
         fields = {k: v for k, v in decision.to_dict().items() if v not in (None, [], "")}
         priority = PRIORITY.get(decision.action, "info")
         log.info(f"rollout.{decision.action}", rollout=self.plan.name, priority=priority, phase=str(self.state.phase),

@@ -48,7 +48,8 @@ async def measure_report(plan: Plan, state: RolloutState, index: int, now: datet
     period = [d for d in journal if period_start <= _plan_at(d) <= now]
     report = build_report(plan, state, index, now, criteria, period, metrics)
     report["period_start"] = period_start.isoformat().replace("+00:00", "Z")
-    report["queries"] = {name: m.query for name, m in {**criteria, **metrics}.items() if m.query}
+    report["queries"] = {"criteria": {name: m.query for name, m in criteria.items() if m.query},
+                         "metrics": {name: m.query for name, m in metrics.items() if m.query}}
     return report
 
 

@@ -80,7 +80,7 @@ def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
         "current_rollout_percentage": state.percentage,
         "agents_affected": list(state.agents),
         "metrics": {name: m.value for name, m in shown.items()},
-        "unmeasured": {name: m.reason for name, m in {**measurements, **shown}.items() if m.value is None},
+        "unmeasured": {name: m.reason for name, m in shown.items() if m.value is None},   # criteria: see their notes
         "issues_detected": [f"{d['at']} {d['action']}: {d['reason']}" for d in journal
                             if d["action"] in ("warning", "rollback", "hold", "emergency")],
         "rollback_triggered": state.rollbacks > 0,
@@ -97,9 +97,10 @@ def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
 def recommend(criteria: list[dict[str, Any]]) -> tuple[str, str]:
     """GO / NO-GO / HOLD from the criteria table, with the criteria that decided it."""
     for verdict in ("NO-GO", "HOLD"):
-        deciding = [c["criterion"] for c in criteria if c["verdict"] == verdict]
+        deciding = [c["criterion"] + (f" unmeasured: {c['note']}" if c["observed"] is None and c.get("note") else "")
+                    for c in criteria if c["verdict"] == verdict]
         if deciding:
-            return verdict, ", ".join(deciding)
+            return verdict, "; ".join(deciding)
     return "GO", "every criterion measured and passed"
 
 

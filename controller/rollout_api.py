@@ -14,6 +14,7 @@ running without a plan answers 409 on all of these, naming the setting.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable
 
 from starlette.requests import Request
@@ -94,6 +95,6 @@ def _int(request: Request, key: str, default: int) -> int:
     raw = request.query_params.get(key)
     if raw is None:
         return default
-    if not raw.lstrip("-").isdigit():
-        raise BadRequest(f"{key} must be an integer, got {raw!r}")
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
+        raise BadRequest(f"{key} must be an integer, got {raw!r} (0 to 999999999)")
     return int(raw)

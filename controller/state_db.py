@@ -99,10 +99,15 @@ class StateDB:
         return [(seq, decision_from_json(json.loads(raw))) for seq, raw in rows]
 
     def journal(self, limit: int = 100, since_seq: int = 0) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT seq, decision, status FROM journal WHERE seq > ? ORDER BY seq DESC LIMIT ?", (since_seq, limit)
-        ).fetchall()
-        return [{"seq": seq, **json.loads(raw), "status": status} for seq, raw, status in reversed(rows)]
+        """Oldest first: the newest `limit` decisions, or with `since_seq` the `limit` after it
+        (so a follower paging with the last seq it saw never misses one)."""
+        if since_seq:
+            rows = self._db.execute("SELECT seq, decision, status FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (since_seq, limit)).fetchall()
+        else:
+            rows = self._db.execute("SELECT seq, decision, status FROM journal ORDER BY seq DESC LIMIT ?",
+                                    (limit,)).fetchall()[::-1]
+        return [{"seq": seq, **json.loads(raw), "status": status} for seq, raw, status in rows]
 
     def count(self, action: str) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM journal WHERE action = ?", (action,)).fetchone()[0])

@@ -28,6 +28,7 @@ EXIT_OK = 0
 
 def register(sub: Any) -> None:
     status = sub.add_parser("status", help="the rollout: phase, stage, next transition, every guard")
+    _json_flag(status)
     status.set_defaults(run=cmd_status)
     hold = sub.add_parser("hold", help="stop advancing until `resume`")
     hold.add_argument("--reason", required=True)
@@ -49,7 +50,13 @@ def register(sub: Any) -> None:
     rollback.set_defaults(run=command("rollback"))
     report = sub.add_parser("report", help="list checkpoint reports, or show one")
     report.add_argument("name", nargs="?")
+    _json_flag(report)
     report.set_defaults(run=cmd_report)
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a default here would overwrite a `--json` given before the command.
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the JSON answer")
 
 
 def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
@@ -114,7 +121,7 @@ def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def print_status(s: dict[str, Any]) -> None:
-    stage = f"stage {s['stage']}: {s['stage_name']}" if s["stage"] >= 0 else "no stage applied yet"
+    stage = f"stage {s['stage']}: {s['stage_name']}" if s["stage"] >= 0 else "no stage applied"
     print(f"rollout {s['rollout']}: {s['phase'].upper()} at {s['percentage']:g}% ({stage})")
     if s["hold_reason"]:
         print(f"  why: {s['hold_reason']}")

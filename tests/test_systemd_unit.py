@@ -180,4 +180,6 @@ def test_example_config_loads_with_every_option_uncommented(tmp_path: Path) -> N
     assert loaded.mongodb_uri == "mongodb://127.0.0.1:27017/rolloutd"
     assert loaded.redis_url == "redis://127.0.0.1:6379/0"
     assert loaded.daemon.admin_socket_group == "rolloutd"
-    assert tomllib.loads(full).keys() == {"daemon", "prometheus", "retrieval"}
+    assert loaded.webhook_urls == ("https://hooks.slack.com/services/T000/B000/XXXX",)
+    assert loaded.alertmanager_url == "http://127.0.0.1:9093" and loaded.prometheus_timeout == 10
+    assert tomllib.loads(full).keys() == {"daemon", "prometheus", "notifications", "retrieval"}

@@ -17,7 +17,8 @@ test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The OFREP benchmark loads the daemon with `hey` (Debian's package), installed when missing.
-# BENCH_ARGS picks benchmarks: `make bench BENCH_ARGS=flags` (flags, ofrep, write; default all).
+# BENCH_ARGS picks benchmarks: `make bench BENCH_ARGS=flags` (flags, ofrep, write, reaction, replay,
+# idle; default all). The idle benchmark alone takes ~5 minutes (BENCH_IDLE_SECONDS shortens it).
 bench: deps
 	@command -v hey >/dev/null || { echo "installing from Debian: hey"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey; }

@@ -270,7 +270,9 @@ def _advance(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutSta
             state = _apply_stage(plan, state, nxt)
             decisions.append(_decision(state, now, "stage_applied", f"{plan.stages[nxt].label()} fell due"))
             break  # one stage a round: the next needs its own clean evaluation
-        if nxt is None and len(state.checkpoints_done) == len(plan.checkpoints) and not awaiting_verdict(state):
+        clean_now = state.last_clean_at is not None and state.last_clean_at == state.last_evaluation_at
+        if (nxt is None and len(state.checkpoints_done) == len(plan.checkpoints) and not awaiting_verdict(state)
+                and clean_now):  # never complete while a guard breaches (or is blind)
             state = replace(state, phase=Phase.COMPLETED, hold_reason="")
             decisions.append(_decision(state, now, "completed", "every stage applied and every checkpoint passed"))
         break

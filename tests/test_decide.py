@@ -807,3 +807,17 @@ def test_random_runs_never_pass_an_approval_checkpoint_unapproved():
             for d in step.decisions:
                 if d.action == "stage_applied" and PHASE5.stages[d.stage].at > PHASE5.checkpoints[gate].at:
                     assert gate in step.before.approved, d
+
+
+def test_the_rollout_does_not_complete_while_a_guard_breaches():
+    """After the last stage and checkpoint, a warning round does not complete the rollout (once
+    completed the guards are no longer acted on); the next clean round does."""
+    p = plan()
+    state, _ = run(p, start(p, T0), to=at(2))
+    assert state.stage == 2 and state.phase is Phase.RUNNING
+    state, decisions = run(p, state, during(0, 3, {"latency": 0.35}), frm=at(2, 5), to=at(2, 5))
+    assert [d.action for d in decisions] == ["warning"] and state.phase is Phase.RUNNING
+    state, decisions = run(p, state, during(0, 3, {"latency": 0.35}), frm=at(2, 10), to=at(2, 10))
+    assert [d.action for d in decisions] == ["rollback"]      # sustained: it still counts
+    state, decisions = run(p, resume(state, at(2, 11)).state, frm=at(2, 15), to=at(2, 25))
+    assert [d.action for d in decisions] == ["stage_applied", "completed"]

@@ -1,10 +1,13 @@
-"""rolloutd's benchmark suite (`make bench`, i.e. `python -m tests.bench [flags|ofrep|write]`).
+"""rolloutd's benchmark suite (`make bench`, i.e. `python -m tests.bench [NAME ...]`).
 
     flags   in-process evaluation throughput: our FlagSet vs the Unleash Python SDK
     ofrep   OFREP over loopback against a real daemon under `hey`: latency and the
             highest rate that keeps p99 under 10 ms
     write   a durable flag change (FlagStore.set: audit fsync, backup link, atomic
             replace, directory fsyncs): latency percentiles on a real disk
+    reaction  a sustained breach to flags rolled back, fsynced and journaled (Controller)
+    replay    `rolloutd replay` of the 72-hour plan over backfilled Prometheus history
+    idle      a real daemon's CPU between guard checks, and RSS over 10,000 evaluations
 
 Every benchmark prints a human-readable block; the run also writes every figure to
 `bench-results/bench.json` with the machine's facts. The machines this runs on are

@@ -1,4 +1,12 @@
-"""Run the benchmarks: `python -m tests.bench [flags] [ofrep] [write]` (no argument: all three).
+"""Run the benchmarks: `python -m tests.bench [flags] [ofrep] [write] [reaction] [replay] [idle]`.
+
+No argument runs all six; each is described in its module:
+
+    flags, write        bench_flags.py       in-process evaluation; a durable FlagStore.set
+    ofrep               bench_ofrep.py       OFREP over loopback against a real daemon, under `hey`
+    reaction            bench_controller.py  a sustained breach → flags rolled back and fsynced
+    replay              bench_controller.py  `rolloutd replay` of the 72-hour plan over real history
+    idle                bench_controller.py  an idle daemon's CPU; RSS across 10,000 evaluations
 
 Prints each benchmark's block, then writes `bench-results/bench.json`: the machine's
 facts, every figure, and which benchmarks failed a correctness check. Exit status 0
@@ -16,12 +24,15 @@ import traceback
 from typing import Any, Callable
 
 from tests.bench import RESULTS_DIR, BenchFailure, heading, line, machine_facts
-from tests.bench import bench_flags, bench_ofrep
+from tests.bench import bench_controller, bench_flags, bench_ofrep
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "flags": bench_flags.run_evaluation,
     "ofrep": bench_ofrep.run,
     "write": bench_flags.run_write,
+    "reaction": bench_controller.run_reaction,
+    "replay": bench_controller.run_replay,
+    "idle": bench_controller.run_idle,
 }
 USAGE = f"usage: python -m tests.bench [{'|'.join(BENCHMARKS)} ...]   (no argument: all)"
 

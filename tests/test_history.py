@@ -11,7 +11,7 @@ from itertools import pairwise
 
 import pytest
 
-from tests.history import (  # noqa: F401  (history_prometheus: a fixture, until conftest has it)
+from tests.history import (
     GAP,
     HEALTHY,
     P95_BREACH_AT_30H,
@@ -20,7 +20,6 @@ from tests.history import (  # noqa: F401  (history_prometheus: a fixture, until
     bucket_quantile,
     generate,
     healthy,
-    history_prometheus,
     latency_cdf,
 )
 from tests.realservers import REPO_ROOT, PrometheusServer

@@ -17,7 +17,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-
 from controller.commit import commit, recover
 from controller.decide import decide, start
 from controller.guards import assess

@@ -6,7 +6,9 @@
     POST /v1/flags/{name}           {"enabled"?, "percentage"?, "reason", "actor"}
     GET  /v1/flags-backups          backups of flags.json, oldest first
     POST /v1/flags-restore          {"backup", "reason", "actor"}
-    POST /v1/emergency-stop         {"reason", "actor"}: turn the kill switch on
+    POST /v1/emergency-stop         {"reason", "actor"}: turn the kill switch on (with a rollout
+                                    running: every plan flag off too, through the controller)
+    /v1/rollout..., /v1/reports...  the rollout's own routes: controller/rollout_api.py
 
 Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such flag or backup)
 or 409 (the flags file on disk is invalid). Store calls block on fsync, so they run

@@ -146,6 +146,8 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
                 notifier.stopping(f"draining for up to {holder['config'].daemon.drain_seconds:g}s")
                 for server in (public, admin):
                     server.should_exit = True
+            if rollout is not None:
+                await rollout.stop()
             background.cancel_scope.cancel()
     finally:
         config.daemon.admin_socket.unlink(missing_ok=True)

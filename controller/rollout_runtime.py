@@ -40,9 +40,14 @@ class Rollout:
     db: StateDB
     client: httpx.AsyncClient
 
+    async def stop(self, drain_seconds: float = 5.0) -> None:
+        """Stop scheduling (an evaluation in progress finishes) and give notifications a
+        bounded time to go out; call while the notifications' run() still runs."""
+        await self.schedule.stop()
+        await self.notifications.drain(timeout=drain_seconds)
+
     async def close(self) -> None:
         await self.schedule.stop()
-        await self.notifications.drain(timeout=5.0)
         await self.client.aclose()
         self.db.close()
 

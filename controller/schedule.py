@@ -83,7 +83,8 @@ class Schedule:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop scheduling, and let an evaluation in progress finish (bounded)."""
-        self._scheduler.shutdown(wait=False)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
         with anyio.move_on_after(timeout):
             while self._running:
                 await anyio.sleep(0.02)

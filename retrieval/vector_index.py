@@ -1,0 +1,409 @@
+"""The vector index: faiss behind an async API, exact by default, HNSW as an option.
+
+Ids are int64 chosen by the caller (who maps memory ids to them). Scores are inner
+products of L2-normalised vectors, i.e. cosine similarity, highest first.
+
+Kinds:
+- "flat": `IndexIDMap2(IndexFlatIP)`, exact; removal compacts the flat storage.
+- "hnsw": `IndexHNSWFlat` (inner product). HNSW cannot remove a node, so removal
+  is a tombstone: the id's internal label is marked dead in `_label_ids` and added
+  to an `IDSelectorNot(IDSelectorBatch)` passed to every search, so faiss skips dead
+  labels while still walking through them as graph connectors, and always returns
+  k live results. (Over-fetching k + tombstones would instead force efSearch up to
+  thousands once tombstones pile up.) Re-adding a live id tombstones its old label
+  and adds the vector under a fresh one. When tombstones exceed `rebuild_fraction`
+  of the stored vectors, `rebuild()` runs: the live vectors are read back from the
+  HNSW storage (no separate vector copy is kept) into a fresh graph.
+
+Concurrency. faiss allows concurrent reads (search, reconstruct, serialize) but no
+read concurrent with a write. So every faiss call holds `_rw`, a readers-writer
+lock: searches share it, mutations take it alone; a waiting writer stops new
+readers so a search storm cannot starve an add. Mutations are also serialised by
+`_mutating` (an anyio.Lock), which a rebuild holds for its whole run: the new graph
+is built in a worker thread while searches keep reading the old one, and the write
+lock is taken only for the pointer swap. All faiss work runs in worker threads,
+limited to one per core per index, and a cancelled caller still waits for
+its thread, so a lock is never released while faiss is inside the index.
+
+faiss's own OpenMP threads are pinned to 1 at import: on two cores, concurrent
+requests already keep both busy from separate threads, and OpenMP teams on top
+oversubscribe the cores (spinning OpenMP workers cost more than they parallelise
+for one query's scan).
+
+Persistence: one file, written with `atomic_write` (temp, fsync, rename, fsync
+dir): a header line of JSON (format, kind, dim, count, epoch, payload length and
+sha256) followed by the payload — the serialised faiss index, then for HNSW the
+label → id table. One file, not index + sidecar, because two files cannot be
+replaced atomically together. A torn or corrupt file fails `load` with
+`IndexFileError` naming the file and the mismatch.
+
+Errors:
+
+    VectorIndexError (ValueError)
+     ├── IndexShapeError    ids/vectors of the wrong shape, dtype or dimension
+     └── IndexFileError     a saved index is missing, torn, corrupt or of another format
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import faiss
+import numpy as np
+
+from flags.atomic import atomic_write
+
+faiss.omp_set_num_threads(1)
+
+FORMAT = "rolloutd-vector-index/1"
+_MAGIC = b"RVIX1 "
+_CORES = max(1, os.cpu_count() or 1)
+_DEAD = -1
+
+Kind = Literal["flat", "hnsw"]
+Hits = list[list[tuple[int, float]]]
+
+
+class VectorIndexError(ValueError):
+    """Base class of the vector index's errors."""
+
+
+class IndexShapeError(VectorIndexError):
+    """Ids or vectors handed to the index do not fit it."""
+
+
+class IndexFileError(VectorIndexError):
+    """A saved index cannot be loaded."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path}: {problem} — delete the file to rebuild the index from the graph store")
+
+
+class ReadWriteLock:
+    """Many readers or one writer, for tasks of one event loop; writers are preferred."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+        self._changed = anyio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[None]:
+        while self._writer or self._writers_waiting:
+            await self._changed.wait()
+        self._readers += 1
+        try:
+            yield
+        finally:
+            self._readers -= 1
+            if not self._readers:
+                self._notify()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        self._writers_waiting += 1
+        try:
+            while self._writer or self._readers:
+                await self._changed.wait()
+        finally:
+            self._writers_waiting -= 1
+        self._writer = True
+        try:
+            yield
+        finally:
+            self._writer = False
+            self._notify()
+
+
+class VectorIndex:
+    """int64 id → normalised float32 vector, searched by inner product."""
+
+    def __init__(
+        self,
+        dim: int,
+        kind: Kind = "flat",
+        *,
+        hnsw_m: int = 32,
+        ef_search: int = 64,
+        ef_construction: int = 80,
+        rebuild_fraction: float = 0.2,
+    ) -> None:
+        if kind not in ("flat", "hnsw"):
+            raise VectorIndexError(f"index kind {kind!r} is not 'flat' or 'hnsw'")
+        if dim < 1:
+            raise VectorIndexError(f"dim {dim} < 1")
+        self.dim, self.kind = dim, kind
+        self.hnsw_m, self.ef_search, self.ef_construction = hnsw_m, ef_search, ef_construction
+        self.rebuild_fraction = rebuild_fraction
+        self.epoch = 0  # +1 on every mutation; caches key on it
+        self._live: dict[int, int] = {}  # id → label (flat: label == id)
+        self._label_ids = np.empty(0, dtype=np.int64)  # hnsw: label → id, _DEAD if tombstoned
+        self._tombstones = 0
+        self._selector: tuple[faiss.IDSelector, ...] | None = None
+        self._index = self._new_faiss_index()
+        self._rw = ReadWriteLock()
+        self._mutating = anyio.Lock()
+        self._saving = anyio.Lock()
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the loop that uses it
+
+    def _new_faiss_index(self) -> faiss.Index:
+        if self.kind == "flat":
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        return index
+
+    async def _in_thread(self, func, *args):  # type: ignore[no-untyped-def]
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(_CORES)
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def contains(self, id_: int) -> bool:
+        return int(id_) in self._live
+
+    @property
+    def tombstones(self) -> int:
+        """Dead HNSW labels still in the graph (always 0 for flat)."""
+        return self._tombstones
+
+    # --- mutations ----------------------------------------------------------------
+
+    async def add(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under `ids`; an id already present is replaced."""
+        ids_arr, vecs = self._check_batch(ids, vectors)
+        if not ids_arr.size:
+            return
+        async with self._mutating:
+            replaced = [i for i in ids_arr.tolist() if i in self._live]
+            async with self._rw.write():
+                try:
+                    await self._in_thread(self._add_sync, ids_arr, vecs, replaced)
+                finally:  # a cancelled caller still waited for the thread: the change happened
+                    self.epoch += 1
+            await self._maybe_rebuild()
+
+    async def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Remove `ids`; return how many were present."""
+        present = [i for i in dict.fromkeys(np.asarray(ids, dtype=np.int64).tolist()) if i in self._live]
+        if not present:
+            return 0
+        async with self._mutating:
+            present = [i for i in present if i in self._live]
+            async with self._rw.write():
+                try:
+                    await self._in_thread(self._remove_sync, present)
+                finally:  # a cancelled caller still waited for the thread: the change happened
+                    self.epoch += 1
+            await self._maybe_rebuild()
+        return len(present)
+
+    def _add_sync(self, ids: np.ndarray, vecs: np.ndarray, replaced: list[int]) -> None:
+        if replaced:
+            self._remove_sync(replaced)
+        if self.kind == "flat":
+            self._index.add_with_ids(vecs, ids)
+            self._live.update(zip(ids.tolist(), ids.tolist()))
+            return
+        first = self._index.ntotal
+        self._index.add(vecs)
+        self._label_ids = np.concatenate([self._label_ids, ids])
+        self._live.update(zip(ids.tolist(), range(first, first + len(ids))))
+
+    def _remove_sync(self, ids: list[int]) -> None:
+        labels = [self._live.pop(i) for i in ids]
+        if self.kind == "flat":
+            self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+            return
+        self._label_ids[labels] = _DEAD
+        self._tombstones += len(labels)
+        self._refresh_selector()
+
+    def _refresh_selector(self) -> None:
+        if not self._tombstones:
+            self._selector = None
+            return
+        dead = np.flatnonzero(self._label_ids == _DEAD).astype(np.int64)
+        batch = faiss.IDSelectorBatch(dead)
+        self._selector = (faiss.IDSelectorNot(batch), batch)  # keep `batch` alive
+
+    def needs_rebuild(self) -> bool:
+        return self.kind == "hnsw" and self._tombstones > self.rebuild_fraction * max(1, self._index.ntotal)
+
+    async def _maybe_rebuild(self) -> None:
+        if self.needs_rebuild():
+            await self._rebuild_locked()
+
+    async def rebuild(self) -> None:
+        """Rebuild the HNSW graph from its live vectors, dropping tombstones (no-op for flat)."""
+        async with self._mutating:
+            await self._rebuild_locked()
+
+    async def _rebuild_locked(self) -> None:
+        if self.kind != "hnsw" or not self._tombstones:
+            return
+        # Holding `_mutating` freezes the contents; searches go on reading the old
+        # graph meanwhile (reads only), and wait just for the swap.
+        async with self._rw.read():
+            fresh, label_ids = await self._in_thread(self._build_from_live)
+        async with self._rw.write():
+            self._index, self._label_ids = fresh, label_ids
+            self._live = dict(zip(label_ids.tolist(), range(len(label_ids))))
+            self._tombstones = 0
+            self._selector = None
+
+    def _build_from_live(self) -> tuple[faiss.Index, np.ndarray]:
+        live = np.flatnonzero(self._label_ids != _DEAD)
+        vectors = self._index.reconstruct_batch(live.astype(np.int64)) if live.size else np.empty((0, self.dim), "f4")
+        fresh = self._new_faiss_index()
+        fresh.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        return fresh, self._label_ids[live].copy()
+
+    # --- search -------------------------------------------------------------------
+
+    async def search(self, queries: np.ndarray, k: int) -> Hits:
+        """The k best (id, score) per query row, best first; fewer when the index is smaller."""
+        if k < 1:
+            raise IndexShapeError(f"k {k} < 1")
+        queries = self._check_vectors(queries)
+        if not queries.shape[0]:
+            return []
+        async with self._rw.read():
+            return await self._in_thread(self._search_sync, queries, k)
+
+    def _search_sync(self, queries: np.ndarray, k: int) -> Hits:
+        k = min(k, len(self._live))
+        if not k:
+            return [[] for _ in range(queries.shape[0])]
+        if self.kind == "flat":
+            scores, ids = self._index.search(queries, k)
+        else:
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.ef_search, k)
+            if self._selector is not None:
+                params.sel = self._selector[0]
+            scores, labels = self._index.search(queries, k, params=params)
+            ids = np.where(labels >= 0, self._label_ids[labels], -1)
+        return [
+            [(i, s) for i, s in zip(row_ids.tolist(), row_scores.tolist()) if i != -1]
+            for row_ids, row_scores in zip(ids, scores)
+        ]
+
+    # --- validation ---------------------------------------------------------------
+
+    def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors)
+        if vectors.ndim == 1:
+            vectors = vectors.reshape(1, -1)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise IndexShapeError(f"vectors of shape {vectors.shape}, expected (n, {self.dim})")
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _check_batch(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vecs = self._check_vectors(vectors)
+        if ids_arr.shape[0] != vecs.shape[0]:
+            raise IndexShapeError(f"{ids_arr.shape[0]} ids for {vecs.shape[0]} vectors")
+        if np.unique(ids_arr).size != ids_arr.size:
+            raise IndexShapeError("duplicate ids in one add() batch")
+        if not np.isfinite(vecs).all():
+            raise IndexShapeError("vectors contain NaN or infinity")
+        return ids_arr, vecs
+
+    # --- persistence --------------------------------------------------------------
+
+    async def save(self, path: Path | str) -> None:
+        """Write the index to `path` crash-safely: readers see the old file or the new one."""
+        path = Path(path)
+        async with self._saving:
+            async with self._rw.read():
+                blob = await self._in_thread(self._to_bytes)
+            await anyio.to_thread.run_sync(atomic_write, path, blob)
+
+    def _to_bytes(self) -> bytes:
+        payload = faiss.serialize_index(self._index).tobytes()
+        faiss_len = len(payload)
+        if self.kind == "hnsw":
+            payload += self._label_ids.astype("<i8").tobytes()
+        header = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "dim": self.dim,
+            "count": len(self._live),
+            "epoch": self.epoch,
+            "hnsw": [self.hnsw_m, self.ef_search, self.ef_construction, self.rebuild_fraction],
+            "faiss_bytes": faiss_len,
+            "payload_bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+        return _MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+
+    @classmethod
+    async def load(cls, path: Path | str) -> VectorIndex:
+        """Read an index written by `save`, raising `IndexFileError` if it is torn or corrupt."""
+        return await anyio.to_thread.run_sync(cls.load_sync, Path(path))
+
+    @classmethod
+    def load_sync(cls, path: Path) -> VectorIndex:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise IndexFileError(path, f"cannot read: {exc.strerror}") from exc
+        header, payload = _split(path, data)
+        index = cls(header["dim"], header["kind"], **dict(zip(("hnsw_m", "ef_search", "ef_construction", "rebuild_fraction"), header["hnsw"])))
+        try:
+            index._index = faiss.deserialize_index(np.frombuffer(payload[: header["faiss_bytes"]], dtype=np.uint8))
+        except RuntimeError as exc:
+            raise IndexFileError(path, f"faiss cannot read the index: {exc}") from exc
+        index.epoch = header["epoch"]
+        index._restore_ids(path, payload[header["faiss_bytes"] :], header["count"])
+        return index
+
+    def _restore_ids(self, path: Path, tail: bytes, count: int) -> None:
+        if self.kind == "flat":
+            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            self._live = dict(zip(ids.tolist(), ids.tolist()))
+        else:
+            self._label_ids = np.frombuffer(tail, dtype="<i8").astype(np.int64)
+            if self._label_ids.size != self._index.ntotal:
+                raise IndexFileError(path, f"{self._label_ids.size} labels for {self._index.ntotal} vectors")
+            live = np.flatnonzero(self._label_ids != _DEAD)
+            self._live = dict(zip(self._label_ids[live].tolist(), live.tolist()))
+            self._tombstones = int(self._label_ids.size - live.size)
+            self._refresh_selector()
+        if len(self._live) != count:
+            raise IndexFileError(path, f"{len(self._live)} ids inside, header says {count}")
+
+
+def _split(path: Path, data: bytes) -> tuple[dict, bytes]:
+    """Header and payload of a saved index, checked against each other."""
+    if not data.startswith(_MAGIC):
+        raise IndexFileError(path, f"not a vector index file (expected {FORMAT})")
+    line_end = data.find(b"\n")
+    try:
+        header = json.loads(data[len(_MAGIC) : line_end])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IndexFileError(path, f"unreadable header: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise IndexFileError(path, f"format {header.get('format') if isinstance(header, dict) else header!r} != {FORMAT}")
+    payload = data[line_end + 1 :]
+    if len(payload) != header["payload_bytes"]:
+        raise IndexFileError(path, f"torn: {len(payload)} payload bytes, header says {header['payload_bytes']}")
+    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+        raise IndexFileError(path, "corrupt: payload sha256 does not match the header")
+    return header, payload

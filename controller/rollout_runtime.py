@@ -8,16 +8,14 @@ so that `Controller` itself only sees small interfaces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import httpx
 import structlog
 
 from controller.config import Config
-from controller.plan_clock import Clock
 from controller.notify import Notifications
-from controller.plan_clock import JumpDetector
+from controller.plan_clock import Clock, JumpDetector
 from controller.plan_load import PlanError, load_plan
 from controller.prometheus import PrometheusSource
 from controller.schedule import Schedule
@@ -99,9 +97,3 @@ def reload_plan(rollout: Rollout, config: Config) -> None:
     rollout.schedule.replan()
     log.info("plan.reloaded", file=str(config.daemon.plan), rollout=plan.name, digest=plan.digest[:12])
 
-
-def describe(rollout: Rollout | None) -> dict[str, Any]:
-    if rollout is None:
-        return {"rollout": None}
-    status = rollout.controller.status()
-    return {"rollout": status["rollout"], "phase": status["phase"], "percentage": status["percentage"]}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -294,8 +294,3 @@ def _breaches(counters: Any) -> int:
     if counters is None:
         return 0
     return max(counters.streaks.values(), default=0)
-
-
-def wall_interval(plan: Plan, time_scale: float) -> timedelta:
-    return plan.guard_interval / time_scale
-

@@ -83,6 +83,11 @@ class GuardCounters:
             last=obs,
         )
 
+    @property
+    def breaches(self) -> int:
+        """Consecutive breaching evaluations, at any severity."""
+        return max(self.streaks.values(), default=0)
+
     def sustained(self, guard: Guard, interval: timedelta) -> Severity | None:
         """The worst severity breached for long enough to act on, if any."""
         needed = guard.checks_to_sustain(interval)

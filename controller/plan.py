@@ -80,6 +80,11 @@ class Guard:
                 worst = severity
         return worst
 
+    def threshold_for(self, severity: Severity | None) -> float:
+        """What a value is shown against: `severity`'s threshold, else the warning one, else the
+        lowest the guard has (a guard may have no warning level)."""
+        return self.thresholds.get(severity or Severity.WARNING, min(self.thresholds.values()))
+
     def checks_to_sustain(self, interval: timedelta) -> int:
         """Consecutive breaching evaluations that make a breach "sustained".
 

@@ -106,7 +106,7 @@ def recommend(criteria: list[dict[str, Any]]) -> tuple[str, str]:
 
 def _guard_criterion(plan: Plan, name: str, measured: Measurement | None) -> dict[str, Any]:
     guard = plan.guard(name)
-    threshold = guard.thresholds.get(Severity.WARNING, min(guard.thresholds.values()))
+    threshold = guard.threshold_for(None)
     sign = "<=" if guard.direction is Direction.ABOVE else ">="
     row: dict[str, Any] = {"criterion": name, "threshold": f"{sign} {threshold:g}"}
     if measured is None or measured.value is None:

@@ -66,7 +66,7 @@ class RolloutCollector(Collector):
             for outcome in Outcome:
                 verdict.add_metric([plan.name, guard.name, str(outcome)],
                                    1.0 if last is not None and last.outcome is outcome else 0.0)
-            breaches.add_metric([plan.name, guard.name], max(counters.streaks.values(), default=0) if counters else 0)
+            breaches.add_metric([plan.name, guard.name], counters.breaches if counters else 0)
             failures.add_metric([plan.name, guard.name], counters.failures(guard) if counters else 0)
         yield from (value, verdict, breaches, failures)
 

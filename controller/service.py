@@ -33,7 +33,7 @@ from controller.commit import apply, commit, record_applied, recover
 from controller.decide import CommandRefused, Decision, Phase, RolloutState, Transition
 from controller.guards import Observation, Outcome
 from controller.notify import NOTIFY_KINDS, Event, Notifications, severity_for
-from controller.plan import Plan, Severity
+from controller.plan import Plan
 from controller.plan_clock import Clock, JumpDetector, PlanClock
 from controller.prometheus import GuardSource
 from controller.state_db import StateDB
@@ -169,13 +169,13 @@ class Controller:
         for obs in observations:
             guard = self.plan.guard(obs.guard)
             counters = self.state.guards.get(obs.guard)
-            threshold = guard.thresholds.get(obs.severity or Severity.WARNING, min(guard.thresholds.values()))
+            threshold = guard.threshold_for(obs.severity)
             level = {Outcome.PASS: "info", Outcome.BREACH: "warning"}.get(obs.outcome, "warning")
             getattr(log, level)(
                 "guard.evaluated", rollout=self.plan.name, guard=obs.guard, query=obs.query, value=obs.value,
                 threshold=threshold, direction=str(guard.direction), verdict=str(obs.outcome),
                 severity=str(obs.severity) if obs.severity else None, detail=obs.detail or None,
-                consecutive_breaches=_breaches(counters), consecutive_no_data=counters.no_data if counters else 0,
+                consecutive_breaches=counters.breaches if counters else 0, consecutive_no_data=counters.no_data if counters else 0,
                 consecutive_errors=counters.errors if counters else 0, plan_time=obs.at.isoformat())
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -288,9 +288,3 @@ class Controller:
         """The wall time at which the plan next wants an evaluation (a stage or checkpoint falls due)."""
         nxt = rules.next_transition(self.plan, self.state)
         return self.clock.wall_time(nxt[0]) if nxt else None
-
-
-def _breaches(counters: Any) -> int:
-    if counters is None:
-        return 0
-    return max(counters.streaks.values(), default=0)

@@ -11,7 +11,7 @@ from typing import Any
 
 from controller.decide import Phase, RolloutState, next_transition
 from controller.guards import GuardCounters
-from controller.plan import Guard, Plan, Severity, format_duration
+from controller.plan import Guard, Plan, format_duration
 from controller.plan_clock import PlanClock
 
 
@@ -52,17 +52,16 @@ def rollout_status(plan: Plan, state: RolloutState, now: datetime, clock: PlanCl
 def guard_status(guard: Guard, counters: GuardCounters | None) -> dict[str, Any]:
     last = counters.last if counters else None
     severity = last.severity if last else None
-    threshold = guard.thresholds.get(severity or Severity.WARNING, min(guard.thresholds.values()))
     return {
         "name": guard.name,
         "verdict": str(last.outcome) if last else "not_evaluated",
         "severity": str(severity) if severity else None,
         "value": last.value if last else None,
-        "threshold": threshold,
+        "threshold": guard.threshold_for(severity),
         "direction": str(guard.direction),
         "thresholds": {str(s): v for s, v in sorted(guard.thresholds.items())},
         "unit": guard.unit,
-        "consecutive_breaches": max(counters.streaks.values(), default=0) if counters else 0,
+        "consecutive_breaches": counters.breaches if counters else 0,
         "consecutive_no_data": counters.no_data if counters else 0,
         "consecutive_errors": counters.errors if counters else 0,
         "consecutive_failures": counters.failures(guard) if counters else 0,   # what failure_limit counts

@@ -19,7 +19,7 @@ from typing import Any
 
 from controller.decide import RolloutState
 from controller.plan import Plan
-from controller.plan_clock import PlanClock
+from controller.plan_clock import PlanClock, iso_z
 from controller.prometheus import GuardSource, PrometheusError
 from controller.report import SEED_METRICS, UNMEASURABLE, Measurement, build_report, seed_metric_query, window_query
 from flags.atomic import atomic_write
@@ -47,7 +47,7 @@ async def measure_report(plan: Plan, state: RolloutState, index: int, now: datet
                         else Measurement(None, UNMEASURABLE.get(key, "not measured")))
     period = [d for d in journal if period_start <= _plan_at(d) <= now]
     report = build_report(plan, state, index, now, criteria, period, metrics)
-    report["period_start"] = period_start.isoformat().replace("+00:00", "Z")
+    report["period_start"] = iso_z(period_start)
     report["queries"] = {"criteria": {name: m.query for name, m in criteria.items() if m.query},
                          "metrics": {name: m.query for name, m in metrics.items() if m.query}}
     return report

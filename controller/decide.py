@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping
 
 from controller.guards import GuardCounters, Observation, Outcome
 from controller.plan import Plan, Response, Severity
+from controller.plan_clock import iso_z
 
 
 class Phase(enum.StrEnum):
@@ -79,7 +80,7 @@ class Decision:
         return self.action in ("stage_applied", "rollback", "emergency", "emergency_cleared")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat().replace("+00:00", "Z"), "action": self.action, "stage": self.stage,
+        return {"at": iso_z(self.at), "action": self.action, "stage": self.stage,
                 "percentage": self.percentage, "agents": list(self.agents), "reason": self.reason,
                 "severity": str(self.severity) if self.severity else None, "checkpoint": self.checkpoint,
                 "guard": self.guard, "recommendation": self.recommendation}

@@ -25,6 +25,11 @@ from typing import Callable
 Clock = Callable[[], datetime]
 
 
+def iso_z(moment: datetime) -> str:
+    """An aware UTC datetime as ISO-8601 with `Z`, the form the journal, reports and status use."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 @dataclass(frozen=True)
 class PlanClock:
     start: datetime

@@ -29,6 +29,7 @@ from typing import TextIO
 from controller.config import ConfigError, load_config
 from controller.decide import Decision, Phase
 from controller.logs import configure_logging
+from controller.plan_clock import iso_z
 from controller.plan_load import PlanError, load_plan
 from controller.prometheus import PrometheusSource
 from controller.service import Controller
@@ -112,7 +113,7 @@ async def replay(argv: list[str], out: TextIO = sys.stdout) -> int:
             store.close()
         state = controller.state
     summary = {"summary": True, "phase": str(state.phase), "stage": state.stage, "percentage": state.percentage,
-               "rollbacks": state.rollbacks, "decisions": totals, "from": _iso(args.start), "to": _iso(min(clock.now, end))}
+               "rollbacks": state.rollbacks, "decisions": totals, "from": iso_z(args.start), "to": iso_z(min(clock.now, end))}
     print(json.dumps(summary) if args.json else
           f"replay ended {summary['to']}: {state.phase} at {state.percentage:g}% (stage {state.stage}), "
           f"{state.rollbacks} rollback(s)", file=out)
@@ -133,9 +134,6 @@ def _print(decisions: list[Decision], start: datetime, as_json: bool, out: TextI
         if as_json:
             print(json.dumps({**d.to_dict(), "plan_hour": round(hours, 4)}), file=out, flush=True)
         else:
-            print(f"{_iso(d.at)}  +{hours:6.2f}h  {d.action:<17} stage {d.stage:>2} {d.percentage:>5g}%  {d.reason}",
+            print(f"{iso_z(d.at)}  +{hours:6.2f}h  {d.action:<17} stage {d.stage:>2} {d.percentage:>5g}%  {d.reason}",
                   file=out, flush=True)
 
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

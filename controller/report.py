@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from controller.decide import RolloutState
 from controller.plan import Direction, Plan, Severity, format_duration
+from controller.plan_clock import iso_z
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
     shown = metrics if metrics is not None else measurements
     return {
         "checkpoint": checkpoint.name,
-        "deployment_start": _iso(state.started_at),
-        "checkpoint_time": _iso(now),
+        "deployment_start": iso_z(state.started_at),
+        "checkpoint_time": iso_z(now),
         "hours_elapsed": round((now - state.started_at).total_seconds() / 3600, 2),
         "current_rollout_percentage": state.percentage,
         "agents_affected": list(state.agents),
@@ -123,9 +124,6 @@ def _count_criterion(name: str, observed: int, limit: int, failing: str) -> dict
     return {"criterion": name, "observed": observed, "threshold": f"<= {limit}",
             "pass": passed, "verdict": "GO" if passed else failing, "note": ""}
 
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def window_query(plan: Plan, name: str, window_seconds: float, step_seconds: float | None = None) -> str | None:

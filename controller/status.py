@@ -12,7 +12,7 @@ from typing import Any
 from controller.decide import Phase, RolloutState, next_transition
 from controller.guards import GuardCounters
 from controller.plan import Guard, Plan, format_duration
-from controller.plan_clock import PlanClock
+from controller.plan_clock import PlanClock, iso_z
 
 
 def rollout_status(plan: Plan, state: RolloutState, now: datetime, clock: PlanClock, kill_switch: bool,
@@ -28,20 +28,20 @@ def rollout_status(plan: Plan, state: RolloutState, now: datetime, clock: PlanCl
         "agents": list(state.agents),
         "hold_reason": state.hold_reason or None,
         "next_transition": nxt[1] if nxt else None,
-        "next_transition_at": _iso(max(clock.wall_time(nxt[0]), clock.wall_time(now))) if nxt else None,
-        "next_transition_plan_at": _iso(nxt[0]) if nxt else None,
+        "next_transition_at": iso_z(max(clock.wall_time(nxt[0]), clock.wall_time(now))) if nxt else None,
+        "next_transition_plan_at": iso_z(nxt[0]) if nxt else None,
         "next_transition_due": bool(nxt and nxt[0] <= now),
         "emergency": state.phase is Phase.EMERGENCY or kill_switch,
         "kill_switch": kill_switch,
-        "started_at": _iso(state.started_at),
-        "plan_now": _iso(now),
+        "started_at": iso_z(state.started_at),
+        "plan_now": iso_z(now),
         "plan_hours_elapsed": round((now - state.started_at).total_seconds() / 3600, 3),
         "time_scale": clock.scale,
         "guard_interval": format_duration(plan.guard_interval),
-        "last_evaluation_plan_at": _iso(state.last_evaluation_at) if state.last_evaluation_at else None,
+        "last_evaluation_plan_at": iso_z(state.last_evaluation_at) if state.last_evaluation_at else None,
         "rollbacks": state.rollbacks,
         "manual_interventions": state.manual_interventions,
-        "checkpoints": [{"name": cp.name, "plan_at": _iso(state.started_at + cp.at), "done": i in state.checkpoints_done,
+        "checkpoints": [{"name": cp.name, "plan_at": iso_z(state.started_at + cp.at), "done": i in state.checkpoints_done,
                          "verdict_in": i in state.verdicts, "requires_approval": cp.requires_approval,
                          "approved": i in state.approved} for i, cp in enumerate(plan.checkpoints)],
         "guards": [guard_status(g, state.guards.get(g.name)) for g in plan.guards],
@@ -66,9 +66,6 @@ def guard_status(guard: Guard, counters: GuardCounters | None) -> dict[str, Any]
         "consecutive_errors": counters.errors if counters else 0,
         "consecutive_failures": counters.failures(guard) if counters else 0,   # what failure_limit counts
         "detail": last.detail if last and last.detail else None,
-        "evaluated_plan_at": _iso(last.at) if last else None,
+        "evaluated_plan_at": iso_z(last.at) if last else None,
     }
 
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

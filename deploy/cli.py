@@ -29,16 +29,15 @@ flags store's public API and its lock (so it cannot race a running daemon).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from deploy import rollout_cmds
 from deploy.client import AdminClient, ApiError, Unreachable, locate_socket, read_config_value
+from deploy.terminal import actor, print_json, print_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -109,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_health(client: AdminClient, args: argparse.Namespace) -> int:
     health = client.get("/v1/health")
     if args.json:
-        _print_json(health)
+        print_json(health)
     else:
         state = "ready" if health["ready"] else "NOT READY: " + "; ".join(health["problems"].values())
         kill = "ON" if health["kill_switch"] else "off"
@@ -121,11 +120,11 @@ def cmd_health(client: AdminClient, args: argparse.Namespace) -> int:
 def cmd_flags_list(client: AdminClient, args: argparse.Namespace) -> int:
     answer = client.get("/v1/flags")
     if args.json:
-        _print_json(answer)
+        print_json(answer)
         return EXIT_OK
     rows = [(f["name"], "on" if f["enabled"] else "off", f["strategy"], f"{f['percentage']:g}%",
              " AND ".join(f["constraints"]) or "-") for f in answer["flags"]]
-    _print_table(("FLAG", "ENABLED", "STRATEGY", "PERCENT", "CONSTRAINTS"), rows)
+    print_table(("FLAG", "ENABLED", "STRATEGY", "PERCENT", "CONSTRAINTS"), rows)
     if answer["kill_switch"]:
         print("\nemergency_shutdown is ON: every other flag evaluates to off.")
     return EXIT_OK
@@ -134,7 +133,7 @@ def cmd_flags_list(client: AdminClient, args: argparse.Namespace) -> int:
 def cmd_flags_show(client: AdminClient, args: argparse.Namespace) -> int:
     answer = client.get(f"/v1/flags/{args.name}")
     if args.json:
-        _print_json(answer)
+        print_json(answer)
         return EXIT_OK
     print(json.dumps({answer["name"]: answer["stored"]}, indent=2))
     print(f"\neffective percentage now: {answer['percentage']:g}%")
@@ -147,21 +146,21 @@ def cmd_flags_set(client: AdminClient, args: argparse.Namespace) -> int:
     if args.enabled is None and args.percentage is None:
         print("rolloutctl: flags set needs --enabled and/or --percentage", file=sys.stderr)
         return EXIT_USAGE
-    body: dict[str, Any] = {"reason": args.reason, "actor": _actor()}
+    body: dict[str, Any] = {"reason": args.reason, "actor": actor()}
     if args.enabled is not None:
         body["enabled"] = args.enabled
     if args.percentage is not None:
         body["percentage"] = args.percentage
     answer = client.post(f"/v1/flags/{args.name}", body)
     if args.json:
-        _print_json(answer)
+        print_json(answer)
     else:
         print(f"{answer['name']}: {'on' if answer['enabled'] else 'off'}, {answer['percentage']:g}% ({answer['strategy']})")
     return EXIT_OK
 
 
 def cmd_emergency_stop(client: AdminClient, args: argparse.Namespace) -> int:
-    answer = client.post("/v1/emergency-stop", {"reason": args.reason, "actor": _actor()})
+    answer = client.post("/v1/emergency-stop", {"reason": args.reason, "actor": actor()})
     print("emergency_shutdown is ON: every other flag now evaluates to off." if answer["kill_switch"] else "kill switch NOT on")
     return EXIT_OK if answer["kill_switch"] else EXIT_FAILED
 
@@ -184,7 +183,7 @@ def _restore_via(get: Callable[[str], Any], post: Callable[[str, dict[str, Any]]
     if not args.backup:
         _print_backups(get("/v1/flags-backups"), args.json)
         return EXIT_OK
-    answer = post("/v1/flags-restore", {"backup": args.backup, "reason": args.reason, "actor": _actor()})
+    answer = post("/v1/flags-restore", {"backup": args.backup, "reason": args.reason, "actor": actor()})
     print(f"restored {answer['restored']}: {answer['flags']} flags, revision {answer['revision']}")
     return EXIT_OK
 
@@ -201,7 +200,7 @@ def _restore_offline(state_dir: Path, args: argparse.Namespace) -> int:
                 if store.load_error:
                     print(f"\ncurrent flags file is invalid: {store.load_error}", file=sys.stderr)
                 return EXIT_OK
-            snap = store.restore(args.backup, actor=_actor(), reason=args.reason)
+            snap = store.restore(args.backup, actor=actor(), reason=args.reason)
     except FlagsError as exc:
         print(f"rolloutctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -211,12 +210,12 @@ def _restore_offline(state_dir: Path, args: argparse.Namespace) -> int:
 
 def _print_backups(answer: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(answer)
+        print_json(answer)
         return
     rows = [(b["name"], str(b["size"]), str(b["flags"]) if b["flags"] is not None else "-",
              "ok" if not b["problem"] else "INVALID: " + b["problem"].split(" — ")[0]) for b in answer["backups"]]
     print(f"backups in {answer['directory']} (oldest first):")
-    _print_table(("BACKUP", "BYTES", "FLAGS", "RESTORABLE"), rows)
+    print_table(("BACKUP", "BYTES", "FLAGS", "RESTORABLE"), rows)
     print('\nrestore one with: rolloutctl flags restore BACKUP --reason "..."')
 
 
@@ -237,7 +236,7 @@ def cmd_plan_validate(args: argparse.Namespace) -> int:
     except (RuntimeError, OSError) as exc:
         message = f"{exc}; {file} was NOT validated (its queries are unchecked)"
         if args.json:
-            _print_json({"valid": False, "problems": [], "error": message, "plan": _plan_summary(plan)})
+            print_json({"valid": False, "problems": [], "error": message, "plan": _plan_summary(plan)})
         else:
             print(f"rolloutctl: {message}", file=sys.stderr)
         return EXIT_FAILED
@@ -250,7 +249,7 @@ def _plan_verdict(file: str, as_json: bool, problems: list[Any], summary: dict[s
                   checked: str = "") -> int:
     problems = sorted(problems, key=lambda p: p.line or 0)
     if as_json:
-        _print_json({"valid": not problems, "problems": [
+        print_json({"valid": not problems, "problems": [
             {"where": p.where, "line": p.line, "message": p.message, "text": p.render(file)} for p in problems],
             "plan": summary})
     elif problems:
@@ -294,16 +293,16 @@ def _print_plan(file: str, plan: dict[str, Any], checked: str) -> None:
     print(f"{file}: plan {plan['name']} is valid ({checked})")
     print(f"flags: {', '.join(plan['flags'])}")
     print("stages:")
-    _print_table(("AT", "PERCENT", "AGENTS"), [(s["at"], f"{s['percentage']:g}%", ", ".join(s["agents"]) or "-")
+    print_table(("AT", "PERCENT", "AGENTS"), [(s["at"], f"{s['percentage']:g}%", ", ".join(s["agents"]) or "-")
                                                for s in plan["stages"]], indent="  ")
     print("checkpoints:")
-    _print_table(("AT", "APPROVAL", "NAME"), [(c["at"], "required" if c["requires_approval"] else "-", c["name"])
+    print_table(("AT", "APPROVAL", "NAME"), [(c["at"], "required" if c["requires_approval"] else "-", c["name"])
                                               for c in plan["checkpoints"]], indent="  ")
     print(f"guards, checked every {plan['guard_interval']} ({plan['failure_limit']} failed checks in a row: "
           f"{plan['failure_response']}):")
     rows = [(g["name"], g["direction"], *(_threshold(g, sev) for sev in ("warning", "critical", "emergency")),
              _sustain(g), g["no_data"]) for g in plan["guards"]]
-    _print_table(("GUARD", "DIRECTION", "WARNING", "CRITICAL", "EMERGENCY", "SUSTAIN", "NO DATA"), rows, indent="  ")
+    print_table(("GUARD", "DIRECTION", "WARNING", "CRITICAL", "EMERGENCY", "SUSTAIN", "NO DATA"), rows, indent="  ")
 
 
 def _sustain(guard: dict[str, Any]) -> str:
@@ -316,16 +315,6 @@ def _threshold(guard: dict[str, Any], severity: str) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "") -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
-
-
 def _boolean(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("true", "on", "yes", "1"):
@@ -333,10 +322,6 @@ def _boolean(text: str) -> bool:
     if lowered in ("false", "off", "no", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _actor() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()} via rolloutctl"
 
 
 if __name__ == "__main__":

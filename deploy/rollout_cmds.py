@@ -15,13 +15,11 @@ during an emergency without --clear-emergency, ...) exits 1 with the daemon's re
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
-import socket
 from datetime import datetime, timezone
 from typing import Any
 
 from deploy.client import AdminClient
+from deploy.terminal import actor, print_json, print_table
 
 EXIT_OK = 0
 
@@ -62,7 +60,7 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
     status = client.get("/v1/rollout")
     if args.json:
-        print(json.dumps(status, indent=2))
+        print_json(status)
     else:
         print_status(status)
     return EXIT_OK
@@ -70,14 +68,14 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
 
 def command(name: str) -> Any:
     def run(client: AdminClient, args: argparse.Namespace) -> int:
-        body: dict[str, Any] = {"reason": args.reason, "actor": _actor()}
+        body: dict[str, Any] = {"reason": args.reason, "actor": actor()}
         if name == "rollback":
             body["to"] = args.to
         if name == "resume":
             body["clear_emergency"] = args.clear_emergency
         answer = client.post(f"/v1/rollout/{name}", body)
         if args.json:
-            print(json.dumps(answer, indent=2))
+            print_json(answer)
             return EXIT_OK
         for d in answer["decisions"]:
             print(f"{d['action']}: {d['reason']} (stage {d['stage']}, {d['percentage']:g}%)")
@@ -93,7 +91,7 @@ def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
     if not args.name:
         names = client.get("/v1/reports")["reports"]
         if args.json:
-            print(json.dumps(names, indent=2))
+            print_json(names)
         elif not names:
             print("no checkpoint reports yet")
         else:
@@ -101,7 +99,7 @@ def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     report = client.get(f"/v1/reports/{args.name}")
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return EXIT_OK
     print(f"{report['checkpoint']}: {report['recommendation']} ({report['recommendation_reason']})")
     print(f"  at {report['checkpoint_time']} ({report['hours_elapsed']}h after {report['deployment_start']}), "
@@ -110,7 +108,7 @@ def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
           f"next: {report['next_milestone']}")
     rows = [(c["criterion"], _value(c["observed"]), c["threshold"], c["verdict"], c.get("note") or "")
             for c in report["criteria"]]
-    _table(("CRITERION", "OBSERVED", "THRESHOLD", "VERDICT", "NOTE"), rows, "  ")
+    print_table(("CRITERION", "OBSERVED", "THRESHOLD", "VERDICT", "NOTE"), rows, "  ")
     print("  metrics:")
     for key, value in report["metrics"].items():
         why = report.get("unmeasured", {}).get(key)
@@ -140,7 +138,7 @@ def print_status(s: dict[str, Any]) -> None:
         verdict = g["verdict"] + (f" ({g['severity']})" if g["severity"] else "")
         rows.append((g["name"], verdict, _value(g["value"]), f"{sign} {g['threshold']:g}",
                      str(g["consecutive_breaches"]), str(g["consecutive_failures"])))
-    _table(("GUARD", "VERDICT", "VALUE", "THRESHOLD", "BREACHES", "FAILURES"), rows, "  ")
+    print_table(("GUARD", "VERDICT", "VALUE", "THRESHOLD", "BREACHES", "FAILURES"), rows, "  ")
     for cp in s["checkpoints"]:
         mark = "done" if cp["done"] else "pending"
         if cp["requires_approval"]:
@@ -159,13 +157,3 @@ def _until(iso: str) -> str:
 
 def _value(value: Any) -> str:
     return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "") -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
-def _actor() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()} via rolloutctl"

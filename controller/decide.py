@@ -265,19 +265,22 @@ def _advance(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutSta
                 decisions.append(_decision(state, now, "awaiting_approval", reason, checkpoint=unapproved))
                 break
             due_at = state.started_at + plan.stages[nxt].at
-            clean_now = state.last_clean_at is not None and state.last_clean_at == state.last_evaluation_at
-            if not clean_now or state.last_clean_at < due_at:
+            if not _clean_now(state) or state.last_clean_at < due_at:
                 break  # wait for the latest evaluation to be clean, at or after the stage fell due
             state = _apply_stage(plan, state, nxt)
             decisions.append(_decision(state, now, "stage_applied", f"{plan.stages[nxt].label()} fell due"))
             break  # one stage a round: the next needs its own clean evaluation
-        clean_now = state.last_clean_at is not None and state.last_clean_at == state.last_evaluation_at
         if (nxt is None and len(state.checkpoints_done) == len(plan.checkpoints) and not awaiting_verdict(state)
-                and clean_now):  # never complete while a guard breaches (or is blind)
+                and _clean_now(state)):  # never complete while a guard breaches (or is blind)
             state = replace(state, phase=Phase.COMPLETED, hold_reason="")
             decisions.append(_decision(state, now, "completed", "every stage applied and every checkpoint passed"))
         break
     return state, decisions
+
+
+def _clean_now(state: RolloutState) -> bool:
+    """Whether the latest evaluation was clean (no breach, nobody blind)."""
+    return state.last_clean_at is not None and state.last_clean_at == state.last_evaluation_at
 
 
 def awaiting_verdict(state: RolloutState) -> tuple[int, ...]:

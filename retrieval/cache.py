@@ -49,7 +49,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import structlog
@@ -65,6 +65,7 @@ log = structlog.get_logger("rolloutd.retrieval.cache")
 Clock = Callable[[], float]
 PREFIX = "rolloutd:rag"
 DEFAULT_TTL = 300.0
+Outcome = Literal["hit", "miss", "bypass"]
 PENDING_FILLS = 10_000  # misses waiting for their set(); older ones are forgotten
 
 
@@ -88,6 +89,10 @@ class RetrievalCache(Protocol):
     stats: CacheStats
 
     async def get(self, namespace: str, key: str) -> bytes | None: ...
+
+    async def lookup(self, namespace: str, key: str) -> tuple[bytes | None, Outcome]:
+        """`get`, also saying why: "hit", "miss", or "bypass" (the backend was not usable)."""
+        ...
 
     async def set(self, namespace: str, key: str, value: bytes) -> None: ...
 
@@ -140,6 +145,9 @@ class LocalCache:
         return self._bytes
 
     async def get(self, namespace: str, key: str) -> bytes | None:
+        return (await self.lookup(namespace, key))[0]
+
+    async def lookup(self, namespace: str, key: str) -> tuple[bytes | None, Outcome]:
         epoch = self._epochs.get(namespace, 0)
         slot = (namespace, epoch, key)
         entry = self._entries.get(slot)
@@ -149,10 +157,10 @@ class LocalCache:
         if entry is None:
             self.stats.misses += 1
             self._fills.remember(namespace, key, epoch)
-            return None
+            return None, "miss"
         self._entries.move_to_end(slot)
         self.stats.hits += 1
-        return entry[1]
+        return entry[1], "hit"
 
     async def set(self, namespace: str, key: str, value: bytes) -> None:
         epoch = self._epochs.get(namespace, 0)
@@ -255,21 +263,24 @@ class RedisCache:
         self._fills = _FillEpochs()
 
     async def get(self, namespace: str, key: str) -> bytes | None:
+        return (await self.lookup(namespace, key))[0]
+
+    async def lookup(self, namespace: str, key: str) -> tuple[bytes | None, Outcome]:
         epoch = await self._usable_epoch(namespace, "get")
         if epoch is None:
-            return None
+            return None, "bypass"
         try:
             value = await self._redis.get(self._key(namespace, epoch, key))
         except (RedisError, OSError) as exc:
             self._failed("get", namespace, exc)
-            return None
+            return None, "bypass"
         self._answered()
         if value is None:
             self.stats.misses += 1
             self._fills.remember(namespace, key, epoch)
-            return None
+            return None, "miss"
         self.stats.hits += 1
-        return value
+        return value, "hit"
 
     async def set(self, namespace: str, key: str, value: bytes) -> None:
         fill_epoch = self._fills.take(namespace, key)

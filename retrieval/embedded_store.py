@@ -125,6 +125,10 @@ class EmbeddedStore:
                 yield from_row(row)
             after = rows[-1][:2]
 
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the SQLite file answers now."""
+        await self._run(_ping)
+
     def expand(
         self, namespace: str, seeds: Sequence[str], hops: int = 2,
         limit: int = DEFAULT_EXPAND_LIMIT,
@@ -221,6 +225,10 @@ def _page(db: sqlite3.Connection, after: tuple[str, str]) -> list[tuple]:
     return db.execute(
         f"SELECT {_COLUMNS} FROM memories WHERE (namespace, id) > (?, ?) "
         f"ORDER BY namespace, id LIMIT {PAGE}", after).fetchall()
+
+
+def _ping(db: sqlite3.Connection) -> None:
+    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
 
 def to_row(memory: Memory) -> tuple[str, ...]:

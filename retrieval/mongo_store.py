@@ -165,6 +165,13 @@ class MongoStore:
     def count(self, namespace: str | None = None) -> int:
         return self.adjacency.count(namespace)
 
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless MongoDB answers now."""
+        if self._client is None:
+            raise StoreUnavailable("MongoDB", "ping", "the store is not open")
+        async with self._translate("ping"):
+            await self._client.admin.command("ping")
+
     async def _existing(self, targets: dict[str, set[str]], session: Any) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
         for namespace, ids in targets.items():

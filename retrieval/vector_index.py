@@ -158,6 +158,8 @@ class VectorIndex:
         self._mutating = anyio.Lock()
         self._saving = anyio.Lock()
         self._limiter: anyio.CapacityLimiter | None = None  # made in the loop that uses it
+        self.saved_meta: dict = {}      # what `save(meta=, extra=)` stored, after `load`
+        self.saved_extra: bytes = b""
 
     def _new_faiss_index(self) -> faiss.Index:
         if self.kind == "flat":
@@ -173,6 +175,10 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def ids(self) -> np.ndarray:
+        """Every live id (int64, unordered)."""
+        return np.fromiter(self._live, dtype=np.int64, count=len(self._live))
 
     def contains(self, id_: int) -> bool:
         return int(id_) in self._live
@@ -327,20 +333,29 @@ class VectorIndex:
 
     # --- persistence --------------------------------------------------------------
 
-    async def save(self, path: Path | str) -> None:
-        """Write the index to `path` crash-safely: readers see the old file or the new one."""
+    async def save(self, path: Path | str, *, meta: dict | None = None, extra: bytes = b"") -> None:
+        """Write the index to `path` crash-safely: readers see the old file or the new one.
+
+        `meta` (JSON) and `extra` (bytes) travel in the same file, under the same checksum,
+        so a caller's bookkeeping about the index can never disagree with the index itself;
+        `load` gives them back as `saved_meta` and `saved_extra`.
+        """
         path = Path(path)
         async with self._saving:
             async with self._rw.read():
-                blob = await self._in_thread(self._to_bytes)
+                blob = await self._in_thread(self._to_bytes, meta or {}, extra)
             await anyio.to_thread.run_sync(atomic_write, path, blob)
 
-    def _to_bytes(self) -> bytes:
+    def _to_bytes(self, meta: dict | None = None, extra: bytes = b"") -> bytes:
         payload = faiss.serialize_index(self._index).tobytes()
         faiss_len = len(payload)
         if self.kind == "hnsw":
             payload += self._label_ids.astype("<i8").tobytes()
+        ids_len = len(payload)
+        payload += extra
         header = {
+            "meta": meta or {},
+            "ids_bytes": ids_len,
             "format": FORMAT,
             "kind": self.kind,
             "dim": self.dim,
@@ -371,7 +386,10 @@ class VectorIndex:
         except RuntimeError as exc:
             raise IndexFileError(path, f"faiss cannot read the index: {exc}") from exc
         index.epoch = header["epoch"]
-        index._restore_ids(path, payload[header["faiss_bytes"] :], header["count"])
+        ids_end = header.get("ids_bytes", len(payload))
+        index._restore_ids(path, payload[header["faiss_bytes"] : ids_end], header["count"])
+        index.saved_meta = header.get("meta", {})
+        index.saved_extra = payload[ids_end:]
         return index
 
     def _restore_ids(self, path: Path, tail: bytes, count: int) -> None:

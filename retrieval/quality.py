@@ -10,11 +10,17 @@ graded relevance for nDCG (default 1 for each relevant id); `hops` (optional) sa
 many links separate the answer from what the query's words match, so the multi-hop
 questions can be scored apart. Metrics, per question and averaged:
 
-    precision@10   relevant in the top 10 / 10
+    precision@10   relevant in the top 10 / min(10, all relevant)
     recall@10      relevant in the top 10 / all relevant
     top3           1 when any relevant id is in the top 3 (the seeds' "top-3 accuracy")
     mrr            1 / rank of the first relevant id (0 when none is retrieved)
     ndcg@10        DCG@10 / ideal DCG@10 with gains 2^grade - 1
+
+Precision@10 divides by min(10, |relevant|) (the "capped" precision@k, as in R-precision
+for short lists), not by 10: with the usual /10, a question with one right answer can never
+score above 0.1, so the seeds' target of >= 70% Precision@10 could only be met by questions
+with seven or more right answers. Capped, a perfect ranking scores 1.0 whatever the number
+of answers; for questions with 10 or more it is the textbook value.
 
 Pure functions; the periodic validation job feeds them the retriever's answers.
 """
@@ -69,7 +75,7 @@ def score(question: Question, retrieved: Sequence[str]) -> Scores:
     ideal = sorted((question.grade(i) for i in relevant), reverse=True)[:K]
     idcg = sum((2 ** g - 1) / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
     return Scores(
-        precision_at_10=len(hits) / K,
+        precision_at_10=len(hits) / min(K, len(relevant)) if relevant else 0.0,
         recall_at_10=len(hits) / len(relevant) if relevant else 0.0,
         top3=1.0 if any(i in relevant for i in top[:3]) else 0.0,
         mrr=1.0 / first if first else 0.0,

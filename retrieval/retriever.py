@@ -117,6 +117,7 @@ class Retriever:
         self.directory = Path(directory)
         self.settings = settings or RetrieverSettings()
         self.metrics = metrics or RetrievalMetrics()
+        self._quiet = RetrievalMetrics()   # a private registry nobody scrapes: `retrieve(quiet=True)`
         self._timer = timer
         self._indexes: dict[str, VectorIndex] = {}
         self._fingerprints: dict[str, dict[int, int]] = defaultdict(dict)   # what each index was built from
@@ -277,8 +278,13 @@ class Retriever:
     def count(self, namespace: str | None = None) -> int:
         return self.store.count(namespace)
 
-    async def retrieve(self, query: str, namespace: str, top_k: int, route: Route) -> Answer:
-        """Answer `query` within `namespace` along `route` (see the module docstring)."""
+    async def retrieve(self, query: str, namespace: str, top_k: int, route: Route, *, quiet: bool = False) -> Answer:
+        """Answer `query` within `namespace` along `route` (see the module docstring).
+
+        `quiet`: leave the traffic metrics alone -- for the daemon's own synthetic queries
+        (validation, probes), which must not move the guards that watch agents' traffic.
+        """
+        m = self._quiet if quiet else self.metrics
         if self.problem is not None:
             raise NotReady(self.problem)
         if route.path is None:
@@ -294,32 +300,33 @@ class Retriever:
         if key is not None:
             t = self._timer()
             cached, outcome = await self.cache.lookup(namespace, key)
-            self.metrics.stage.labels("cache").observe(self._timer() - t)
-            self.metrics.cache_outcome(outcome)
+            m.stage.labels("cache").observe(self._timer() - t)
+            m.cache_outcome(outcome)
             if cached is not None:
                 results = [Result(r["id"], r["score"], r["text"], r["ranks"]) for r in json.loads(cached)]
-                return self._answered(results, path, "hit", reasons, started)
+                return self._answered(m, results, path, "hit", reasons, started)
         try:
-            results, ran, failed = await self._search(query, namespace, top_k, sources)
+            results, ran, failed = await self._search(m, query, namespace, top_k, sources)
         except RetrievalFailed as exc:
-            self.metrics.queries.labels(path).inc()
-            self.metrics.errors.labels(path, "no_source").inc()
+            m.queries.labels(path).inc()
+            m.errors.labels(path, "no_source").inc()
             log.error("retrieval.failed", path=path, namespace=namespace, problem=str(exc))
             raise
         reasons += failed
         if key is not None and not reasons:
             await self.cache.set(namespace, key, json.dumps([r.to_dict() for r in results]).encode())
-        return self._answered(results, _path_of(ran), outcome, reasons, started)
+        return self._answered(m, results, _path_of(ran), outcome, reasons, started)
 
-    def _answered(self, results: list[Result], path: str, cache: str, reasons: list[str], started: float) -> Answer:
+    def _answered(self, m: RetrievalMetrics, results: list[Result], path: str, cache: str, reasons: list[str],
+                  started: float) -> Answer:
         elapsed = self._timer() - started
-        self.metrics.queries.labels(path).inc()
-        self.metrics.latency.labels(path, cache).observe(elapsed)
+        m.queries.labels(path).inc()
+        m.latency.labels(path, cache).observe(elapsed)
         for reason in reasons:
-            self.metrics.degraded.labels(reason.split(":")[0]).inc()
+            m.degraded.labels(reason.split(":")[0]).inc()
         return Answer(results, path, cache, bool(reasons), tuple(reasons), elapsed * 1000)
 
-    async def _search(self, query: str, namespace: str, top_k: int,
+    async def _search(self, m: RetrievalMetrics, query: str, namespace: str, top_k: int,
                       sources: Sequence[str]) -> tuple[list[Result], tuple[str, ...], list[str]]:
         """Run the sources concurrently; return the results, the sources that answered, and
         why any source was left out."""
@@ -332,7 +339,7 @@ class Retriever:
         async def vector() -> None:
             try:
                 with anyio.move_on_after(s.vector_timeout) as scope:
-                    hits = await self._vector_hits(query, namespace, top_k)
+                    hits = await self._vector_hits(m, query, namespace, top_k)
                     lists["vector"] = [k for k, _ in hits]
                     cosine.update(hits)
                 if scope.cancelled_caught:
@@ -351,9 +358,9 @@ class Retriever:
                         await vector_done.wait()
                         seeds = lists.get("vector", [])[: s.graph_seeds]
                     elif not seeds:
-                        hits = await self._vector_hits(query, namespace, s.graph_seeds)
+                        hits = await self._vector_hits(m, query, namespace, s.graph_seeds)
                         seeds = [k for k, _ in hits]
-                    lists["graph"] = self._walk(namespace, seeds)
+                    lists["graph"] = self._walk(m, namespace, seeds)
                 if scope.cancelled_caught:
                     failed.append(f"graph: timed out after {s.graph_timeout * 1000:g} ms")
             except Exception as exc:  # noqa: BLE001
@@ -376,7 +383,7 @@ class Retriever:
                          weights=s.weights, k=s.rrf_k, limit=top_k)
             results = [self._result(int(f.id), f.score, {"vector": f.ranks.get("vector"), "graph": f.ranks.get("graph")})
                        for f in fused]
-        self.metrics.stage.labels("fuse").observe(self._timer() - t)
+        m.stage.labels("fuse").observe(self._timer() - t)
         ran = tuple(name for name in ("vector", "graph") if name in lists)
         return [r for r in results if r.id], ran, failed
 
@@ -388,20 +395,20 @@ class Retriever:
             return Result("", score, "", ranks)
         return Result(resolved[1], score, text, ranks)
 
-    async def _vector_hits(self, query: str, namespace: str, k: int) -> list[tuple[int, float]]:
+    async def _vector_hits(self, m: RetrievalMetrics, query: str, namespace: str, k: int) -> list[tuple[int, float]]:
         index = self._indexes.get(namespace)
         if index is None or not len(index):
             return []
         t = self._timer()
         vector = await self.embedder.embed([query])
         t2 = self._timer()
-        self.metrics.stage.labels("embed").observe(t2 - t)
+        m.stage.labels("embed").observe(t2 - t)
         hits = (await index.search(vector, k))[0]
-        self.metrics.stage.labels("vector").observe(self._timer() - t2)
-        self.metrics.vector_searches.inc()
+        m.stage.labels("vector").observe(self._timer() - t2)
+        m.vector_searches.inc()
         return hits
 
-    def _walk(self, namespace: str, seeds: Sequence[int]) -> list[int]:
+    def _walk(self, m: RetrievalMetrics, namespace: str, seeds: Sequence[int]) -> list[int]:
         """Each seed followed by its neighbourhood (nearest first), best seed first."""
         t = self._timer()
         adjacency = self.store.adjacency  # type: ignore[attr-defined]
@@ -416,8 +423,8 @@ class Retriever:
                 out.setdefault(memory_vid(namespace, neighbour), None)
             if len(out) >= s.expand_limit:
                 break
-        self.metrics.graph_queries.inc()
-        self.metrics.stage.labels("graph").observe(self._timer() - t)
+        m.graph_queries.inc()
+        m.stage.labels("graph").observe(self._timer() - t)
         return list(out)[: s.expand_limit]
 
     # --- writes ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from retrieval.quality import LabelledSetError, Question, load_labelled_set, mea
 def test_metrics_of_one_answer() -> None:
     q = Question("q", ("a", "b", "c"))
     s = score(q, ["x", "a", "y", "b", "a"])            # "a" repeated counts once
-    assert s.precision_at_10 == pytest.approx(2 / 10)
+    assert s.precision_at_10 == pytest.approx(2 / 3)   # capped: 2 of the 3 that could be there
     assert s.recall_at_10 == pytest.approx(2 / 3)
     assert s.top3 == 1.0 and s.mrr == pytest.approx(1 / 2)
     dcg = 1 / math.log2(3) + 1 / math.log2(5)
@@ -68,3 +68,10 @@ def test_an_empty_or_missing_file_is_an_error(tmp_path: Path) -> None:
         load_labelled_set(tmp_path / "empty.jsonl")
     with pytest.raises(LabelledSetError, match="cannot read"):
         load_labelled_set(tmp_path / "missing.jsonl")
+
+
+def test_precision_is_capped_by_the_number_of_answers() -> None:
+    one = Question("q", ("a",))
+    assert score(one, ["a"] + [f"x{i}" for i in range(9)]).precision_at_10 == 1.0
+    many = Question("q", tuple(f"r{i}" for i in range(20)))
+    assert score(many, [f"r{i}" for i in range(7)] + ["x", "y", "z"]).precision_at_10 == pytest.approx(0.7)

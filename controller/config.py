@@ -25,7 +25,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "prometheus": {"url": None, "timeout_seconds": 10.0},
     "notifications": {"webhook_urls": [], "alertmanager_url": None},
-    "retrieval": {"mongodb_uri": None, "redis_url": None},
+    "retrieval": {
+        "mongodb_uri": None,
+        "redis_url": None,
+        "embedder": "hashing",
+        "index": "flat",
+        "rrf_k": 60,
+        "vector_weight": 1.0,
+        "graph_weight": 1.5,
+        "hops": 2,
+        "vector_timeout_ms": 500,
+        "graph_timeout_ms": 500,
+        "cache_ttl_seconds": 300,
+        "labelled_set": None,
+        "validation_interval_seconds": 300,
+    },
 }
 
 
@@ -56,6 +70,23 @@ class DaemonSection:
 
 
 @dataclass(frozen=True)
+class RetrievalSection:
+    """[retrieval]: where memories live and how the retriever searches them."""
+
+    embedder: str = "hashing"
+    index: str = "flat"
+    rrf_k: int = 60
+    vector_weight: float = 1.0
+    graph_weight: float = 1.5
+    hops: int = 2
+    vector_timeout: float = 0.5
+    graph_timeout: float = 0.5
+    cache_ttl: float = 300.0
+    labelled_set: Path | None = None
+    validation_interval: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     daemon: DaemonSection
@@ -65,12 +96,16 @@ class Config:
     prometheus_timeout: float = 10.0
     webhook_urls: tuple[str, ...] = ()
     alertmanager_url: str | None = None
+    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def restart_needed_for(self, new: Config) -> list[str]:
         """Settings that differ in `new` but only take effect on a restart."""
         fixed = ("state_dir", "listen_host", "listen_port", "admin_socket", "admin_socket_group")
-        return [name for name in fixed if getattr(self.daemon, name) != getattr(new.daemon, name)]
+        names = [name for name in fixed if getattr(self.daemon, name) != getattr(new.daemon, name)]
+        if (self.mongodb_uri, self.redis_url, self.retrieval) != (new.mongodb_uri, new.redis_url, new.retrieval):
+            names.append("retrieval")
+        return names
 
 
 def load_config(path: Path | str) -> Config:
@@ -110,7 +145,42 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> Config:
         prometheus_timeout=_positive(merged["prometheus"], "timeout_seconds", path, "prometheus"),
         webhook_urls=_urls(merged["notifications"]["webhook_urls"], path),
         alertmanager_url=merged["notifications"]["alertmanager_url"],
+        retrieval=_retrieval(merged["retrieval"], path),
         raw=raw,
+    )
+
+
+def _retrieval(r: dict[str, Any], path: Path) -> RetrievalSection:
+    from retrieval.embedder import EmbedderError, check_spec  # noqa: PLC0415
+
+    if not isinstance(r["embedder"], str):
+        raise ConfigError(path, f"[retrieval] embedder = {r['embedder']!r}: expected a string like \"hashing\"")
+    try:
+        check_spec(r["embedder"])
+    except EmbedderError as exc:
+        raise ConfigError(path, f"[retrieval] embedder: {exc}") from None
+    if r["index"] not in ("flat", "hnsw"):
+        raise ConfigError(path, f"[retrieval] index = {r['index']!r}: expected \"flat\" (exact) or \"hnsw\" (approximate)")
+    for key in ("rrf_k", "hops"):
+        value = r[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (1000 if key == "rrf_k" else 5):
+            bound = "1 to 1000" if key == "rrf_k" else "1 to 5"
+            raise ConfigError(path, f"[retrieval] {key} = {value!r}: expected a whole number from {bound}")
+    for key in ("vector_weight", "graph_weight"):
+        value = r[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(path, f"[retrieval] {key} = {value!r}: expected a number >= 0")
+    labelled = r["labelled_set"]
+    if labelled is not None and (not isinstance(labelled, str) or not labelled.strip()):
+        raise ConfigError(path, f"[retrieval] labelled_set = {labelled!r}: expected the path of a JSONL file, or leave it out")
+    return RetrievalSection(
+        embedder=r["embedder"], index=r["index"], rrf_k=r["rrf_k"],
+        vector_weight=float(r["vector_weight"]), graph_weight=float(r["graph_weight"]), hops=r["hops"],
+        vector_timeout=_positive(r, "vector_timeout_ms", path, "retrieval") / 1000,
+        graph_timeout=_positive(r, "graph_timeout_ms", path, "retrieval") / 1000,
+        cache_ttl=_positive(r, "cache_ttl_seconds", path, "retrieval"),
+        labelled_set=Path(labelled) if labelled else None,
+        validation_interval=_positive(r, "validation_interval_seconds", path, "retrieval"),
     )
 
 

@@ -41,7 +41,9 @@ from controller.listeners import ListenerError, bind_tcp, bind_unix
 from controller.logs import configure_logging
 from controller.metrics import build_registry
 from controller.public_http import Readiness, build_public_app
+from controller.retrieval_runtime import build_retriever, open_and_keep
 from controller.sdnotify import Notifier
+from retrieval.http_api import retrieval_routes
 from flags.errors import FlagsFileError, StoreLockedError
 from flags.store import FlagStore
 
@@ -115,7 +117,9 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
     registry = build_registry(snapshot, clock)
     info = {"listen": config.daemon.listen, "admin_socket": str(config.daemon.admin_socket),
             "state_dir": str(config.daemon.state_dir), "config": str(config.source)}
-    public = _server(build_public_app(snapshot, clock, registry, readiness), config)
+    retriever = build_retriever(config, registry)
+    public = _server(build_public_app(snapshot, clock, registry, readiness,
+                                      extra_routes=retrieval_routes(retriever, snapshot, clock)), config)
     controller = rollout.controller if rollout else None
     if controller is not None:
         registry.register(RolloutCollector(controller))
@@ -131,6 +135,8 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
                 await serving.start(_serve, public, tcp)
                 await serving.start(_serve, admin, uds)
                 readiness.set("starting", None)
+                readiness.set("retrieval", retriever.problem)
+                background.start_soon(open_and_keep, retriever, partial(readiness.set, "retrieval"))
                 if rollout is not None:
                     background.start_soon(rollout.notifications.run)
                     rollout.schedule.start()
@@ -151,6 +157,8 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
             background.cancel_scope.cancel()
     finally:
         config.daemon.admin_socket.unlink(missing_ok=True)
+        with anyio.CancelScope(shield=True):
+            await retriever.close()   # saves the vector indexes changed since the last save
     log.info("daemon.stopped", priority="notice")
     return 0
 

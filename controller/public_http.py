@@ -1,15 +1,15 @@
-"""The public HTTP app on `[daemon] listen`: OFREP, /metrics, /healthz, /readyz."""
+"""The public HTTP app on `[daemon] listen`: OFREP, retrieval, /metrics, /healthz, /readyz."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from flags.evaluate import FlagSet
 from flags.ofrep import ofrep_routes
@@ -33,7 +33,8 @@ class Readiness:
 
 
 def build_public_app(snapshot: Callable[[], FlagSet], clock: Callable[[], datetime],
-                     registry: CollectorRegistry, readiness: Readiness) -> Starlette:
+                     registry: CollectorRegistry, readiness: Readiness,
+                     extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -51,5 +52,6 @@ def build_public_app(snapshot: Callable[[], FlagSet], clock: Callable[[], dateti
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *extra_routes,
     ]
     return Starlette(routes=routes)

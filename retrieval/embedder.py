@@ -313,20 +313,29 @@ class StaticModelEmbedder:
 # --- from config ------------------------------------------------------------------
 
 
-def build_embedder(spec: str) -> Embedder:
-    """Build an embedder from "hashing", "hashing:DIM", "http:URL#MODEL" or "static:NAME"."""
+def check_spec(spec: str) -> tuple[str, tuple[Any, ...]]:
+    """Parse an embedder spec without building anything: (kind, constructor arguments)."""
     kind, _, rest = spec.partition(":")
     if kind == "hashing":
         if not rest:
-            return HashingEmbedder()
+            return kind, ()
         if not rest.isdigit():
             raise EmbedderError(spec, f"dim {rest!r} is not a positive integer", 'use e.g. "hashing:512"')
-        return HashingEmbedder(int(rest))
+        return kind, (int(rest),)
     if kind == "http":
         url, _, model = rest.partition("#")
         if not url.startswith(("http://", "https://")) or not model:
             raise EmbedderError(spec, "expected http:URL#MODEL", 'e.g. "http:http://127.0.0.1:8080#bge-small"')
-        return HttpEmbedder(url, model)
+        return kind, (url, model)
     if kind == "static":
-        return StaticModelEmbedder(rest or "wordllama")
+        name = rest or "wordllama"
+        if name not in StaticModelEmbedder.SUPPORTED:
+            raise EmbedderError(spec, "unknown static model", f"known: {', '.join(StaticModelEmbedder.SUPPORTED)}")
+        return kind, (name,)
     raise EmbedderError(spec, f"unknown embedder kind {kind!r}", 'use "hashing", "hashing:DIM", "http:URL#MODEL" or "static:NAME"')
+
+
+def build_embedder(spec: str) -> Embedder:
+    """Build an embedder from "hashing", "hashing:DIM", "http:URL#MODEL" or "static:NAME"."""
+    kind, args = check_spec(spec)
+    return {"hashing": HashingEmbedder, "http": HttpEmbedder, "static": StaticModelEmbedder}[kind](*args)

@@ -2,10 +2,12 @@
 
 The graph source of a query starts from the memories that name the same specific
 things as the query -- an incident number, a release, a service, a person -- and walks
-their links. Those are the query's *rare* terms: a term kept here is a run of word
-characters joined by `-`, `.` or `/` (`inc-20007`, `ledger-sync`, `v1.2`), casefolded;
-a term found in more than `max_df` memories of a namespace is common, its postings are
-dropped for good, and it never seeds a walk (it would pick arbitrary memories).
+their links. Those are the query's *rare entity-like* terms: a term is a run of word
+characters joined by `-`, `.` or `/` (`INC-20007`, `ledger-sync`, `v1.2`) that is
+capitalised or holds a digit or a joiner (plain lowercase words -- "signs", "off" --
+never seed a walk), compared casefolded; a term found in more than `max_df` memories
+of a namespace is common, its postings are dropped for good, and it never seeds a walk
+either (it would pick arbitrary memories).
 
 Seeding then costs a few small set lookups, independent of the collection's size, and
 does not need the query's embedding, so the graph source runs concurrently with the
@@ -29,8 +31,13 @@ DEFAULT_MAX_DF = 64
 
 
 def terms(text: str) -> set[str]:
-    """The distinct terms of `text` (see the module docstring)."""
-    return set(_TERM.findall(unicodedata.normalize("NFKC", text).casefold()))
+    """The distinct entity-like terms of `text`, casefolded (see the module docstring)."""
+    return {term.casefold() for term in _TERM.findall(unicodedata.normalize("NFKC", text)) if _entity_like(term)}
+
+
+def _entity_like(term: str) -> bool:
+    """Names, codes and identifiers: capitalised, or holding a digit or a joiner."""
+    return term[0].isupper() or any(c.isdigit() or c in "-./" for c in term)
 
 
 class EntityIndex:

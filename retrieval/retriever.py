@@ -137,6 +137,10 @@ class Retriever:
     async def open(self) -> None:
         """Open the store, rebuild the in-process mirror and bring every index up to date."""
         started = time.monotonic()
+        self._indexes, self._texts, self._entities, self._dirty = {}, {}, EntityIndex(), set()
+        self._fingerprints.clear()   # open() may be a retry after a failed one
+        self.problem = "the retriever is loading: checking the embedder"
+        await self.embedder.embed(["rolloutd"])   # loads a model, learns an HTTP endpoint's dimension
         self.problem = "the retriever is loading: opening the graph store"
         await self.store.open()
         self.problem = "the retriever is loading: reading every memory"

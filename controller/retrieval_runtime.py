@@ -1,0 +1,61 @@
+"""The retriever as the daemon runs it: built from the config, opened in the background
+(retried while its services are away), kept up, and closed on stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import anyio
+import structlog
+from prometheus_client import CollectorRegistry
+
+from controller.config import Config
+from retrieval.cache import build_cache
+from retrieval.embedded_store import EmbeddedStore
+from retrieval.embedder import EmbedderError, build_embedder
+from retrieval.graph_store import GraphStoreError
+from retrieval.metrics import RetrievalMetrics
+from retrieval.mongo_store import MongoStore
+from retrieval.retriever import Retriever, RetrieverSettings
+
+log = structlog.get_logger("rolloutd.retrieval")
+
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+
+
+def retrieval_dir(config: Config) -> Path:
+    return config.daemon.state_dir / "retrieval"
+
+
+def build_retriever(config: Config, registry: CollectorRegistry) -> Retriever:
+    """The retriever the config describes; nothing is opened or connected yet."""
+    r = config.retrieval
+    directory = retrieval_dir(config)
+    store = MongoStore(config.mongodb_uri) if config.mongodb_uri else EmbeddedStore(directory)
+    settings = RetrieverSettings(
+        index_kind=r.index, rrf_k=r.rrf_k, weights={"vector": r.vector_weight, "graph": r.graph_weight},
+        hops=r.hops, vector_timeout=r.vector_timeout, graph_timeout=r.graph_timeout,
+    )
+    return Retriever(store, build_cache(config.redis_url, ttl=r.cache_ttl), build_embedder(r.embedder), directory,
+                     settings, RetrievalMetrics(registry))
+
+
+async def open_and_keep(retriever: Retriever, report: Callable[[str | None], None]) -> None:
+    """Open the retriever, retrying with backoff while MongoDB or the embedder is away, then
+    keep it up (`Retriever.run`) until cancelled. `report(problem)` tells readiness."""
+    delay = RETRY_FIRST
+    while True:
+        report(retriever.problem)
+        try:
+            await retriever.open()
+        except (GraphStoreError, EmbedderError, OSError) as exc:
+            retriever.problem = f"the retriever cannot open: {exc}"
+            report(retriever.problem)
+            log.error("retrieval.open_failed", problem=str(exc), retry_in_seconds=delay)
+            await anyio.sleep(delay)
+            delay = min(RETRY_MAX, delay * 2)
+            continue
+        break
+    report(None)
+    await retriever.run()

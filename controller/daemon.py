@@ -41,9 +41,11 @@ from controller.listeners import ListenerError, bind_tcp, bind_unix
 from controller.logs import configure_logging
 from controller.metrics import build_registry
 from controller.public_http import Readiness, build_public_app
-from controller.retrieval_runtime import build_retriever, open_and_keep
+from controller.retrieval_runtime import build_retriever, build_validation, load_validation_set, open_and_keep
 from controller.sdnotify import Notifier
 from retrieval.http_api import retrieval_routes
+from retrieval.quality import LabelledSetError
+from retrieval.validation import ValidationSet
 from flags.errors import FlagsFileError, StoreLockedError
 from flags.store import FlagStore
 
@@ -94,13 +96,20 @@ async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock:
             log.critical("flags.locked", error=str(exc))
             return EX_CONFIG
         try:
+            validation_set = load_validation_set(config)
+        except LabelledSetError as exc:
+            log.critical("retrieval.labelled_set_invalid", problem=str(exc),
+                         remedy="fix the file or remove [retrieval] labelled_set to use the synthetic corpus")
+            store.close()
+            return EX_CONFIG
+        try:
             rollout = await open_rollout(config, store, clock)
         except RolloutStartError as exc:
             log.critical("rollout.cannot_start", problem=str(exc))
             store.close()
             return EX_CONFIG
         try:
-            return await _serve_until_stopped(config, store, rollout, notifier, signals, clock)
+            return await _serve_until_stopped(config, store, rollout, validation_set, notifier, signals, clock)
         except ListenerError as exc:
             log.critical("listen.failed", error=str(exc))
             return EX_CONFIG
@@ -110,14 +119,15 @@ async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock:
             store.close()
 
 
-async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollout | None, notifier: Notifier,
-                               signals: Any, clock: Clock) -> int:
+async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollout | None,
+                               validation_set: ValidationSet, notifier: Notifier, signals: Any, clock: Clock) -> int:
     readiness = Readiness()
     snapshot = lambda: store.snapshot  # noqa: E731  (always the current snapshot)
     registry = build_registry(snapshot, clock)
     info = {"listen": config.daemon.listen, "admin_socket": str(config.daemon.admin_socket),
             "state_dir": str(config.daemon.state_dir), "config": str(config.source)}
     retriever = build_retriever(config, registry)
+    validation = build_validation(config, retriever, validation_set, registry, store, clock)
     public = _server(build_public_app(snapshot, clock, registry, readiness,
                                       extra_routes=retrieval_routes(retriever, snapshot, clock)), config)
     controller = rollout.controller if rollout else None
@@ -136,7 +146,12 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
                 await serving.start(_serve, admin, uds)
                 readiness.set("starting", None)
                 readiness.set("retrieval", retriever.problem)
-                background.start_soon(open_and_keep, retriever, partial(readiness.set, "retrieval"))
+                def retrieval_problem(problem: str | None) -> None:
+                    readiness.set("retrieval", problem)
+                    if problem is None:
+                        validation.wake()   # measure now rather than one interval after start
+                background.start_soon(open_and_keep, retriever, retrieval_problem)
+                background.start_soon(validation.run)
                 if rollout is not None:
                     background.start_soon(rollout.notifications.run)
                     rollout.schedule.start()

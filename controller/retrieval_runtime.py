@@ -1,8 +1,10 @@
 """The retriever as the daemon runs it: built from the config, opened in the background
-(retried while its services are away), kept up, and closed on stop."""
+(retried while its services are away), kept up, validated while its flags say so, and
+closed on stop."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +13,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from controller.config import Config
+from flags.store import FlagStore
 from retrieval.cache import build_cache
 from retrieval.embedded_store import EmbeddedStore
 from retrieval.embedder import EmbedderError, build_embedder
@@ -18,6 +21,10 @@ from retrieval.graph_store import GraphStoreError
 from retrieval.metrics import RetrievalMetrics
 from retrieval.mongo_store import MongoStore
 from retrieval.retriever import Retriever, RetrieverSettings
+from retrieval.validation import ValidationGauges, ValidationJob, ValidationSet
+
+VALIDATION_FLAG = "ground_truth_validation_enabled"
+PROBE_FLAG = "performance_benchmarks_enabled"
 
 log = structlog.get_logger("rolloutd.retrieval")
 
@@ -59,3 +66,32 @@ async def open_and_keep(retriever: Retriever, report: Callable[[str | None], Non
         break
     report(None)
     await retriever.run()
+
+
+def load_validation_set(config: Config) -> ValidationSet:
+    """The configured labelled set (LabelledSetError names its file, line and field), or
+    the synthetic corpus."""
+    if config.retrieval.labelled_set is not None:
+        return ValidationSet.labelled(config.retrieval.labelled_set)
+    return ValidationSet.synthetic()
+
+
+def flag_live(store: FlagStore, clock: Callable[[], datetime], name: str) -> Callable[[], bool]:
+    """A predicate: `name` is enabled, above 0% now, and the kill switch is off. Cheap: it
+    runs on every scrape of /metrics."""
+    def live() -> bool:
+        snapshot = store.snapshot
+        flag = snapshot.flags.get(name)
+        return bool(flag and flag.enabled and not snapshot.kill_switch and flag.percentage_at(clock()) > 0)
+    return live
+
+
+def build_validation(config: Config, retriever: Retriever, validation_set: ValidationSet, registry: CollectorRegistry,
+                     store: FlagStore, clock: Callable[[], datetime]) -> ValidationJob:
+    validation_on = flag_live(store, clock, VALIDATION_FLAG)
+    probe_on = flag_live(store, clock, PROBE_FLAG)
+    gauges = ValidationGauges(registry, validation_on=validation_on, probe_on=probe_on)
+    # Plan time: a rehearsal at time_scale 60 validates every 5 plan minutes = 5 wall seconds.
+    interval = max(1.0, config.retrieval.validation_interval / config.daemon.time_scale)
+    return ValidationJob(retriever, validation_set, gauges, validation_on=validation_on, probe_on=probe_on,
+                         interval=interval)

@@ -18,6 +18,7 @@ The caller's flags decide the path (`retrieval.gating`): the context is `targeti
     404  DELETE of a memory that does not exist
     409  two memories hash to one key (rename one)
     413  body too large
+    403  ... or a write to the reserved namespace `rolloutd-validation`
     422  links to memories that do not exist in the namespace ("missing" lists them)
     503  emergency shutdown is on; the retriever is loading; the graph store is down (writes);
          no source could answer -- with Retry-After where waiting helps
@@ -47,6 +48,7 @@ MAX_QUERY_CHARS = 4096
 MAX_BATCH = 1000
 MAX_BODY = 1 << 20          # one memory: 32 KiB of text, 16 KiB of metadata, 256 links
 MAX_BATCH_BODY = 64 << 20
+RESERVED_NAMESPACES = ("rolloutd-validation",)   # the daemon's own ground truth (retrieval.validation)
 RETRIEVE_FIELDS = {"agent", "query", "top_k", "namespace", "targetingKey", "context"}
 MEMORY_FIELDS = {"id", "text", "namespace", "links", "metadata"}
 Handler = Callable[[Request], Awaitable[Response]]
@@ -133,7 +135,7 @@ def retrieval_routes(retriever: Retriever, snapshot: Callable[[], FlagSet], cloc
     @guarded
     async def delete(request: Request) -> Response:
         memory_id = validate_id(request.path_params["memory_id"])
-        namespace = validate_namespace(request.query_params.get("namespace", "default"))
+        namespace = _writable(validate_namespace(request.query_params.get("namespace", "default")), "namespace")
         if not await retriever.delete(namespace, memory_id):
             raise ApiError(404, f"no memory {memory_id!r} in namespace {namespace!r}", "id")
         return Response(status_code=204)
@@ -192,6 +194,13 @@ def _context(body: dict[str, Any], agent: str) -> dict[str, Any]:
     return {**extra, "agent": agent, "targetingKey": key}
 
 
+def _writable(namespace: str, field: str) -> str:
+    if namespace in RESERVED_NAMESPACES:
+        raise ApiError(403, f"namespace {namespace!r} is reserved for the daemon's ground-truth validation set; "
+                            "write your memories to another namespace", field)
+    return namespace
+
+
 def _memory(raw: Any, prefix: str) -> Memory:
     if not isinstance(raw, dict):
         raise ApiError(400, "a memory must be a JSON object", prefix.rstrip(".") or None)
@@ -201,7 +210,8 @@ def _memory(raw: Any, prefix: str) -> Memory:
         raise ApiError(400, "links must be a list of memory ids", prefix + "links")
     metadata = raw.get("metadata", {})
     try:
-        return Memory(id=raw["id"] if "id" in raw else new_memory_id(), namespace=raw.get("namespace", "default"),
+        namespace = _writable(validate_namespace(raw.get("namespace", "default")), prefix + "namespace")
+        return Memory(id=raw["id"] if "id" in raw else new_memory_id(), namespace=namespace,
                       text=raw.get("text"), links=tuple(links), metadata=metadata)
     except InvalidMemory as exc:
         raise ApiError(400, exc.problem, prefix + exc.field) from None

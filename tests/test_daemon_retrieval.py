@@ -112,3 +112,36 @@ def test_waits_for_mongodb_at_start_up_then_becomes_ready(
         daemon.stop()
         if not mongo_server.running:
             mongo_server.start()
+
+
+def _gauge(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+@pytest.mark.slow
+def test_validation_and_probe_gauges_follow_their_flags(tmp_path: Path) -> None:
+    """Embedded store, no services: the synthetic corpus is seeded once, measured, exported;
+    the kill switch hides the gauges (absent, never stale)."""
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + "\n[retrieval]\nvalidation_interval_seconds = 1\n")
+    write_seed_flags(tmp_path, ALL_ON)
+    daemon = Daemon(config).start()
+    try:
+        url = daemon.base_url + "/metrics"
+        _until(lambda: _gauge(httpx.get(url).text, "hybrid_rag_precision_at_10") is not None, timeout=30)
+        text = httpx.get(url).text
+        assert _gauge(text, "hybrid_rag_precision_at_10") >= 0.7            # the plan's guard threshold
+        assert _gauge(text, "hybrid_rag_top3_accuracy_percent") >= 90       # the seeds' target
+        assert 'hybrid_rag_validation_score{metric="mrr",path="vector"}' in text
+        assert (_gauge(text, "hybrid_rag_benchmark_p95_latency_seconds") or 0) > 0
+        assert 'hybrid_rag_queries_total{path="hybrid"} 0.0' in text       # synthetic queries are not traffic
+        seeded = [e for e in daemon.events() if e["event"] == "validation.measured"]
+        assert seeded
+        daemon.signal(signal.SIGUSR1)
+        _until(lambda: _gauge(httpx.get(url).text, "hybrid_rag_precision_at_10") is None)
+        assert _gauge(httpx.get(url).text, "hybrid_rag_benchmark_p95_latency_seconds") is None
+    finally:
+        daemon.stop()

@@ -152,6 +152,15 @@ async def test_bad_memories_name_the_field_and_write_nothing(rig: Rig, memory: d
     assert rig.retriever.count() == 0
 
 
+async def test_the_validation_namespace_is_not_writable(rig: Rig) -> None:
+    response = await rig.post("/v1/memories", {"text": "t", "namespace": "rolloutd-validation"})
+    assert response.status_code == 403 and response.json()["field"] == "namespace"
+    response = await rig.post("/v1/memories:batch", {"memories": [{"text": "t", "namespace": "rolloutd-validation"}]})
+    assert response.status_code == 403 and response.json()["field"] == "memories[0].namespace"
+    response = await rig.client.delete("/v1/memories/owner-1?namespace=rolloutd-validation")
+    assert response.status_code == 403
+
+
 async def test_unknown_links_list_what_is_missing(rig: Rig) -> None:
     response = await rig.post("/v1/memories", {"id": "a", "text": "t", "links": ["x", "y"]})
     assert response.status_code == 422 and response.json()["missing"] == ["x", "y"]

@@ -16,12 +16,18 @@ APT_PKGS    := redis-server prometheus
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The OFREP benchmark loads the daemon with `hey` (Debian's package), installed when missing.
+# The OFREP benchmark loads the daemon with `hey` (Debian's package), installed when missing; the
+# quality benchmark also scores the real embedding model, the `static` extra (wordllama, weights
+# inside the wheel), installed into the venv when missing -- if that fails, it says so and skips it.
 # BENCH_ARGS picks benchmarks: `make bench BENCH_ARGS=flags` (flags, ofrep, write, reaction, replay,
-# idle; default all). The idle benchmark alone takes ~5 minutes (BENCH_IDLE_SECONDS shortens it).
+# idle, retrieval, quality; default all). The idle benchmark alone takes ~5 minutes
+# (BENCH_IDLE_SECONDS shortens it), retrieval and quality ~4 together.
 bench: deps
 	@command -v hey >/dev/null || { echo "installing from Debian: hey"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey; }
+	@$(PY) -c "import wordllama" 2>/dev/null || { echo "installing the optional embedding model: .[static] (wordllama)"; \
+		$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[static]' || \
+		echo "could not install wordllama: the quality benchmark leaves the real model out"; }
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
 deps: $(VENV)/.installed system-deps $(SECANTUS)/.installed

@@ -56,10 +56,12 @@ async def open_and_keep(retriever: Retriever, report: Callable[[str | None], Non
         report(retriever.problem)
         try:
             await retriever.open()
-        except (GraphStoreError, EmbedderError, OSError) as exc:
-            retriever.problem = f"the retriever cannot open: {exc}"
+        except Exception as exc:  # noqa: BLE001  (whatever it is, flags and the controller keep serving)
+            expected = isinstance(exc, (GraphStoreError, EmbedderError, OSError))
+            retriever.problem = f"the retriever cannot open: {exc if expected else repr(exc)}"
             report(retriever.problem)
-            log.error("retrieval.open_failed", problem=str(exc), retry_in_seconds=delay)
+            log.error("retrieval.open_failed", problem=retriever.problem, retry_in_seconds=delay,
+                      **({} if expected else {"exc_info": True}))
             await anyio.sleep(delay)
             delay = min(RETRY_MAX, delay * 2)
             continue

@@ -143,6 +143,14 @@ class Retriever:
         await self.embedder.embed(["rolloutd"])   # loads a model, learns an HTTP endpoint's dimension
         self.problem = "the retriever is loading: opening the graph store"
         await self.store.open()
+        try:
+            await self._load(started)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.store.close()   # a retry opens it afresh
+            raise
+
+    async def _load(self, started: float) -> None:
         self.problem = "the retriever is loading: reading every memory"
         current: dict[str, dict[int, int]] = defaultdict(dict)
         async for memory in self.store.iter_all():
@@ -296,6 +304,10 @@ class Retriever:
         started = self._timer()
         sources, reasons = route.sources, []
         if "graph" in sources and self.store_problem is not None:
+            if sources == ("graph",):   # never serve a path the flags did not grant
+                m.queries.labels("graph").inc()
+                m.errors.labels("graph", "store_unavailable").inc()
+                raise RetrievalFailed(f"graph: graph store unavailable: {self.store_problem}")
             sources = ("vector",)
             reasons.append(f"graph store unavailable: {self.store_problem}")
         path = _path_of(sources)
@@ -360,7 +372,10 @@ class Retriever:
                     seeds = self._entities.seeds(namespace, query, s.graph_seeds)
                     if not seeds and "vector" in sources:
                         await vector_done.wait()
-                        seeds = lists.get("vector", [])[: s.graph_seeds]
+                        if "vector" not in lists:
+                            failed.append("graph: no entity seeds in the query, and the vector source did not answer")
+                            return
+                        seeds = lists["vector"][: s.graph_seeds]
                     elif not seeds:
                         hits = await self._vector_hits(m, query, namespace, s.graph_seeds)
                         seeds = [k for k, _ in hits]

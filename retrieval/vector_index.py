@@ -380,6 +380,17 @@ class VectorIndex:
         except OSError as exc:
             raise IndexFileError(path, f"cannot read: {exc.strerror}") from exc
         header, payload = _split(path, data)
+        try:
+            return cls._from_parts(path, header, payload)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, IndexFileError):
+                raise
+            # The checksum covers the payload, not the header line: a damaged header key or
+            # value must still be a file error, never an exception nobody expects.
+            raise IndexFileError(path, f"bad header ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def _from_parts(cls, path: Path, header: dict, payload: bytes) -> VectorIndex:
         index = cls(header["dim"], header["kind"], **dict(zip(("hnsw_m", "ef_search", "ef_construction", "rebuild_fraction"), header["hnsw"])))
         try:
             index._index = faiss.deserialize_index(np.frombuffer(payload[: header["faiss_bytes"]], dtype=np.uint8))

@@ -1,12 +1,17 @@
-"""Run the benchmarks: `python -m tests.bench [flags] [ofrep] [write] [reaction] [replay] [idle]`.
+"""Run the benchmarks: `python -m tests.bench [flags] [ofrep] [write] [reaction] [replay] [idle] [retrieval]
+[quality]`.
 
-No argument runs all six; each is described in its module:
+No argument runs all eight; each is described in its module:
 
     flags, write        bench_flags.py       in-process evaluation; a durable FlagStore.set
     ofrep               bench_ofrep.py       OFREP over loopback against a real daemon, under `hey`
     reaction            bench_controller.py  a sustained breach → flags rolled back and fsynced
     replay              bench_controller.py  `rolloutd replay` of the 72-hour plan over real history
     idle                bench_controller.py  an idle daemon's CPU; RSS across 10,000 evaluations
+    retrieval           bench_retrieval.py   vector (exact, HNSW), 2-hop graph, hybrid, cache hits at 10k/100k
+                                             memories; throughput on two cores, RSS, build and reload
+    quality             bench_retrieval.py   P@10, R@10, top-3, MRR, nDCG by hops: vector vs hybrid vs graph,
+                                             hashing and the wordllama model
 
 Prints each benchmark's block, then writes `bench-results/bench.json`: the machine's
 facts, every figure, and which benchmarks failed a correctness check. Exit status 0
@@ -24,7 +29,7 @@ import traceback
 from typing import Any, Callable
 
 from tests.bench import RESULTS_DIR, BenchFailure, heading, line, machine_facts
-from tests.bench import bench_controller, bench_flags, bench_ofrep
+from tests.bench import bench_controller, bench_flags, bench_ofrep, bench_retrieval
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "flags": bench_flags.run_evaluation,
@@ -33,6 +38,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "reaction": bench_controller.run_reaction,
     "replay": bench_controller.run_replay,
     "idle": bench_controller.run_idle,
+    "retrieval": bench_retrieval.run_speed,
+    "quality": bench_retrieval.run_quality,
 }
 USAGE = f"usage: python -m tests.bench [{'|'.join(BENCHMARKS)} ...]   (no argument: all)"
 

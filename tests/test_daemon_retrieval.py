@@ -72,7 +72,8 @@ def test_serves_restarts_without_reembedding_and_refuses_in_an_emergency(
     again = Daemon(daemon.config).start()
     try:
         opened = [e for e in again.events() if e["event"] == "retrieval.opened"]
-        assert opened and opened[0]["memories"] == 3 and opened[0]["embedded"] == 0   # the saved index was used
+        # 3 memories + the validation corpus (ground_truth_validation_enabled is on), none embedded again
+        assert opened and opened[0]["memories"] == 303 and opened[0]["embedded"] == 0
         second = httpx.post(again.base_url + "/v1/retrieve", json=QUERY, timeout=10).json()
         assert [r["id"] for r in second["results"]] == [r["id"] for r in first["results"]]
         again.signal(signal.SIGUSR1)

@@ -132,7 +132,8 @@ def test_validation_and_probe_gauges_follow_their_flags(tmp_path: Path) -> None:
     daemon = Daemon(config).start()
     try:
         url = daemon.base_url + "/metrics"
-        _until(lambda: _gauge(httpx.get(url).text, "hybrid_rag_precision_at_10") is not None, timeout=30)
+        _until(lambda: None not in [_gauge(httpx.get(url).text, name) for name in (
+            "hybrid_rag_precision_at_10", "hybrid_rag_benchmark_p95_latency_seconds")], timeout=30)
         text = httpx.get(url).text
         assert _gauge(text, "hybrid_rag_precision_at_10") >= 0.7            # the plan's guard threshold
         assert _gauge(text, "hybrid_rag_top3_accuracy_percent") >= 90       # the seeds' target

@@ -159,8 +159,9 @@ def _retrieval(r: dict[str, Any], path: Path) -> RetrievalSection:
         check_spec(r["embedder"])
     except EmbedderError as exc:
         raise ConfigError(path, f"[retrieval] embedder: {exc}") from None
-    if r["index"] not in ("flat", "hnsw"):
-        raise ConfigError(path, f"[retrieval] index = {r['index']!r}: expected \"flat\" (exact) or \"hnsw\" (approximate)")
+    if r["index"] not in ("flat", "ivf", "hnsw"):
+        raise ConfigError(path, f"[retrieval] index = {r['index']!r}: expected \"flat\" (exact), \"ivf\" or \"hnsw\" "
+                                "(approximate, for large collections)")
     for key in ("rrf_k", "hops"):
         value = r[key]
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (1000 if key == "rrf_k" else 5):

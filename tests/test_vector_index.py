@@ -1,4 +1,4 @@
-"""The faiss vector index: one contract suite over flat and HNSW, plus tombstones and files."""
+"""The faiss vector index: one contract suite over flat, IVF and HNSW, plus tombstones and files."""
 
 from __future__ import annotations
 
@@ -26,14 +26,21 @@ def unit_vectors(n: int, dim: int = DIM, seed: int = 0, clusters: int = 0) -> np
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.fixture(params=["flat", "hnsw"])
+@pytest.fixture(params=["flat", "ivf", "hnsw"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def make(kind: str, dim: int = DIM, **options: object) -> VectorIndex:
+    """An index of `kind`; "ivf" trains at 50 vectors, so the suite runs on trained IVF lists."""
+    if kind == "ivf":
+        options.setdefault("ivf_train_at", 50)
+    return VectorIndex(dim, kind, **options)  # type: ignore[arg-type]
+
+
 async def test_add_then_search_finds_each_vector_first(kind: str) -> None:
     """Each stored vector is its own best match with score ~1, under the caller's ids."""
-    index = VectorIndex(DIM, kind)
+    index = make(kind)
     vectors = unit_vectors(200)
     ids = np.arange(200) * 1_000_003 + 7  # arbitrary int64 ids, not 0..n-1
     await index.add(ids, vectors)
@@ -46,7 +53,7 @@ async def test_add_then_search_finds_each_vector_first(kind: str) -> None:
 
 async def test_search_on_small_or_empty_index(kind: str) -> None:
     """k larger than the index returns what there is; an empty index returns empty rows."""
-    index = VectorIndex(DIM, kind)
+    index = make(kind)
     assert await index.search(unit_vectors(2), k=3) == [[], []]
     await index.add([1, 2], unit_vectors(2, seed=1))
     hits = await index.search(unit_vectors(1, seed=2), k=10)
@@ -55,7 +62,7 @@ async def test_search_on_small_or_empty_index(kind: str) -> None:
 
 async def test_remove_makes_ids_unreachable(kind: str) -> None:
     """Removed ids never come back from search, and remove counts only ids that were present."""
-    index = VectorIndex(DIM, kind, rebuild_fraction=1.0)
+    index = make(kind, rebuild_fraction=1.0)
     vectors = unit_vectors(100)
     await index.add(range(100), vectors)
     assert await index.remove([3, 5, 5, 999]) == 2
@@ -67,7 +74,7 @@ async def test_remove_makes_ids_unreachable(kind: str) -> None:
 
 async def test_re_adding_an_id_replaces_its_vector(kind: str) -> None:
     """Adding a live id again replaces its vector: the old one is no longer found under it."""
-    index = VectorIndex(DIM, kind)
+    index = make(kind)
     old, new = unit_vectors(2, seed=5)
     await index.add(range(50), unit_vectors(50))
     await index.add([1000], old[None])
@@ -81,7 +88,7 @@ async def test_re_adding_an_id_replaces_its_vector(kind: str) -> None:
 
 async def test_epoch_moves_on_every_mutation(kind: str) -> None:
     """add and a remove that removes something bump the epoch; a no-op remove does not."""
-    index = VectorIndex(DIM, kind)
+    index = make(kind)
     await index.add([1], unit_vectors(1))
     first = index.epoch
     await index.remove([2])
@@ -92,7 +99,7 @@ async def test_epoch_moves_on_every_mutation(kind: str) -> None:
 
 async def test_bad_input_is_refused(kind: str) -> None:
     """Wrong dimension, mismatched counts, duplicate ids, NaN and k < 1 raise IndexShapeError."""
-    index = VectorIndex(DIM, kind)
+    index = make(kind)
     with pytest.raises(IndexShapeError, match=r"expected \(n, 32\)"):
         await index.add([1], np.ones((1, 8), np.float32))
     with pytest.raises(IndexShapeError, match="2 ids for 1 vectors"):
@@ -103,13 +110,13 @@ async def test_bad_input_is_refused(kind: str) -> None:
         await index.add([1], np.full((1, DIM), np.nan, np.float32))
     with pytest.raises(IndexShapeError, match="k 0"):
         await index.search(unit_vectors(1), k=0)
-    with pytest.raises(VectorIndexError, match="'ivf'"):
-        VectorIndex(DIM, "ivf")  # type: ignore[arg-type]
+    with pytest.raises(VectorIndexError, match="'pq'"):
+        VectorIndex(DIM, "pq")  # type: ignore[arg-type]
 
 
 async def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     """A saved index loads with the same ids, epoch, tombstones and search results."""
-    index = VectorIndex(DIM, kind, rebuild_fraction=1.0)
+    index = make(kind, rebuild_fraction=1.0)
     vectors = unit_vectors(300)
     await index.add(range(300), vectors)
     await index.remove(range(0, 300, 7))
@@ -201,12 +208,33 @@ async def test_hnsw_recall_at_10_against_exact() -> None:
     assert recall >= 0.9, f"recall@10 {recall:.3f} < 0.9"
 
 
+async def test_ivf_trains_at_its_threshold_and_keeps_recall(tmp_path: Path) -> None:
+    """Exact until `ivf_train_at`, then IVF lists; recall@10 >= 0.9 against exact; survives a reload."""
+    vectors = unit_vectors(6_100, dim=64, seed=4, clusters=50)
+    base, queries = vectors[:6_000], vectors[6_000:]
+    exact, approx = VectorIndex(64), VectorIndex(64, "ivf", ivf_train_at=4_000)
+    await exact.add(range(6_000), base)
+    await approx.add(range(3_000), base[:3_000])
+    assert not approx.trained
+    await approx.add(range(3_000, 6_000), base[3_000:])
+    assert approx.trained and len(approx) == 6_000
+    await approx.remove(range(100))
+    await exact.remove(range(100))
+    truth, found = await exact.search(queries, 10), await approx.search(queries, 10)
+    recall = np.mean([len({i for i, _ in t} & {i for i, _ in f}) / 10 for t, f in zip(truth, found)])
+    assert recall >= 0.9, f"recall@10 {recall:.3f} < 0.9"
+    assert not {i for row in found for i, _ in row} & set(range(100))
+    await approx.save(tmp_path / "ivf.rvix")
+    loaded = await VectorIndex.load(tmp_path / "ivf.rvix")
+    assert loaded.trained and len(loaded) == 5_900 and await loaded.search(queries, 10) == found
+
+
 # --- concurrency ------------------------------------------------------------------
 
 
 async def test_concurrent_searches_during_adds_stay_consistent(kind: str) -> None:
     """Searches racing adds and removes never crash and only ever see whole, live batches."""
-    index = VectorIndex(DIM, kind)
+    index = make(kind)
     vectors = unit_vectors(2_000, seed=11)
     await index.add(range(100), vectors[:100])
     problems: list[str] = []

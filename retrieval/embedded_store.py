@@ -240,7 +240,7 @@ def to_row(memory: Memory) -> tuple[str, ...]:
 
 def from_row(row: tuple) -> Memory:
     namespace, id, text, links, metadata, created_at = row
-    return Memory(
+    return Memory.stored(
         id=id, namespace=namespace, text=text, links=tuple(json.loads(links)),
         metadata=json.loads(metadata), created_at=datetime.fromisoformat(created_at),
     )

@@ -4,7 +4,7 @@ The graph source of a query starts from the memories that name the same specific
 things as the query -- an incident number, a release, a service, a person -- and walks
 their links. Those are the query's *rare entity-like* terms: a term is a run of word
 characters joined by `-`, `.` or `/` (`INC-20007`, `ledger-sync`, `v1.2`) that is
-capitalised or holds a digit or a joiner (plain lowercase words -- "signs", "off" --
+capitalised or holds a digit, a joiner or an underscore (plain lowercase words -- "signs", "off" --
 never seed a walk), compared casefolded; a term found in more than `max_df` memories
 of a namespace is common, its postings are dropped for good, and it never seeds a walk
 either (it would pick arbitrary memories).
@@ -32,12 +32,9 @@ DEFAULT_MAX_DF = 64
 
 def terms(text: str) -> set[str]:
     """The distinct entity-like terms of `text`, casefolded (see the module docstring)."""
-    return {term.casefold() for term in _TERM.findall(unicodedata.normalize("NFKC", text)) if _entity_like(term)}
-
-
-def _entity_like(term: str) -> bool:
-    """Names, codes and identifiers: capitalised, or holding a digit or a joiner."""
-    return term[0].isupper() or any(c.isdigit() or c in "-./" for c in term)
+    # Entity-like: capitalised, or not purely letters (a digit, a joiner, an underscore).
+    return {term.casefold() for term in _TERM.findall(unicodedata.normalize("NFKC", text))
+            if term[0].isupper() or not term.isalpha()}
 
 
 class EntityIndex:

@@ -26,6 +26,7 @@ transactions, including abort; no adaptation was needed for the commands used he
 from __future__ import annotations
 
 import contextlib
+from datetime import timezone
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -241,8 +242,11 @@ def to_doc(memory: Memory) -> dict[str, Any]:
 
 
 def from_doc(doc: dict[str, Any]) -> Memory:
-    return Memory(
+    created = doc["created_at"]
+    if created.tzinfo is None:   # tz_aware=True makes this UTC-aware already; a foreign writer may not
+        created = created.replace(tzinfo=timezone.utc)
+    return Memory.stored(
         id=doc["id"], namespace=doc["namespace"], text=doc["text"],
         links=tuple(doc.get("links", ())), metadata=doc.get("metadata", {}),
-        created_at=doc["created_at"],
+        created_at=created,
     )

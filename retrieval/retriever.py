@@ -170,6 +170,10 @@ class Retriever:
                 stale.unlink()
         for namespace in current:
             self.metrics.memories.labels(namespace).set(len(current[namespace]))
+            # A shared Redis outlives this process: entries cached before a restart may
+            # predate writes made meanwhile (a restore, another writer, a crash before an
+            # invalidate), so a start always moves every namespace's epoch on.
+            await self.cache.invalidate(namespace)
         self.metrics.store_up.set(1)
         self.problem = None
         log.info("retrieval.opened", memories=len(self._texts), namespaces=len(current), embedded=embedded,

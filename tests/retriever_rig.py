@@ -21,6 +21,7 @@ from retrieval.graph_store import GraphStore
 from retrieval.memory import Memory
 from retrieval.metrics import RetrievalMetrics
 from retrieval.retriever import Answer, Retriever, RetrieverSettings
+from tests.clocks import FakeClock
 
 STEP = 10.0  # bound on one open, close, write or retrieval; each takes milliseconds here
 
@@ -79,17 +80,6 @@ class InstrumentedEmbedder:
                 embedded[m.text] -= 1
                 out.append(f"{m.namespace}/{m.id}")
         return sorted(out)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def build(directory: Path, *, store: GraphStore | None = None, cache: RetrievalCache | None = None,

@@ -19,19 +19,9 @@ from structlog.testing import capture_logs
 
 from retrieval.cache import LocalCache, RedisCache, build_cache
 from tests.realservers import RedisServer
+from tests.clocks import FakeClock
 
 STEP = 5.0  # bound on any single awaited step; every call here should take milliseconds
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ Kinds:
 - "ivf": exact (as "flat") until it holds `ivf_train_at` vectors; then k-means
   centroids are trained on everything it holds (nlist = √n, at most 4096) and the vectors
   move into an `IndexIVFFlat`, searched in the `nprobe` lists nearest the query.
-  Removal is native (`remove_ids`). The centroids are trained once: later additions
-  land in the existing lists, which keeps results correct but lets lists grow
-  unevenly (retraining on growth is not built; a full rebuild from the store, e.g.
-  after an embedder change, trains afresh). Recall@10 against exact: see the README.
+  Removal is native (`remove_ids`). Training (and, whenever the index has grown to 4x
+  what it was trained with, training again so lists stay balanced at √n) runs like an
+  HNSW rebuild: in a worker thread while searches read the old index, then a swap.
+  Recall@10 against exact: see the README.
 - "hnsw": `IndexHNSWFlat` (inner product). HNSW cannot remove a node, so removal
   is a tombstone: the id's internal label is marked dead in `_label_ids` and added
   to an `IDSelectorNot(IDSelectorBatch)` passed to every search, so faiss skips dead
@@ -77,6 +77,7 @@ _DEAD = -1
 Kind = Literal["flat", "ivf", "hnsw"]
 KINDS = ("flat", "ivf", "hnsw")
 _EXACT_LIKE = ("flat", "ivf")   # id == label, removal by id
+IVF_RETRAIN_GROWTH = 4
 Hits = list[list[tuple[int, float]]]
 
 
@@ -160,6 +161,7 @@ class VectorIndex:
         self.hnsw_m, self.ef_search, self.ef_construction = hnsw_m, ef_search, ef_construction
         self.rebuild_fraction = rebuild_fraction
         self.nprobe, self.ivf_train_at = nprobe, ivf_train_at
+        self._ivf_trained_on = 0   # vectors the IVF lists were trained with (0: not trained)
         self.epoch = 0  # +1 on every mutation; caches key on it
         self._live: dict[int, int] = {}  # id → label (flat: label == id)
         self._label_ids = np.empty(0, dtype=np.int64)  # hnsw: label → id, _DEAD if tombstoned
@@ -242,8 +244,6 @@ class VectorIndex:
         if self.kind in _EXACT_LIKE:
             self._index.add_with_ids(vecs, ids)
             self._live.update(zip(ids.tolist(), ids.tolist()))
-            if self.kind == "ivf" and not self.trained and self._index.ntotal >= self.ivf_train_at:
-                self._train_ivf()
             return
         first = self._index.ntotal
         self._index.add(vecs)
@@ -259,19 +259,33 @@ class VectorIndex:
         self._tombstones += len(labels)
         self._refresh_selector()
 
-    def _train_ivf(self) -> None:
-        """Move the staged exact vectors into a freshly trained IndexIVFFlat (holding the write lock)."""
-        staged = self._index
-        n = staged.ntotal
-        ids = faiss.vector_to_array(staged.id_map).astype(np.int64)
-        vectors = faiss.downcast_index(staged.index).reconstruct_n(0, n)
+    def _contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of an "ivf" index, staged (exact) or trained."""
+        index = self._index
+        if not isinstance(index, faiss.IndexIVF):
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            return ids, faiss.downcast_index(index.index).reconstruct_n(0, index.ntotal)
+        lists = index.invlists
+        ids, vectors = [np.empty(0, np.int64)], [np.empty((0, self.dim), np.float32)]
+        for i in range(index.nlist):
+            size = lists.list_size(i)
+            if size:   # IVFFlat codes are the raw float32 vectors
+                ids.append(faiss.rev_swig_ptr(lists.get_ids(i), size).astype(np.int64))
+                codes = faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size)
+                vectors.append(np.frombuffer(bytes(codes), dtype=np.float32).reshape(size, self.dim))
+        return np.concatenate(ids), np.concatenate(vectors)
+
+    def _trained_ivf(self) -> faiss.Index:
+        """A fresh IndexIVFFlat trained on, and holding, everything the index holds now."""
+        ids, vectors = self._contents()
+        n = len(ids)
         nlist = int(min(4096, max(1, round(np.sqrt(n)))))
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = vectors if n <= 256 * nlist else vectors[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)]
         ivf.train(sample)
         ivf.add_with_ids(vectors, ids)
-        self._index = ivf
+        return ivf
 
     def _refresh_selector(self) -> None:
         if not self._tombstones:
@@ -282,6 +296,11 @@ class VectorIndex:
         self._selector = (faiss.IDSelectorNot(batch), batch)  # keep `batch` alive
 
     def needs_rebuild(self) -> bool:
+        """HNSW: too many tombstones. IVF: time to train (the threshold is reached), or to
+        train again (4x the vectors it was trained with: √n lists, balanced again)."""
+        if self.kind == "ivf":
+            n = self._index.ntotal
+            return n >= self.ivf_train_at and n >= IVF_RETRAIN_GROWTH * self._ivf_trained_on
         return self.kind == "hnsw" and self._tombstones > self.rebuild_fraction * max(1, self._index.ntotal)
 
     async def _maybe_rebuild(self) -> None:
@@ -294,6 +313,14 @@ class VectorIndex:
             await self._rebuild_locked()
 
     async def _rebuild_locked(self) -> None:
+        if self.kind == "ivf":
+            if not self.needs_rebuild():
+                return
+            async with self._rw.read():   # searches go on meanwhile; `_mutating` freezes the contents
+                fresh = await self._in_thread(self._trained_ivf)
+            async with self._rw.write():
+                self._index, self._ivf_trained_on = fresh, fresh.ntotal
+            return
         if self.kind != "hnsw" or not self._tombstones:
             return
         # Holding `_mutating` freezes the contents; searches go on reading the old
@@ -401,7 +428,7 @@ class VectorIndex:
             "count": len(self._live),
             "epoch": self.epoch,
             "hnsw": [self.hnsw_m, self.ef_search, self.ef_construction, self.rebuild_fraction],
-            "ivf": [self.nprobe, self.ivf_train_at],
+            "ivf": [self.nprobe, self.ivf_train_at, self._ivf_trained_on],
             "faiss_bytes": faiss_len,
             "payload_bytes": len(payload),
             "sha256": hashlib.sha256(payload).hexdigest(),
@@ -433,7 +460,9 @@ class VectorIndex:
     def _from_parts(cls, path: Path, header: dict, payload: bytes) -> VectorIndex:
         index = cls(header["dim"], header["kind"],
                     **dict(zip(("hnsw_m", "ef_search", "ef_construction", "rebuild_fraction"), header["hnsw"])),
-                    **dict(zip(("nprobe", "ivf_train_at"), header.get("ivf", ()))))
+                    **dict(zip(("nprobe", "ivf_train_at"), header.get("ivf", ())[:2])))
+        if header["kind"] == "ivf":
+            index._ivf_trained_on = header["ivf"][2]
         try:
             index._index = faiss.deserialize_index(np.frombuffer(payload[: header["faiss_bytes"]], dtype=np.uint8))
         except RuntimeError as exc:

@@ -229,6 +229,19 @@ async def test_ivf_trains_at_its_threshold_and_keeps_recall(tmp_path: Path) -> N
     assert loaded.trained and len(loaded) == 5_900 and await loaded.search(queries, 10) == found
 
 
+async def test_ivf_trains_again_as_it_grows() -> None:
+    """At 4x the vectors it was trained with, IVF trains again: √n lists, nothing lost."""
+    vectors = unit_vectors(2_500, dim=32, seed=5, clusters=20)
+    index = VectorIndex(32, "ivf", ivf_train_at=500)
+    await index.add(range(600), vectors[:600])
+    assert index.trained and index._index.nlist == round(600 ** 0.5)
+    for start in range(600, 2_500, 300):
+        await index.add(range(start, min(start + 300, 2_500)), vectors[start : start + 300])
+    assert index._index.nlist == round(2_400 ** 0.5) and len(index) == 2_500 and index._index.ntotal == 2_500
+    hits = await index.search(vectors[2_400:2_450], 1)
+    assert [row[0][0] for row in hits] == list(range(2_400, 2_450))
+
+
 # --- concurrency ------------------------------------------------------------------
 
 

@@ -8,13 +8,15 @@ No argument runs all eight; each is described in its module:
     reaction            bench_controller.py  a sustained breach → flags rolled back and fsynced
     replay              bench_controller.py  `rolloutd replay` of the 72-hour plan over real history
     idle                bench_controller.py  an idle daemon's CPU; RSS across 10,000 evaluations
-    retrieval           bench_retrieval.py   vector (exact, HNSW), 2-hop graph, hybrid, cache hits at 10k/100k
+    retrieval           bench_retrieval.py   vector (exact, IVF, HNSW), 2-hop graph, hybrid, cache hits at 10k/100k
                                              memories; throughput on two cores, RSS, build and reload
     quality             bench_retrieval.py   P@10, R@10, top-3, MRR, nDCG by hops: vector vs hybrid vs graph,
                                              hashing and the wordllama model
 
 Prints each benchmark's block, then writes `bench-results/bench.json`: the machine's
-facts, every figure, and which benchmarks failed a correctness check. Exit status 0
+facts, every figure, and which benchmarks failed a correctness check (a failed check
+keeps the figures measured before it when the benchmark attached them to its
+BenchFailure as `.figures`, as retrieval and quality do). Exit status 0
 when every check passed (missed speed targets included), 1 when one failed, 2 on a
 bad argument.
 """
@@ -58,8 +60,8 @@ def run_one(name: str) -> tuple[dict[str, Any], str | None]:
     try:
         figures = BENCHMARKS[name]()
         error = None
-    except BenchFailure as exc:
-        figures, error = {}, str(exc)
+    except BenchFailure as exc:   # keeps what was measured before the check, when the benchmark attached it
+        figures, error = dict(getattr(exc, "figures", None) or {}), str(exc)
     except Exception:  # a crash is a failure too, but keep running the others
         figures, error = {}, traceback.format_exc()
     figures["seconds"] = round(time.monotonic() - start, 1)

@@ -426,13 +426,11 @@ async def index_figures(n: int, bandwidth: dict[str, float]) -> dict[str, Any]:
     exact: Hits = []
     for name, (kind, batch) in variants.items():
         index = VectorIndex(embedder.dim, kind, ivf_train_at=train_at)
-        trained_on = None
         t = time.perf_counter()
         for start in range(0, n, batch):
             await index.add(ids[start:start + batch], vectors[start:start + batch])
-            if trained_on is None and index.trained:
-                trained_on = len(index)
         build = time.perf_counter() - t
+        trained_on = index._ivf_trained_on or None   # the last training (it trains again at 4x growth)
         if kind != "ivf":
             seconds, hits = await searched(index, queries)
             out[name] = {"build_seconds": round(build, 2), **latency_summary_ms(seconds)}
@@ -719,7 +717,7 @@ def _print_notes(sizes: dict[int, dict[str, Any]]) -> None:
     for n, f in sizes.items():
         ivf = f["index"]["ivf"]
         if n > ivf["trained_on"]:
-            line(f"IVF grown, at {n:,}", f"trained on the first {ivf['trained_on']:,} vectors (the corpus adds its "
+            line(f"IVF grown, at {n:,}", f"last trained on the first {ivf['trained_on']:,} vectors (the corpus adds its "
                  f"chains first, its filler last); the rest land in those lists: largest {ivf['list_size_max']:,} "
                  f"vs mean {ivf['list_size_mean']:,.0f}, so a query scans {100 * ivf['scanned_fraction']:.0f}% of "
                  f"the vectors at nprobe {IVF_NPROBE}, not {100 * min(1, IVF_NPROBE / ivf['nlist']):.0f}%")

@@ -294,6 +294,15 @@ class Retriever:
     def count(self, namespace: str | None = None) -> int:
         return self.store.count(namespace)
 
+    def contents(self, namespace: str) -> dict[str, int]:
+        """id → fingerprint of the text of every memory indexed in `namespace`."""
+        out = {}
+        for key, fp in self._fingerprints.get(namespace, {}).items():
+            resolved = self.store.adjacency.resolve(key)  # type: ignore[attr-defined]
+            if resolved is not None:
+                out[resolved[1]] = fp
+        return out
+
     async def retrieve(self, query: str, namespace: str, top_k: int, route: Route, *, quiet: bool = False) -> Answer:
         """Answer `query` within `namespace` along `route` (see the module docstring).
 

@@ -39,6 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from retrieval.corpus import generate
+from retrieval.index_files import fingerprint
 from retrieval.gating import GRAPH, HYBRID, VECTOR, Route, choose_route
 from retrieval.graph_store import StoreUnavailable
 from retrieval.memory import Memory
@@ -103,17 +104,28 @@ class ValidationSet:
         return tuple(sorted({q.namespace for q in self.questions}))
 
     async def ensure_seeded(self, retriever: Retriever) -> int:
-        """Add the memories to each empty namespace; return how many were added.
+        """Make each seeded namespace hold exactly the set's memories; return how many were written.
 
-        Only an empty namespace is written, so a restart does not rewrite the corpus.
-        Raises `StoreUnavailable` (or `NotReady`) from the retriever.
+        Nothing is written when the namespace already matches (same ids, same texts), so a
+        restart does not rewrite the corpus; a namespace that drifted (an upgrade changed
+        the generator, a memory went missing) is brought back: the set is written again
+        and memories that are not in it are deleted. Raises `StoreUnavailable` (or
+        `NotReady`) from the retriever.
         """
-        empty = {ns for ns in {m["namespace"] for m in self.memories} if retriever.count(ns) == 0}
-        todo = [Memory(**m) for m in self.memories if m["namespace"] in empty]
-        if todo:
-            await retriever.add(todo)
-            log.info("validation.seeded", namespaces=sorted(empty), memories=len(todo))
-        return len(todo)
+        written = 0
+        for namespace in sorted({m["namespace"] for m in self.memories}):
+            wanted = [Memory(**m) for m in self.memories if m["namespace"] == namespace]
+            expected = {m.id: fingerprint(m.text) for m in wanted}
+            stored = retriever.contents(namespace)
+            if stored == expected:
+                continue
+            await retriever.add(wanted)
+            for stale in sorted(set(stored) - set(expected)):
+                await retriever.delete(namespace, stale)
+            written += len(wanted)
+            log.info("validation.seeded", namespace=namespace, memories=len(wanted),
+                     removed=len(set(stored) - set(expected)), was=len(stored))
+        return written
 
 
 # --- measuring ----------------------------------------------------------------------------

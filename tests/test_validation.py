@@ -156,6 +156,19 @@ async def test_synthetic_corpus_is_seeded_once_and_survives_a_reopen(tmp_path: P
         await again.close()
 
 
+async def test_a_drifted_validation_namespace_is_brought_back(retriever: Retriever, synthetic: ValidationSet) -> None:
+    """A missing memory, a changed text and a stranger are all repaired by the next seeding."""
+    await synthetic.ensure_seeded(retriever)
+    first, second = synthetic.memories[0], synthetic.memories[-1]   # an owner (linked to), a note
+    await retriever.delete(VALIDATION_NAMESPACE, first["id"])
+    await retriever.add([Memory(**{**second, "text": "rewritten by an older release"}),
+                         Memory(id="stranger", namespace=VALIDATION_NAMESPACE, text="not in the set")])
+    assert await synthetic.ensure_seeded(retriever) == 300
+    contents = retriever.contents(VALIDATION_NAMESPACE)
+    assert len(contents) == 300 and "stranger" not in contents and first["id"] in contents
+    assert await synthetic.ensure_seeded(retriever) == 0
+
+
 async def test_store_down_while_seeding_exports_nothing_and_recovers(tmp_path: Path,
                                                                      synthetic: ValidationSet) -> None:
     """A store that refuses the seed write leaves the gauges absent, raises nothing, and the next round measures."""

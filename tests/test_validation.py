@@ -169,48 +169,45 @@ async def test_a_drifted_validation_namespace_is_brought_back(retriever: Retriev
     assert await synthetic.ensure_seeded(retriever) == 0
 
 
-async def test_store_down_while_seeding_exports_nothing_and_recovers(tmp_path: Path,
-                                                                     synthetic: ValidationSet) -> None:
+@pytest.fixture
+async def flaky(tmp_path: Path, synthetic: ValidationSet) -> AsyncIterator[tuple[FlakyStore, Retriever, CollectorRegistry, ValidationJob]]:
+    """A retriever over a store that can be made to refuse, with a job and its registry."""
+    store = FlakyStore(tmp_path)
+    r = open_retriever(tmp_path, store)
+    await r.open()
+    registry = CollectorRegistry()
+    try:
+        yield store, r, registry, job_for(r, synthetic, registry)
+    finally:
+        await r.close()
+
+
+async def test_store_down_while_seeding_exports_nothing_and_recovers(flaky: tuple) -> None:
     """A store that refuses the seed write leaves the gauges absent, raises nothing, and the next round measures."""
-    store = FlakyStore(tmp_path)
-    r = open_retriever(tmp_path, store)
-    await r.open()
-    registry = CollectorRegistry()
-    job = job_for(r, synthetic, registry)
-    try:
-        store.down = True
-        result = await job.run_once()
-        assert (result.validation, result.probe) == (Status.NOT_MEASURED, Status.NOT_MEASURED)
-        assert "cannot seed" in (result.reason or "") and "disk unplugged" in result.reason
-        assert not names(registry) & {*UNLABELLED, *PROBE, "hybrid_rag_validation_score"}
-        assert r.count(VALIDATION_NAMESPACE) == 0
+    store, r, registry, job = flaky
+    store.down = True
+    result = await job.run_once()
+    assert (result.validation, result.probe) == (Status.NOT_MEASURED, Status.NOT_MEASURED)
+    assert "cannot seed" in (result.reason or "") and "disk unplugged" in result.reason
+    assert not names(registry) & {*UNLABELLED, *PROBE, "hybrid_rag_validation_score"}
+    assert r.count(VALIDATION_NAMESPACE) == 0
 
-        store.down = False
-        assert await job.run_once() == Round(Status.MEASURED, Status.MEASURED)
-        assert names(registry) >= {*UNLABELLED, *PROBE}
-    finally:
-        await r.close()
+    store.down = False
+    assert await job.run_once() == Round(Status.MEASURED, Status.MEASURED)
+    assert names(registry) >= {*UNLABELLED, *PROBE}
 
 
-async def test_graph_store_down_after_seeding_withholds_validation_but_still_probes(
-        tmp_path: Path, synthetic: ValidationSet) -> None:
+async def test_graph_store_down_after_seeding_withholds_validation_but_still_probes(flaky: tuple) -> None:
     """With the graph store down hybrid answers come from vectors alone: no quality gauges, latency still measured."""
-    store = FlakyStore(tmp_path)
-    r = open_retriever(tmp_path, store)
-    await r.open()
-    registry = CollectorRegistry()
-    job = job_for(r, synthetic, registry)
-    try:
-        assert (await job.run_once()).validation is Status.MEASURED
-        store.down = True
-        assert not await r.check_store()
-        result = await job.run_once()
-        assert (result.validation, result.probe) == (Status.NOT_MEASURED, Status.MEASURED)
-        assert "graph store down" in (result.reason or "")
-        assert not names(registry) & set(UNLABELLED)
-        assert set(PROBE) <= names(registry)
-    finally:
-        await r.close()
+    store, r, registry, job = flaky
+    assert (await job.run_once()).validation is Status.MEASURED
+    store.down = True
+    assert not await r.check_store()
+    result = await job.run_once()
+    assert (result.validation, result.probe) == (Status.NOT_MEASURED, Status.MEASURED)
+    assert "graph store down" in (result.reason or "")
+    assert not names(registry) & set(UNLABELLED)
+    assert set(PROBE) <= names(registry)
 
 
 # --- measuring ------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from retrieval.graph_store import GraphStore
 from retrieval.memory import Memory
 from retrieval.metrics import RetrievalMetrics
 from retrieval.retriever import Answer, Retriever, RetrieverSettings
-from tests.clocks import FakeClock
 
 STEP = 10.0  # bound on one open, close, write or retrieval; each takes milliseconds here
 

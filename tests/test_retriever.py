@@ -27,10 +27,10 @@ from retrieval.index_files import index_path
 from retrieval.memory import Memory
 from retrieval.mongo_store import MongoStore
 from retrieval.retriever import NotReady, RetrievalFailed, Retriever, RetrieverSettings
+from tests.clocks import FakeClock
 from tests.realservers import free_port
 from tests.retriever_rig import (
     STEP,
-    FakeClock,
     InstrumentedEmbedder,
     build,
     corpus,

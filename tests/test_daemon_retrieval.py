@@ -4,7 +4,6 @@ for MongoDB at start-up and become ready when it comes."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path

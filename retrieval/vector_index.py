@@ -7,7 +7,8 @@ Kinds:
 - "flat": `IndexIDMap2(IndexFlatIP)`, exact; removal compacts the flat storage.
 - "ivf": exact (as "flat") until it holds `ivf_train_at` vectors; then k-means
   centroids are trained on everything it holds (nlist = √n, at most 4096) and the vectors
-  move into an `IndexIVFFlat`, searched in the `nprobe` lists nearest the query.
+  move into an `IndexIVFFlat`, searched in the `nprobe` lists nearest the query
+  (default: max(48, nlist / 6); a fixed 48 fell to recall 0.70 at 1,000,000).
   Removal is native (`remove_ids`). Training (and, whenever the index has grown to 4x
   what it was trained with, training again so lists stay balanced at √n) runs like an
   HNSW rebuild: in a worker thread while searches read the old index, then a swap.
@@ -78,6 +79,7 @@ Kind = Literal["flat", "ivf", "hnsw"]
 KINDS = ("flat", "ivf", "hnsw")
 _EXACT_LIKE = ("flat", "ivf")   # id == label, removal by id
 IVF_RETRAIN_GROWTH = 4
+IVF_MIN_NPROBE, IVF_PROBE_SHARE = 48, 6   # default nprobe: max(48, nlist / 6)
 Hits = list[list[tuple[int, float]]]
 
 
@@ -150,7 +152,7 @@ class VectorIndex:
         ef_search: int = 64,
         ef_construction: int = 80,
         rebuild_fraction: float = 0.2,
-        nprobe: int = 48,
+        nprobe: int | None = None,
         ivf_train_at: int = 20_000,
     ) -> None:
         if kind not in KINDS:
@@ -174,6 +176,15 @@ class VectorIndex:
         self._limiter: anyio.CapacityLimiter | None = None  # made in the loop that uses it
         self.saved_meta: dict = {}      # what `save(meta=, extra=)` stored, after `load`
         self.saved_extra: bytes = b""
+
+    @property
+    def probes(self) -> int:
+        """The lists an IVF search probes: `nprobe` if set, else max(48, ⌈nlist / 6⌉), which
+        keeps recall@10 near 0.9 as nlist grows with the collection (see the README)."""
+        if self.nprobe:
+            return self.nprobe
+        nlist = self._index.nlist if self.trained else 1
+        return max(IVF_MIN_NPROBE, -(-nlist // IVF_PROBE_SHARE))
 
     @property
     def trained(self) -> bool:
@@ -358,7 +369,7 @@ class VectorIndex:
             return [[] for _ in range(queries.shape[0])]
         if self.kind == "ivf" and self.trained:
             params = faiss.SearchParametersIVF()
-            params.nprobe = self.nprobe
+            params.nprobe = self.probes
             scores, ids = self._index.search(queries, k, params=params)
         elif self.kind in _EXACT_LIKE:
             scores, ids = self._index.search(queries, k)

@@ -37,12 +37,13 @@ Retrieval (`python -m tests.bench retrieval`)
         ivf    as the Retriever builds it: vectors added BENCH_RETRIEVAL_BATCH at a time,
                ivf_train_at = 20,000, the default (n / 2 below that: at 10,000 the default
                would leave it exact), so it trains once it holds that many, nlist = the
-               square root of THAT count -- later additions land in the same lists (at
-               100,000 the Retriever's index has ~141 lists, not 316). Also, for
-               comparison, trained on all n in one add (nlist = sqrt(n)), which the
-               Retriever never does (the HTTP API takes at most 1,000 memories a
-               request, open() re-adds 4,096 at a time). Both at nprobe 16, 32, 48
-               (the default) and 96, set on the index between runs; per nprobe the
+               square root of THAT count, and trains again at 4x that count (at
+               100,000 the Retriever's index was last trained at 80,000: 283 lists).
+               Also, for comparison, trained on all n in one add (nlist = sqrt(n)),
+               which the Retriever never does (the HTTP API takes at most 1,000
+               memories a request, open() re-adds 4,096 at a time). Both at nprobe 16,
+               32, 48, 96 and the index's default (max(48, nlist / 6)), set on the
+               index between runs; per nprobe the
                vectors scanned a query (the probed lists' sizes).
         hnsw   M 32, efSearch 64.
       Recall@10 of ivf and hnsw is against the exact index on the same queries; a hit
@@ -138,9 +139,8 @@ HYBRID_UNCACHED = choose_route({VECTOR: True, GRAPH: True, HYBRID: True})
 GRAPH_ONLY = choose_route({GRAPH: True})
 ROUTES = {"vector": VECTOR_ONLY, "hybrid": HYBRID_UNCACHED, "graph": GRAPH_ONLY}
 _IVF_DEFAULTS = inspect.signature(VectorIndex.__init__).parameters
-IVF_NPROBE = _IVF_DEFAULTS["nprobe"].default            # 48: the one the recall floor applies to
 IVF_TRAIN_AT = _IVF_DEFAULTS["ivf_train_at"].default    # 20,000: the Retriever's IVF trains here
-IVF_NPROBES = sorted({16, 32, IVF_NPROBE, 96})
+IVF_NPROBES = (16, 32, 48, 96)   # swept, plus the index's own default (`VectorIndex.probes`)
 KINDS_THROUGH_RETRIEVER = ("flat", "ivf")
 # figure key -> (target, as printed, "max" for an upper bound, "min" for a lower one)
 TARGETS = {"flat_p95_ms": (5.0, "<= 5 ms", "max"), "ivf_p95_ms": (5.0, "<= 5 ms", "max"),
@@ -226,7 +226,7 @@ def index_facts(retriever: Retriever, index_kind: str) -> dict[str, Any]:
         if not index.trained:
             raise BenchFailure(f"the Retriever's ivf index at {len(index):,} vectors is not trained "
                                f"(ivf_train_at {index.ivf_train_at:,}): its figures would be the flat index's")
-        facts.update(nlist=index._index.nlist, nprobe=index.nprobe, ivf_train_at=index.ivf_train_at)
+        facts.update(nlist=index._index.nlist, nprobe=index.probes, ivf_train_at=index.ivf_train_at)
     return facts
 
 
@@ -445,13 +445,13 @@ async def index_figures(n: int, bandwidth: dict[str, float]) -> dict[str, Any]:
             out[name] = {"build_seconds": round(build, 2), "nlist": int(index._index.nlist),
                          "ivf_train_at": train_at, "trained_on": trained_on, "add_batch": batch,
                          "list_size_mean": round(float(sizes.mean()), 1), "list_size_max": int(sizes.max()),
-                         "nprobe": IVF_NPROBE, "sweep": {}}
-            for nprobe in IVF_NPROBES:
+                         "nprobe": index.probes, "sweep": {}}
+            for nprobe in sorted({*IVF_NPROBES, index.probes}):
                 index.nprobe = nprobe
                 seconds, hits = await searched(index, queries)
                 out[name]["sweep"][str(nprobe)] = {**latency_summary_ms(seconds), **recall(exact, hits),
                                                    "scanned_fraction": scanned(index, queries, sizes)}
-            out[name].update(out[name]["sweep"][str(IVF_NPROBE)])   # the headline: the default nprobe
+            out[name].update(out[name]["sweep"][str(out[name]["nprobe"])])   # the headline: the default
         del index
     out["flat"]["bare_faiss"] = bare_faiss(vectors, queries)
     scanned_bytes = vectors.nbytes
@@ -693,7 +693,7 @@ def _scan_ceiling(f: dict[str, Any], kind: str, bandwidth: dict[str, float]) -> 
         return f"(its nlist {served.get('nlist')} differs from the raw IVF figure's: no scan ceiling computed)"
     scanned_bytes = index["ivf"]["scanned_fraction"] * index["flat"]["bytes_scanned"]
     return (f"the IVF lists' scan alone caps it at {bandwidth['two_cores'] * 1e9 / scanned_bytes:,.0f} q/s "
-            f"({100 * index['ivf']['scanned_fraction']:.0f}% of the vectors a query at nprobe {IVF_NPROBE})")
+            f"({100 * index['ivf']['scanned_fraction']:.0f}% of the vectors a query at nprobe {index['ivf']['nprobe']})")
 
 
 def _print_notes(sizes: dict[int, dict[str, Any]]) -> None:
@@ -709,10 +709,11 @@ def _print_notes(sizes: dict[int, dict[str, Any]]) -> None:
     line("HNSW recall@10 (reported only)", f"{hnsw}: hashing vectors defeat HNSW's graph (sparse-ish, "
          "near-orthogonal: nearly every pair of memories scores ~0, so the greedy walk has no gradient to follow); "
          "not for use with hashing:384")
-    low = [f"{f['index']['ivf_all']['recall_at_10_ties']:.3f} at {n:,} (nlist {f['index']['ivf_all']['nlist']})"
+    low = [f"{f['index']['ivf_all']['recall_at_10_ties']:.3f} at {n:,} (nlist {f['index']['ivf_all']['nlist']}, "
+           f"nprobe {f['index']['ivf_all']['nprobe']})"
            for n, f in sizes.items() if f["index"]["ivf_all"]["recall_at_10_ties"] < MIN_RECALL]
     if low:
-        line("IVF trained on all n", f"recall@10 {', '.join(low)} < {MIN_RECALL} at nprobe {IVF_NPROBE} (reported "
+        line("IVF trained on all n", f"recall@10 {', '.join(low)} < {MIN_RECALL} at its default nprobe (reported "
              "only: the Retriever never trains on all n, see the IVF rows)")
     for n, f in sizes.items():
         ivf = f["index"]["ivf"]
@@ -720,21 +721,21 @@ def _print_notes(sizes: dict[int, dict[str, Any]]) -> None:
             line(f"IVF grown, at {n:,}", f"last trained on the first {ivf['trained_on']:,} vectors (the corpus adds its "
                  f"chains first, its filler last); the rest land in those lists: largest {ivf['list_size_max']:,} "
                  f"vs mean {ivf['list_size_mean']:,.0f}, so a query scans {100 * ivf['scanned_fraction']:.0f}% of "
-                 f"the vectors at nprobe {IVF_NPROBE}, not {100 * min(1, IVF_NPROBE / ivf['nlist']):.0f}%")
+                 f"the vectors at nprobe {ivf['nprobe']}, not {100 * min(1, ivf['nprobe'] / ivf['nlist']):.0f}%")
     for n, f in sizes.items():
         if "skipped" in f["retriever"]["ivf"]:
             line(f"ivf via the Retriever at {n:,}", f"skipped: {f['retriever']['ivf']['skipped']}")
 
 
 def _print_sweep(sizes: dict[int, dict[str, Any]]) -> None:
-    print(f"  IVF: recall@10 vs exact (ties count) and latency by nprobe (* = the default, {IVF_NPROBE}); "
+    print("  IVF: recall@10 vs exact (ties count) and latency by nprobe (* = the index's default, max(48, nlist/6)); "
           "VectorIndex.search, p50/p95 in ms")
     rows = []
     for n, f in sizes.items():
         for name, label in (("ivf", f"grown {BATCH:,} at a time"), ("ivf_all", "trained on all n")):
             ivf = f["index"][name]
             for nprobe, s in ivf["sweep"].items():
-                rows.append((f"{n:,}", f"{nprobe}{'*' if int(nprobe) == IVF_NPROBE else ''}", f"{s['p50_ms']:.2f}",
+                rows.append((f"{n:,}", f"{nprobe}{'*' if int(nprobe) == ivf['nprobe'] else ''}", f"{s['p50_ms']:.2f}",
                              f"{s['p95_ms']:.2f}", f"{s['recall_at_10_ties']:.3f}",
                              f"{100 * s['scanned_fraction']:.1f}%",
                              f"{label}: nlist {ivf['nlist']}, trained on {ivf['trained_on']:,}, lists mean "
@@ -790,13 +791,13 @@ _ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str]] = [
     ("", "  baseline: bare faiss IndexFlatIP.search, p95", _ms("index.flat.bare_faiss"), "{:.2f}"),
     ("", "  VectorIndex.search p50 / bare faiss p50",
      lambda f: f["index"]["flat"]["p50_ms"] / f["index"]["flat"]["bare_faiss"]["p50_ms"], "{:.1f}x"),
-    ("ivf_p95_ms", f"vector, IVF grown as the Retriever grows it, nprobe {IVF_NPROBE}", _ms("index.ivf"), "{:.2f}"),
+    ("ivf_p95_ms", "vector, IVF grown as the Retriever grows it, default nprobe", _ms("index.ivf"), "{:.2f}"),
     ("ivf_recall", "  IVF recall@10 vs exact (ties count)", _ms("index.ivf", "recall_at_10_ties"), "{:.3f}"),
     ("", "  IVF lists (nlist) / trained on (vectors)",
      lambda f: f"{f['index']['ivf']['nlist']} / {f['index']['ivf']['trained_on']:,}", "{}"),
     ("", "  IVF vectors scanned a query (share of n)", lambda f: 100 * f["index"]["ivf"]["scanned_fraction"],
      "{:.1f}%"),
-    ("", f"vector, IVF trained on all n (nlist sqrt n), nprobe {IVF_NPROBE}", _ms("index.ivf_all"), "{:.2f}"),
+    ("", "vector, IVF trained on all n (nlist sqrt n), default nprobe", _ms("index.ivf_all"), "{:.2f}"),
     ("", "  its recall@10 vs exact (ties count)", _ms("index.ivf_all", "recall_at_10_ties"), "{:.3f}"),
     ("", "  its lists (nlist)", _ms("index.ivf_all", "nlist"), "{}"),
     ("", "vector, HNSW index (reported only)", _ms("index.hnsw"), "{:.3f}"),

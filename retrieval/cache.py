@@ -333,20 +333,29 @@ class RedisCache:
 
     async def _read_epoch(self, namespace: str, op: str) -> int | None:
         generation = self._generation.get(namespace, 0)
-        epoch_key = self._epoch_key(namespace)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(epoch_key, random.getrandbits(48), nx=True).get(epoch_key)
-                _, raw = await pipe.execute()
+            epoch = await self._epoch_command(namespace, increment=False)
         except (RedisError, OSError) as exc:
             self._failed(op, namespace, exc)
             return None
         self._answered()
-        epoch = int(raw)
         # An invalidate that ran while this read was in flight wins: its epoch is newer.
         if self._generation.get(namespace, 0) == generation and namespace not in self._dirty:
             self._epochs[namespace] = (epoch, self._clock())
         return epoch
+
+    async def _epoch_command(self, namespace: str, *, increment: bool) -> int:
+        """The namespace's epoch, read (GET) or moved on (INCR), in one transaction with the
+        `SET NX` of a random start (see the module docstring). Redis errors propagate."""
+        key = self._epoch_key(namespace)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, random.getrandbits(48), nx=True)
+            if increment:
+                pipe.incr(key)
+            else:
+                pipe.get(key)
+            _, value = await pipe.execute()
+        return int(value)
 
     async def _increment(self, namespace: str) -> bool | None:
         """Deliver pending invalidates: True once Redis has taken an INCR issued after the
@@ -359,16 +368,13 @@ class RedisCache:
             if self._is_down():
                 return None
             generation = self._generation.get(namespace, 0)
-            epoch_key = self._epoch_key(namespace)
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.set(epoch_key, random.getrandbits(48), nx=True).incr(epoch_key)
-                    _, epoch = await pipe.execute()
+                epoch = await self._epoch_command(namespace, increment=True)
             except (RedisError, OSError) as exc:
                 self._failed("invalidate", namespace, exc)
                 return False
             self._answered()
-            self._epochs[namespace] = (int(epoch), self._clock())
+            self._epochs[namespace] = (epoch, self._clock())
             if self._generation.get(namespace, 0) != generation:
                 return None  # an invalidate came in meanwhile; it delivers its own INCR next
             self._dirty.discard(namespace)

@@ -22,7 +22,7 @@ import argparse
 import signal
 import socket
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -47,16 +47,13 @@ from retrieval.http_api import retrieval_routes
 from retrieval.quality import LabelledSetError
 from retrieval.validation import ValidationSet
 from flags.errors import FlagsFileError, StoreLockedError
+from flags.model import utcnow
 from flags.store import FlagStore
 
 log = structlog.get_logger("rolloutd")
 EX_CONFIG = 78
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,11 @@ class Flag:
         return out
 
 
+def utcnow() -> datetime:
+    """Now, timezone-aware, in UTC: the default clock of the flags store, the daemon and memories."""
+    return datetime.now(timezone.utc)
+
+
 def format_time(moment: datetime) -> str:
     """ISO-8601 in UTC with a `Z`, as the seeds write dates."""
     text = moment.astimezone(timezone.utc).isoformat()

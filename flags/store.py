@@ -25,7 +25,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -40,15 +40,11 @@ from flags.errors import (
     UnknownFlagError,
 )
 from flags.evaluate import FlagSet
-from flags.model import KILL_SWITCH, Flag, Strategy
+from flags.model import KILL_SWITCH, Flag, Strategy, utcnow
 from flags.parse import flag_from_dict, parse_flags_text
 
 Clock = Callable[[], datetime]
 _BACKUP_NAME = re.compile(r"flags\.(.+?)(?:-(\d+))?\.json")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)

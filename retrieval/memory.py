@@ -23,6 +23,8 @@ from typing import Any
 
 import mmh3
 
+from flags.model import utcnow
+
 MAX_TEXT_BYTES = 32 * 1024
 MAX_LINKS = 256
 MAX_METADATA_BYTES = 16 * 1024
@@ -135,10 +137,6 @@ def normalise_time(value: object) -> datetime:
         raise InvalidMemory("created_at", f"must be a timezone-aware datetime, got {value!r}")
     value = value.astimezone(timezone.utc)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from controller.decide import (
 from controller.guards import Observation, Outcome, assess
 from controller.plan import Direction, NoData, Plan, Response, Severity
 from controller.plan_load import PlanError, load_plan, parse_plan
+from tests.service_rig import healthy
 
 PHASE5 = load_plan(Path(__file__).resolve().parent.parent / "deploy" / "plans" / "phase5.toml")
 T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)   # the seeds' hour 0
@@ -100,12 +101,6 @@ def plan(**overrides) -> Plan:
 def at(hours: float, minutes: int = 0) -> datetime:
     """The moment `hours` (and `minutes`) after T0."""
     return T0 + timedelta(hours=hours, minutes=minutes)
-
-
-def healthy(p: Plan) -> dict[str, float]:
-    """A value inside every threshold for each guard of `p`."""
-    return {g.name: (min(g.thresholds.values()) / 2 if g.direction is Direction.ABOVE
-                     else max(g.thresholds.values()) + 1) for g in p.guards}
 
 
 Values = Callable[[float], dict]   # hours since T0 -> {guard: value | None (no data) | str (provider error)}

@@ -522,12 +522,9 @@ class Retriever:
         return deleted
 
     async def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        t = self._timer()
+        """Memories' vectors, a batch at a time (the query's own embedding is timed in `_vector_hits`)."""
         parts = [await self.embedder.embed(texts[i : i + EMBED_BATCH]) for i in range(0, len(texts), EMBED_BATCH)]
-        out = np.vstack(parts) if parts else np.zeros((0, self.embedder.dim), dtype=np.float32)
-        if len(texts) == 1:
-            self.metrics.stage.labels("embed").observe(self._timer() - t)
-        return out
+        return np.vstack(parts) if parts else np.zeros((0, self.embedder.dim), dtype=np.float32)
 
 
 def _path_of(sources: Iterable[str]) -> str:

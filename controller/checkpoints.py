@@ -3,9 +3,9 @@
     state_dir/reports/checkpoint-1-day-1-checkpoint-24-hours.json
 
 A report covers the period since the previous checkpoint (or the rollout's start).
-Each go/no-go criterion is the guard's worst value over that period (`window_query`),
-and the seeds' metrics are their own queries over it (`SEED_METRICS`); whatever could
-not be measured is null, with the reason next to it. Files are written atomically, so
+Each go/no-go criterion is the guard's worst value over that period, and the seeds'
+metrics (`SEED_METRICS`) are measured over it, both by the guard source (PromQL, or the
+built-in signals); whatever could not be measured is null, with the reason next to it. Files are written atomically, so
 a reader never sees half a report, and re-measuring after a crash replaces the file.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 from controller.decide import RolloutState
 from controller.plan import Plan
 from controller.plan_clock import PlanClock, iso_z
-from controller.prometheus import GuardSource, PrometheusError
-from controller.report import SEED_METRICS, UNMEASURABLE, Measurement, build_report, seed_metric_query, window_query
+from controller.promql_measures import GuardSource
+from controller.report import SEED_METRICS, build_report
 from flags.atomic import atomic_write
 
 REPORTS = "reports"
@@ -36,34 +36,15 @@ async def measure_report(plan: Plan, state: RolloutState, index: int, now: datet
     wall_at = clock.wall_time(now)
     window = clock.wall_duration(now - period_start).total_seconds()
     step = clock.wall_duration(plan.guard_interval).total_seconds()
-    criteria = {}
-    for name in checkpoint.criteria:
-        query = window_query(plan, name, window, step)
-        criteria[name] = await _measure(source, query, wall_at, plan.guard(name).direction)
-    metrics = {}
-    for key in SEED_METRICS:
-        query = seed_metric_query(key, window)
-        metrics[key] = (await _measure(source, query, wall_at, None) if query
-                        else Measurement(None, UNMEASURABLE.get(key, "not measured")))
+    criteria = {name: await source.criterion(plan, plan.guard(name), window, step, wall_at)
+                for name in checkpoint.criteria}
+    metrics = {key: await source.seed_metric(key, window, wall_at) for key in SEED_METRICS}
     period = [d for d in journal if period_start <= _plan_at(d) <= now]
     report = build_report(plan, state, index, now, criteria, period, metrics)
     report["period_start"] = iso_z(period_start)
     report["queries"] = {"criteria": {name: m.query for name, m in criteria.items() if m.query},
                          "metrics": {name: m.query for name, m in metrics.items() if m.query}}
     return report
-
-
-async def _measure(source: GuardSource, query: str | None, at: datetime, direction: Any) -> Measurement:
-    if query is None:
-        return Measurement(None, "the guard has no PromQL query")
-    try:
-        value = await source.value(query, at, direction)
-    except PrometheusError as exc:
-        return Measurement(None, str(exc), query)
-    if value is None or value != value or value in (float("inf"), float("-inf")):
-        return Measurement(None, "no samples in the checkpoint's period" if value is None else f"value is {value}",
-                           query)
-    return Measurement(value, "", query)
 
 
 def _plan_at(decision: dict[str, Any]) -> datetime:

@@ -22,6 +22,7 @@ import argparse
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -40,12 +41,17 @@ from controller.config import Config, ConfigError, load_config
 from controller.listeners import ListenerError, bind_tcp, bind_unix
 from controller.logs import configure_logging
 from controller.metrics import build_registry
+from prometheus_client import CollectorRegistry
 from controller.public_http import Readiness, build_public_app
 from controller.retrieval_runtime import build_retriever, build_validation, load_validation_set, open_and_keep
+from controller.builtin_signals import Sampler
+from controller.signals_api import signal_routes
 from controller.sdnotify import Notifier
 from retrieval.http_api import retrieval_routes
 from retrieval.quality import LabelledSetError
-from retrieval.validation import ValidationSet
+from retrieval.faults import Faults
+from retrieval.retriever import Retriever
+from retrieval.validation import ValidationJob
 from flags.errors import FlagsFileError, StoreLockedError
 from flags.model import utcnow
 from flags.store import FlagStore
@@ -79,7 +85,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock: Clock = utcnow) -> int:
+@dataclass(frozen=True)
+class Running:
+    """What a started daemon holds, for `DaemonHooks.started` (the demo drives traffic through it)."""
+
+    retriever: Retriever
+    rollout: Rollout | None
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DaemonHooks:
+    """What `rolloutd demo` adds to the daemon's run; production runs pass none."""
+
+    faults: Faults | None = None              # injected into the retriever on purpose
+    auto_approve: str | None = None           # answers approval gates, with this reason journaled
+    started: Callable[[Running], None] | None = None   # called once serving, before READY=1
+
+
+async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock: Clock = utcnow,
+                     hooks: DaemonHooks = DaemonHooks()) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     notifier = notifier or Notifier()
     with anyio.open_signal_receiver(*HANDLED) as signals:  # queue signals that arrive during start-up
@@ -99,14 +125,19 @@ async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock:
                          remedy="fix the file or remove [retrieval] labelled_set to use the synthetic corpus")
             store.close()
             return EX_CONFIG
+        registry = build_registry(lambda: store.snapshot, clock)
+        retriever = build_retriever(config, registry, hooks.faults)
+        validation = build_validation(config, retriever, validation_set, registry, store, clock)
         try:
-            rollout = await open_rollout(config, store, clock)
+            rollout = await open_rollout(config, store, clock, Sampler(retriever.metrics, validation.gauges, clock),
+                                         auto_approve=hooks.auto_approve)
         except RolloutStartError as exc:
             log.critical("rollout.cannot_start", problem=str(exc))
             store.close()
             return EX_CONFIG
         try:
-            return await _serve_until_stopped(config, store, rollout, validation_set, notifier, signals, clock)
+            return await _serve_until_stopped(config, store, rollout, Retrieval(retriever, validation, registry),
+                                              notifier, signals, clock, hooks)
         except ListenerError as exc:
             log.critical("listen.failed", error=str(exc))
             return EX_CONFIG
@@ -116,15 +147,20 @@ async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock:
             store.close()
 
 
-async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollout | None,
-                               validation_set: ValidationSet, notifier: Notifier, signals: Any, clock: Clock) -> int:
+@dataclass(frozen=True)
+class Retrieval:
+    retriever: Retriever
+    validation: ValidationJob
+    registry: CollectorRegistry
+
+
+async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollout | None, retrieval: Retrieval,
+                               notifier: Notifier, signals: Any, clock: Clock, hooks: DaemonHooks) -> int:
     readiness = Readiness()
     snapshot = lambda: store.snapshot  # noqa: E731  (always the current snapshot)
-    registry = build_registry(snapshot, clock)
+    registry, retriever, validation = retrieval.registry, retrieval.retriever, retrieval.validation
     info = {"listen": config.daemon.listen, "admin_socket": str(config.daemon.admin_socket),
             "state_dir": str(config.daemon.state_dir), "config": str(config.source)}
-    retriever = build_retriever(config, registry)
-    validation = build_validation(config, retriever, validation_set, registry, store, clock)
     public = _server(build_public_app(snapshot, clock, registry, readiness,
                                       extra_routes=retrieval_routes(retriever, snapshot, clock)), config)
     controller = rollout.controller if rollout else None
@@ -132,6 +168,7 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
         registry.register(RolloutCollector(controller))
     emergency = controller.emergency_stop if controller else None
     routes = rollout_routes(controller, rollout.schedule.wake_at_next_transition if rollout else lambda: None)
+    routes += signal_routes(rollout.builtin if rollout else None)
     admin = _server(build_admin_app(store, clock, readiness, info, emergency=emergency, extra_routes=routes), config)
     tcp = bind_tcp(config.daemon.listen_host, config.daemon.listen_port)
     uds = bind_unix(config.daemon.admin_socket, config.daemon.admin_socket_group)
@@ -151,8 +188,12 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
                 background.start_soon(validation.run)
                 if rollout is not None:
                     background.start_soon(rollout.notifications.run)
+                    if rollout.builtin is not None:
+                        background.start_soon(rollout.builtin.run)
                     rollout.schedule.start()
                 host, port = tcp.getsockname()[:2]
+                if hooks.started is not None:
+                    hooks.started(Running(retriever, rollout, host, port))
                 log.info("daemon.ready", listen=f"{host}:{port}", admin_socket=str(config.daemon.admin_socket),
                          flags=len(store.snapshot), kill_switch=store.snapshot.kill_switch, priority="notice")
                 notifier.ready(_status(store, host, port, rollout))

@@ -46,6 +46,19 @@ class Response(enum.StrEnum):
     ROLLBACK_ZERO = "rollback_zero"    # every rollout flag to 0%
 
 
+# Signals a guard can name as `builtin`, served from the daemon's own measurements when no
+# Prometheus is configured (controller/builtin_signals.py says how each is computed).
+BUILTIN_SIGNALS = {
+    "p95_latency_seconds": "95th percentile retrieval latency over the guard's window (seconds)",
+    "p99_latency_seconds": "99th percentile retrieval latency over the guard's window (seconds)",
+    "error_ratio": "failed retrievals / retrievals over the window (0-1)",
+    "cache_hit_ratio": "cache hits / (hits + misses) over the window (0-1)",
+    "precision_at_10": "ground-truth validation's hybrid Precision@10 (0-1)",
+    "recall_at_10": "ground-truth validation's hybrid Recall@10 (0-1)",
+    "top3_accuracy_percent": "ground-truth questions answered in the hybrid top 3 (0-100)",
+    "regression_pass_rate": "the regression suite's pass rate as last pushed to the admin API (0-100)",
+}
+
 DEFAULT_RESPONSE = {
     Severity.WARNING: Response.NOTIFY,
     Severity.CRITICAL: Response.ROLLBACK_STAGE,

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import httpx
 
 from controller.plan import (
+    BUILTIN_SIGNALS,
     DEFAULT_RESPONSE,
     Checkpoint,
     Direction,
@@ -229,7 +230,7 @@ class _Checker:
         self.keys(entry, path, GUARD_KEYS)
         name = self.get(entry, path, "name", _identifier)
         query = self.get(entry, path, "query", _query, None)
-        builtin = self.get(entry, path, "builtin", _identifier, None)
+        builtin = self.get(entry, path, "builtin", _builtin, None)
         if "query" not in entry and "builtin" not in entry:
             self.fail(path, "a guard needs a PromQL `query`, a `builtin` signal, or both")
         direction = self.get(entry, path, "direction", _choice(Direction), Direction.ABOVE)
@@ -382,6 +383,14 @@ def _choice(kind: type[enum.StrEnum]) -> Callable[[Any], Any]:
         except ValueError:
             raise ValueError(f"expected one of {', '.join(repr(m.value) for m in kind)}, got {value!r}") from None
     return convert
+
+
+def _builtin(value: Any) -> str:
+    if value not in BUILTIN_SIGNALS:
+        close = difflib.get_close_matches(str(value), BUILTIN_SIGNALS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown built-in signal {value!r}{hint}; known: {', '.join(BUILTIN_SIGNALS)}")
+    return value
 
 
 def _identifier(value: Any) -> str:

@@ -1,11 +1,11 @@
 """Guard observations from Prometheus: one instant query per guard, every failure an observation.
 
-    GuardSource (Protocol)    observe(guard, at) -> Observation; never raises
-    └── PrometheusSource      GET /api/v1/query?query=...&time=<at> on an injected httpx.AsyncClient
+    GuardSource (Protocol, promql_measures.py)   observe(guard, at) -> Observation; never raises
+    └── PrometheusSource      GET /api/v1/query?query=...&time=<at> on an injected httpx.AsyncClient;
+                              reports' criteria and seed metrics are PromQL too (PromQLMeasures)
 
-    PrometheusError(Exception)   the one exception here; raised by `read`/`query_value`
-                                 (reports, replay), turned into an ERROR observation by
-                                 `PrometheusSource.observe`
+    PrometheusError(Exception)   raised by `read`/`query_value` (reports, replay), turned into
+                                 an ERROR observation by `PrometheusSource.observe`
 
 What an answer becomes (`assess` in `controller/guards.py` makes the observation):
 
@@ -31,28 +31,18 @@ import re
 import socket
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from controller.guards import Observation, assess
 from controller.plan import Direction, Guard
+from controller.promql_measures import GuardSource, PrometheusError, PromQLMeasures
+
+__all__ = ["GuardSource", "PrometheusError", "PrometheusSource", "query_value", "read"]
 
 QUERY_PATH = "/api/v1/query"
 _SNIPPET = 100  # characters of a non-Prometheus body worth showing in a log line
-
-
-class GuardSource(Protocol):
-    """Where guard values come from: Prometheus, or the daemon's built-in signals."""
-
-    async def observe(self, guard: Guard, at: datetime) -> Observation: ...
-
-    async def value(self, promql: str, at: datetime, direction: Direction | None = None) -> float | None:
-        """A query's value for reports; raises PrometheusError when it cannot be had."""
-
-
-class PrometheusError(Exception):
-    """Prometheus could not give an answer; the message says where and why."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +54,7 @@ class Reading:
     worst: str = ""  # the labels of the series `value` came from, when there were several
 
 
-class PrometheusSource:
+class PrometheusSource(PromQLMeasures):
     """Observe guards with instant queries against one Prometheus."""
 
     def __init__(self, client: httpx.AsyncClient) -> None:

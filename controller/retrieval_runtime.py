@@ -17,6 +17,7 @@ from flags.store import FlagStore
 from retrieval.cache import build_cache
 from retrieval.embedded_store import EmbeddedStore
 from retrieval.embedder import EmbedderError, build_embedder
+from retrieval.faults import Faults
 from retrieval.graph_store import GraphStoreError
 from retrieval.metrics import RetrievalMetrics
 from retrieval.mongo_store import MongoStore
@@ -35,7 +36,7 @@ def retrieval_dir(config: Config) -> Path:
     return config.daemon.state_dir / "retrieval"
 
 
-def build_retriever(config: Config, registry: CollectorRegistry) -> Retriever:
+def build_retriever(config: Config, registry: CollectorRegistry, faults: Faults | None = None) -> Retriever:
     """The retriever the config describes; nothing is opened or connected yet."""
     r = config.retrieval
     directory = retrieval_dir(config)
@@ -45,7 +46,7 @@ def build_retriever(config: Config, registry: CollectorRegistry) -> Retriever:
         hops=r.hops, vector_timeout=r.vector_timeout, graph_timeout=r.graph_timeout,
     )
     return Retriever(store, build_cache(config.redis_url, ttl=r.cache_ttl), build_embedder(r.embedder), directory,
-                     settings, RetrievalMetrics(registry))
+                     settings, RetrievalMetrics(registry), faults=faults)
 
 
 async def open_and_keep(retriever: Retriever, report: Callable[[str | None], None]) -> None:

@@ -45,6 +45,7 @@ import structlog
 from retrieval.cache import RetrievalCache
 from retrieval.embedder import Embedder
 from retrieval.entities import EntityIndex
+from retrieval.faults import Faults, InjectedFault
 from retrieval.fusion import DEFAULT_K, fuse
 from retrieval.gating import Route
 from retrieval.graph_store import GraphStore, StoreUnavailable
@@ -112,8 +113,9 @@ class Answer:
 class Retriever:
     def __init__(self, store: GraphStore, cache: RetrievalCache, embedder: Embedder, directory: Path,
                  settings: RetrieverSettings | None = None, metrics: RetrievalMetrics | None = None,
-                 timer: Callable[[], float] = time.perf_counter) -> None:
+                 timer: Callable[[], float] = time.perf_counter, faults: Faults | None = None) -> None:
         self.store, self.cache, self.embedder = store, cache, embedder
+        self.faults = faults   # injected on purpose (the demo); None in production
         self.directory = Path(directory)
         self.settings = settings or RetrieverSettings()
         self.metrics = metrics or RetrievalMetrics()
@@ -335,6 +337,8 @@ class Retriever:
                 results = [Result(r["id"], r["score"], r["text"], r["ranks"]) for r in json.loads(cached)]
                 return self._answered(m, results, path, "hit", reasons, started)
         try:
+            if self.faults is not None:
+                await self._injected(self.faults)
             results, ran, failed = await self._search(m, query, namespace, top_k, sources)
         except RetrievalFailed as exc:
             m.queries.labels(path).inc()
@@ -345,6 +349,13 @@ class Retriever:
         if key is not None and not reasons:
             await self.cache.set(namespace, key, json.dumps([r.to_dict() for r in results]).encode())
         return self._answered(m, results, _path_of(ran), outcome, reasons, started)
+
+    @staticmethod
+    async def _injected(faults: Faults) -> None:
+        try:
+            await faults.before_search()
+        except InjectedFault as exc:
+            raise RetrievalFailed(str(exc)) from None
 
     def _answered(self, m: RetrievalMetrics, results: list[Result], path: str, cache: str, reasons: list[str],
                   started: float) -> Answer:

@@ -24,7 +24,7 @@ from controller.guards import Observation, assess
 from controller.notify import Event
 from controller.plan import Direction, Guard, Plan
 from controller.plan_load import load_plan
-from controller.prometheus import PrometheusError
+from controller.promql_measures import PrometheusError, PromQLMeasures
 from controller.replay import SimClock
 from controller.report import SEED_METRICS
 from controller.service import Controller
@@ -107,7 +107,7 @@ def healthy_report_value(plan: Plan, promql: str) -> float:
     raise AssertionError(f"the report asked an unexpected query: {promql}")
 
 
-class ScriptedSource:
+class ScriptedSource(PromQLMeasures):
     """A GuardSource: guard values by name (a str is a provider error), report queries healthy
     unless `report_error` is set, in which case `value` fails as PrometheusSource would."""
 

@@ -46,6 +46,7 @@ system-deps:
 	command -v promtool     >/dev/null || missing="$$missing prometheus"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v systemd-sysusers >/dev/null || missing="$$missing systemd"; \
+	command -v chromium     >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing from Debian:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

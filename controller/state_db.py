@@ -12,20 +12,29 @@ A crash before 1 loses nothing that happened; a crash between 1 and 3 leaves int
 that `pending()` returns on the next start, and re-applying them is idempotent (a
 decision sets flags *to* a percentage, never *by* one). So a restart converges to the
 flags and phase of an uninterrupted run, and no stage appears twice in the journal.
+
+Guard history: every round's observations (plan time, guard, outcome, value, severity)
+go to `observations`, which keeps only the newest `keep_observations` rows. The service
+stages a round's observations (`stage_observations`) before committing the round, and
+`record` writes them in the round's own transaction with one executemany, so a guard
+round costs no extra fsync. Losing a round's observations in a crash is acceptable;
+they never delay or reorder a decision.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from controller.decide import Decision, Phase, RolloutState
-from controller.guards import GuardCounters
+from controller.guards import GuardCounters, Observation, Outcome
 from controller.plan import Severity
+from controller.plan_clock import iso_z
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollout (
@@ -46,21 +55,38 @@ CREATE TABLE IF NOT EXISTS journal (
     status      TEXT NOT NULL CHECK (status IN ('intent', 'done'))
 );
 CREATE INDEX IF NOT EXISTS journal_pending ON journal (status) WHERE status = 'intent';
+CREATE TABLE IF NOT EXISTS observations (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          TEXT NOT NULL,
+    guard       TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    value       REAL,
+    severity    TEXT,
+    detail      TEXT
+);
 """
+KEEP_OBSERVATIONS = 50_000   # ~3.3 MB; at a 5m guard interval and 5 guards, about 35 days of rounds
+DETAIL_CHARS = 200           # an error's or no-data's detail, cut to this
 
 
 class StateDB:
     FILE = "controller.db"
 
-    def __init__(self, state_dir: Path, durable: bool = True) -> None:
+    def __init__(self, state_dir: Path, durable: bool = True, keep_observations: int = KEEP_OBSERVATIONS) -> None:
         """`durable=False` (replay's scratch state only): no fsync per transaction."""
         self.path = Path(state_dir) / self.FILE
+        self.keep_observations = keep_observations
+        self._staged: list[Observation] = []
+        self._reader: sqlite3.Connection | None = None   # history reads, off the event loop (observations())
+        self._reader_lock = threading.Lock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self._db.close()
 
     def load(self) -> RolloutState | None:
@@ -70,7 +96,9 @@ class StateDB:
     def record(self, state: RolloutState, decisions: tuple[Decision, ...], now: datetime) -> list[int]:
         """Step 1: the new state and the decisions as intents, in one transaction."""
         ids = []
+        staged, self._staged = self._staged, []
         with _transaction(self._db):
+            self._write_observations(staged)
             for d in decisions:
                 cursor = self._db.execute(
                     "INSERT INTO journal (at, action, stage, percentage, reason, decision, status) "
@@ -98,16 +126,51 @@ class StateDB:
         rows = self._db.execute("SELECT seq, decision FROM journal WHERE status = 'intent' ORDER BY seq").fetchall()
         return [(seq, decision_from_json(json.loads(raw))) for seq, raw in rows]
 
-    def journal(self, limit: int = 100, since_seq: int = 0) -> list[dict[str, Any]]:
+    def journal(self, limit: int = 100, since_seq: int = 0, before_seq: int = 0) -> list[dict[str, Any]]:
         """Oldest first: the newest `limit` decisions, or with `since_seq` the `limit` after it
-        (so a follower paging with the last seq it saw never misses one)."""
+        (so a follower paging with the last seq it saw never misses one), or with `before_seq`
+        the newest `limit` before it (so a reader can page back to the first decision)."""
         if since_seq:
             rows = self._db.execute("SELECT seq, decision, status FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
                                     (since_seq, limit)).fetchall()
         else:
-            rows = self._db.execute("SELECT seq, decision, status FROM journal ORDER BY seq DESC LIMIT ?",
-                                    (limit,)).fetchall()[::-1]
+            rows = self._db.execute("SELECT seq, decision, status FROM journal WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                                    (before_seq or 2**63 - 1, limit)).fetchall()[::-1]
         return [{"seq": seq, **json.loads(raw), "status": status} for seq, raw, status in rows]
+
+    def stage_observations(self, observations: Iterable[Observation]) -> None:
+        """Have the next `record` write these observations in its transaction."""
+        self._staged = [*self._staged, *observations]
+
+    def record_observations(self, observations: Iterable[Observation]) -> None:
+        """Write observations in a transaction of their own (tests, tools)."""
+        with _transaction(self._db):
+            self._write_observations(list(observations))
+
+    def _write_observations(self, observations: list[Observation]) -> None:
+        if not observations:
+            return
+        self._db.executemany(
+            "INSERT INTO observations (at, guard, outcome, value, severity, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            [(iso_z(o.at), o.guard, str(o.outcome), o.value, str(o.severity) if o.severity else None,
+              o.detail[:DETAIL_CHARS] if o.detail and o.outcome is not Outcome.PASS else None) for o in observations])
+        # Seqs only grow, so the newest rows are a seq range: one indexed delete keeps the table bounded.
+        self._db.execute("DELETE FROM observations WHERE seq <= last_insert_rowid() - ?", (self.keep_observations,))
+
+    def observations(self, since_seq: int = 0, limit: int = 1000, guard: str | None = None) -> list[dict[str, Any]]:
+        """Oldest first: the `limit` observations after `since_seq` (0: from the oldest kept),
+        of one guard or all; page on with the last seq seen. Safe from any thread: it reads on a
+        connection of its own, which sees committed rounds only (WAL lets it run beside a write)."""
+        where, args = "seq > ?", [since_seq]
+        if guard is not None:
+            where, args = where + " AND guard = ?", [since_seq, guard]
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            rows = self._reader.execute(f"SELECT seq, at, guard, outcome, value, severity, detail FROM observations "
+                                        f"WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        keys = ("seq", "at", "guard", "outcome", "value", "severity", "detail")
+        return [dict(zip(keys, row)) for row in rows]
 
     def count(self, action: str) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM journal WHERE action = ?", (action,)).fetchone()[0])

@@ -6,7 +6,7 @@ times (`*_at`); the plan's own clock is given too (`plan_*`), as they differ in 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from controller.decide import Phase, RolloutState, next_transition
@@ -43,10 +43,20 @@ def rollout_status(plan: Plan, state: RolloutState, now: datetime, clock: PlanCl
         "manual_interventions": state.manual_interventions,
         "checkpoints": [{"name": cp.name, "plan_at": iso_z(state.started_at + cp.at), "done": i in state.checkpoints_done,
                          "verdict_in": i in state.verdicts, "requires_approval": cp.requires_approval,
-                         "approved": i in state.approved} for i, cp in enumerate(plan.checkpoints)],
+                         "approved": i in state.approved, "at_hours": _hours(cp.at)}
+                        for i, cp in enumerate(plan.checkpoints)],
         "guards": [guard_status(g, state.guards.get(g.name)) for g in plan.guards],
         "reports": reports,
+        # The plan's shape, so a timeline can be drawn without the plan file (rolloutctl watch, demo).
+        "stages": [{"name": s.label(), "plan_at": iso_z(state.started_at + s.at), "at_hours": _hours(s.at),
+                    "percentage": s.percentage, "agents": list(s.agents), "applied": 0 <= i <= state.stage}
+                   for i, s in enumerate(plan.stages)],
+        "plan_hours": _hours(plan.end),
     }
+
+
+def _hours(delta: timedelta) -> float:
+    return round(delta.total_seconds() / 3600, 6)
 
 
 def guard_status(guard: Guard, counters: GuardCounters | None) -> dict[str, Any]:

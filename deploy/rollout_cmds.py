@@ -1,12 +1,14 @@
-"""rolloutctl's rollout commands: status, hold, resume, approve, promote, rollback, report.
+"""rolloutctl's rollout commands: status, watch, hold, resume, approve, promote, rollback, report.
 
     rolloutctl status [--json]
+    rolloutctl watch [--interval SECONDS] [--once] [--no-color]     (deploy/watch.py)
     rolloutctl hold --reason "..."
     rolloutctl resume [--reason "..."] [--clear-emergency]
     rolloutctl approve [--reason "..."]
     rolloutctl promote [--reason "..."]
     rolloutctl rollback --to N|0 --reason "..."      (N: a stage index; -1: before the first stage)
     rolloutctl report [NAME] [--json]
+    rolloutctl report --html FILE [--prometheus URL]  (deploy/report_page.py)
 
 A command the rollout's phase does not allow (approve with nothing waiting, resume
 during an emergency without --clear-emergency, ...) exits 1 with the daemon's reason.
@@ -15,19 +17,28 @@ during an emergency without --clear-emergency, ...) exits 1 with the daemon's re
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from deploy.client import AdminClient
+from deploy.report_page import write_page
 from deploy.terminal import actor, print_json, print_table
+from deploy.watch import watch
 
-EXIT_OK = 0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: Any) -> None:
     status = sub.add_parser("status", help="the rollout: phase, stage, next transition, every guard")
     _json_flag(status)
     status.set_defaults(run=cmd_status)
+    watch = sub.add_parser("watch", help="a live view: the plan's timeline, every guard, the last decisions")
+    watch.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS", help="refresh every SECONDS (1)")
+    watch.add_argument("--once", action="store_true", help="print one frame and exit")
+    watch.add_argument("--no-color", action="store_true", help="no colours (also when $NO_COLOR is set)")
+    watch.set_defaults(run=cmd_watch)
     hold = sub.add_parser("hold", help="stop advancing until `resume`")
     hold.add_argument("--reason", required=True)
     hold.set_defaults(run=command("hold"))
@@ -46,8 +57,12 @@ def register(sub: Any) -> None:
     rollback.add_argument("--to", type=int, required=True, metavar="N")
     rollback.add_argument("--reason", required=True)
     rollback.set_defaults(run=command("rollback"))
-    report = sub.add_parser("report", help="list checkpoint reports, or show one")
+    report = sub.add_parser("report", help="list checkpoint reports, show one, or write the whole rollout as HTML")
     report.add_argument("name", nargs="?")
+    report.add_argument("--html", type=Path, metavar="FILE",
+                        help="write one self-contained HTML page: timeline, guard charts, reports, decisions")
+    report.add_argument("--prometheus", metavar="URL",
+                        help="with --html: also chart the seeds' metrics from this Prometheus")
     _json_flag(report)
     report.set_defaults(run=cmd_report)
 
@@ -64,6 +79,20 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
     else:
         print_status(status)
     return EXIT_OK
+
+
+def cmd_watch(client: AdminClient, args: argparse.Namespace) -> int:
+    return watch(client, interval=args.interval, once=args.once, color=not args.no_color)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0.1 and 3600, got {text!r}")
+    return value
 
 
 def command(name: str) -> Any:
@@ -88,6 +117,17 @@ def command(name: str) -> Any:
 
 
 def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
+    if args.html or args.prometheus:
+        if args.name or not args.html:
+            print("rolloutctl: report --html FILE renders every report (no NAME); --prometheus needs --html",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            print(write_page(client, args.html, args.prometheus))
+        except OSError as exc:
+            print(f"rolloutctl: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
     if not args.name:
         names = client.get("/v1/reports")["reports"]
         if args.json:

@@ -78,6 +78,18 @@ async def test_status_has_the_fields_rolloutctl_prints(admin: Admin, rig: Rig) -
     assert (p95["verdict"], p95["value"], p95["threshold"], p95["consecutive_breaches"]) == ("pass", 0.1, 0.2, 0)
 
 
+async def test_status_has_the_plans_timeline(admin: Admin, rig: Rig) -> None:
+    """GET /v1/rollout: every stage (hour, percentage, cohort, applied or not), checkpoint hours, the plan's last hour."""
+    status = (await admin.http.get("/v1/rollout")).json()
+    assert [(s["at_hours"], s["percentage"], s["applied"]) for s in status["stages"]] == \
+        [(0, 0, True), (4, 5, True), (12, 10, False), (49, 15, False), (52, 20, False), (56, 25, False)]
+    assert status["stages"][1]["agents"] == FIRST_COHORT
+    assert status["stages"][2]["plan_at"] == "2025-10-23T21:00:00Z"
+    assert status["stages"][2]["name"] == PHASE5.stages[2].name == status["next_transition"]
+    assert [c["at_hours"] for c in status["checkpoints"]] == [24, 48, 72]
+    assert status["plan_hours"] == 72
+
+
 async def test_status_shows_a_breach_with_its_threshold_and_count(admin: Admin, rig: Rig) -> None:
     """A guard breaching at warning shows its value, the warning threshold and one consecutive breach."""
     rig.source.guards["p95_latency"] = 0.25

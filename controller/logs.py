@@ -6,7 +6,12 @@ event may carry `priority="notice"` (or any syslog name) to be filed above `info
 without being a warning: decisions such as "stage applied" are notices.
 
 Third-party libraries that log through the standard `logging` module (uvicorn) are
-rendered by the same code, so every line in the journal has one shape.
+rendered by the same code, so every line in the journal has one shape. So is an
+exception nothing caught: Python would print its traceback to stderr, one journal
+entry per line at the unit's default priority (info), invisible to `journalctl -p
+err`; instead it becomes one `daemon.crashed` event at crit. Only where the log is the
+journal (stdout, the default): `rolloutd demo` and `replay` log elsewhere and keep
+their crashes on the terminal.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from datetime import datetime, timezone
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -40,8 +47,10 @@ def _renderer(_logger: Any, _method: str, event: dict[str, Any]) -> str:
     return render_line(event)
 
 
-def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -> None:
-    """Send structlog and stdlib logging to `stream` as prefixed JSON lines."""
+def configure_logging(stream: TextIO | None = None, level: int = logging.INFO, *,
+                      log_crashes: bool | None = None) -> None:
+    """Send structlog and stdlib logging to `stream` as prefixed JSON lines; and an uncaught
+    exception too, when `log_crashes` (by default: when logging to stdout)."""
     out = stream or sys.stdout
     structlog.configure(
         processors=[
@@ -59,6 +68,24 @@ def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # third-party chatter stays out unless it matters
+    crashes = stream is None if log_crashes is None else log_crashes
+    if crashes:
+        sys.excepthook = _CrashWriter(out)
+
+
+class _CrashWriter:
+    """sys.excepthook: the exception that ends the process as one crit line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def __call__(self, kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, exc, tb)
+            return
+        event = {"event": "daemon.crashed", "level": "crit", "error": f"{kind.__name__}: {exc}",
+                 "exception": "".join(traceback.format_exception(kind, exc, tb))}
+        print(render_line(event), file=self.out, flush=True)
 
 
 class _StdlibJsonFormatter(logging.Formatter):

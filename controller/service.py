@@ -33,7 +33,7 @@ from controller.commit import apply, commit, record_applied, recover
 from controller.decide import CommandRefused, Decision, Phase, RolloutState, Transition
 from controller.guards import Observation, Outcome
 from controller.notify import NOTIFY_KINDS, Event, Notifications, severity_for
-from controller.plan import Plan
+from controller.plan import Plan, Severity
 from controller.plan_clock import Clock, JumpDetector, PlanClock
 from controller.prometheus import GuardSource
 from controller.state_db import StateDB
@@ -42,10 +42,19 @@ from flags.store import FlagStore
 
 log = structlog.get_logger("rolloutd.controller")
 COMMANDS = ("hold", "resume", "approve", "promote", "rollback")
-# journald priorities for decisions (rollback = err, emergency = crit, holds and warnings = warning)
+# journald priorities for decisions (rollback = err, emergency = crit, holds and warnings = warning);
+# a rollback for an emergency-severity breach is crit as well (journal_priority)
 PRIORITY = {"rollback": "err", "emergency": "crit", "hold": "warning", "warning": "warning",
             "awaiting_approval": "warning", "verdict": "notice", "stage_applied": "notice", "checkpoint": "notice",
             "completed": "notice", "resume": "notice", "approved": "notice", "emergency_cleared": "notice"}
+
+
+def journal_priority(decision: Decision) -> str:
+    """The syslog priority a decision is logged at: `journalctl -p crit` shows every emergency,
+    whether the kill switch or a guard past its emergency threshold pulled the rollout back."""
+    if decision.action == "rollback" and decision.severity is Severity.EMERGENCY:
+        return "crit"
+    return PRIORITY.get(decision.action, "info")
 
 
 class PlanMismatch(Exception):
@@ -141,6 +150,7 @@ class Controller:
         observations = await self._observe(wall, now)
         observed = time.perf_counter()
         async with self._lock:
+            self._db.stage_observations(observations)   # the guard history, written in the round's transaction
             if self._store.snapshot.kill_switch and self.state.phase is not Phase.EMERGENCY:
                 # someone turned emergency_shutdown on by hand (`rolloutctl flags set`): same as SIGUSR1
                 return await self._emergency("the kill switch was turned on outside the controller", "rolloutd")
@@ -263,7 +273,7 @@ class Controller:
         if decision.action == "rollback":
             self._count_rollback(decision.to_dict())
         fields = {k: v for k, v in decision.to_dict().items() if v not in (None, [], "")}
-        priority = PRIORITY.get(decision.action, "info")
+        priority = journal_priority(decision)
         log.info(f"rollout.{decision.action}", rollout=self.plan.name, priority=priority, phase=str(self.state.phase),
                  **fields, **context)
         if decision.action in NOTIFY_KINDS:
@@ -281,8 +291,11 @@ class Controller:
     def reports(self) -> list[Path]:
         return list_reports(self._state_dir)
 
-    def journal(self, limit: int = 100, since_seq: int = 0) -> list[dict[str, Any]]:
-        return self._db.journal(limit=limit, since_seq=since_seq)
+    def journal(self, limit: int = 100, since_seq: int = 0, before_seq: int = 0) -> list[dict[str, Any]]:
+        return self._db.journal(limit=limit, since_seq=since_seq, before_seq=before_seq)
+
+    def observations(self, since_seq: int = 0, limit: int = 1000, guard: str | None = None) -> list[dict[str, Any]]:
+        return self._db.observations(since_seq=since_seq, limit=limit, guard=guard)
 
     def next_wake(self) -> datetime | None:
         """The wall time at which the plan next wants an evaluation (a stage or checkpoint falls due)."""

@@ -3,7 +3,9 @@
 Only offline tools are used (`systemd-analyze verify`, `systemd-analyze security
 --offline=yes`, `systemd-sysusers --root=`), so this runs in a container where systemd
 is not PID 1 and never touches the machine's users or services. A missing tool is a
-failure, not a skip: `make test` installs Debian's `systemd` package.
+failure, not a skip: `make test` installs Debian's `systemd` package. One sandbox
+option is tried for real rather than read: MemoryDenyWriteExecute=, through the
+kernel's equivalent (PR_SET_MDWE) around a real daemon.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from controller.config import load_config
 from controller.daemon import EX_CONFIG
+from tests.daemon_harness import write_config
+from tests.flagfiles import FIRST_COHORTS, PHASE5_FLAGS, write_seed_flags
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD_DIR / "rolloutd.service"
@@ -154,6 +160,11 @@ def test_unit_keeps_the_lifecycle_contract(unit: dict[str, dict[str, list[str]]]
     assert int(_one(unit_section, "StartLimitBurst")) > 1
     assert _seconds(_one(unit_section, "StartLimitIntervalSec")) > 0
     assert _one(service, "SyslogLevelPrefix") == "yes"
+    # A watchdog kill is SIGABRT; with the fault handler the stuck stack reaches the journal
+    # (tests/test_watchdog.py shows the daemon's side of it).
+    assert "WatchdogSignal" not in service or _one(service, "WatchdogSignal") == "SIGABRT"
+    environment = dict(item.split("=", 1) for value in service["Environment"] for item in value.split())
+    assert environment.get("PYTHONFAULTHANDLER") == "1"
 
 
 def test_unit_directories_match_the_example_config(unit: dict[str, dict[str, list[str]]]) -> None:
@@ -183,3 +194,86 @@ def test_example_config_loads_with_every_option_uncommented(tmp_path: Path) -> N
     assert loaded.webhook_urls == ("https://hooks.slack.com/services/T000/B000/XXXX",)
     assert loaded.alertmanager_url == "http://127.0.0.1:9093" and loaded.prometheus_timeout == 10
     assert tomllib.loads(full).keys() == {"daemon", "prometheus", "notifications", "retrieval"}
+
+
+def test_sandbox_leaves_the_network_rolloutd_needs(unit: dict[str, dict[str, list[str]]]) -> None:
+    """TCP over IPv4 and IPv6 to Prometheus, MongoDB, Redis and webhooks, and AF_UNIX for the admin socket and sd_notify."""
+    service = unit["Service"]
+    assert set(_one(service, "RestrictAddressFamilies").split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert service.get("PrivateNetwork", ["no"]) == ["no"], "PrivateNetwork= would cut off every backend"
+    # An address or port filter would turn a deployment with the backends elsewhere into
+    # EPERM on connect(); the unit documents a drop-in instead (see its comments).
+    for key in ("IPAddressDeny", "IPAddressAllow", "SocketBindDeny", "SocketBindAllow", "RestrictNetworkInterfaces"):
+        assert key not in service, f"{key}= in the shipped unit filters the network rolloutd needs"
+    # The ports of the example config's backends are the ones named in the unit's comment.
+    text = EXAMPLE_CONFIG.read_text()
+    for port in ("9090", "27017", "6379"):
+        assert f":{port}" in text, f"the example config no longer names port {port}"
+        assert f"({port})" in UNIT.read_text(), f"the unit's network comment does not mention port {port}"
+
+
+def test_every_path_the_daemon_writes_is_a_directory_the_unit_creates(unit: dict[str, dict[str, list[str]]]) -> None:
+    """Under ProtectSystem=strict only State/RuntimeDirectory= are writable: the config writes nowhere else, reads /etc/rolloutd."""
+    service = unit["Service"]
+    assert _one(service, "ProtectSystem") == "strict"
+    assert "ReadWritePaths" not in service, "state belongs under StateDirectory=, not in extra writable paths"
+    daemon = load_config(EXAMPLE_CONFIG).daemon
+    writable = {Path("/var/lib") / _one(service, "StateDirectory"), Path("/run") / _one(service, "RuntimeDirectory")}
+    for path in (daemon.state_dir, daemon.admin_socket):
+        assert any(path == w or w in path.parents for w in writable), f"{path} is read-only under the unit"
+    # What it reads: the config named by ExecStart= and the plan, both in ConfigurationDirectory=.
+    config_dir = Path("/etc") / _one(service, "ConfigurationDirectory")
+    config_path = Path(_one(service, "ExecStart").split("--config ", 1)[1])
+    assert config_path.parent == config_dir and daemon.plan is not None and config_dir in daemon.plan.parents
+    # Logs go to the journal only: a LogsDirectory= would be a writable path nothing uses.
+    assert (_one(service, "StandardOutput"), "LogsDirectory" in service) == ("journal", False)
+
+
+def test_the_daemon_runs_and_serves_retrieval_under_memory_deny_write_execute(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes is safe: the real daemon (numpy, FAISS, uvicorn) starts and retrieves under PR_SET_MDWE."""
+    # PR_SET_MDWE (Linux >= 6.3) is the kernel's own form of the seccomp filter systemd
+    # installs for MemoryDenyWriteExecute=: no mapping may be, or become, writable and
+    # executable. A native library that JITs or needs an executable stack fails here.
+    config = write_config(tmp_path)
+    write_seed_flags(tmp_path, {name: {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0,
+                                       "constraints": [{"context_name": "agent", "operator": "IN",
+                                                        "values": FIRST_COHORTS}]} for name in PHASE5_FLAGS})
+    wrapper = (
+        "import ctypes, mmap, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"              # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+        "    sys.exit(77)\n"
+        "try:\n"
+        "    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+        "    sys.exit('PR_SET_MDWE is on, yet a writable+executable mapping was allowed')\n"
+        "except PermissionError:\n"
+        "    pass\n"
+        "from controller.daemon import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    repo = SYSTEMD_DIR.parent
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, "--config", str(config)], cwd=repo, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = "http://" + load_config(config).daemon.listen
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        if proc.poll() == 77:
+            pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+        assert proc.poll() is None, f"rolloutd died under PR_SET_MDWE:\n{proc.communicate()[0]}"
+        memories = [{"id": "a", "text": "Dana owns ledger-sync."},
+                    {"id": "b", "text": "Release R-1 of ledger-sync.", "links": ["a"]}]
+        added = httpx.post(url + "/v1/memories:batch", json={"memories": memories}, timeout=10)
+        assert added.status_code == 201, added.text
+        answer = httpx.post(url + "/v1/retrieve", json={"agent": "QA", "query": "who owns ledger-sync", "top_k": 2},
+                            timeout=10)
+        assert answer.status_code == 200 and {r["id"] for r in answer.json()["results"]} == {"a", "b"}, answer.text
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output

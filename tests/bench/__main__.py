@@ -31,7 +31,7 @@ import traceback
 from typing import Any, Callable
 
 from tests.bench import RESULTS_DIR, BenchFailure, heading, line, machine_facts
-from tests.bench import bench_controller, bench_flags, bench_ofrep, bench_retrieval
+from tests.bench import bench_controller, bench_flags, bench_ofrep, bench_ops, bench_retrieval
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "flags": bench_flags.run_evaluation,
@@ -42,6 +42,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "idle": bench_controller.run_idle,
     "retrieval": bench_retrieval.run_speed,
     "quality": bench_retrieval.run_quality,
+    "startup": bench_ops.run_startup,
+    "emergency": bench_ops.run_emergency,
 }
 USAGE = f"usage: python -m tests.bench [{'|'.join(BENCHMARKS)} ...]   (no argument: all)"
 

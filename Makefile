@@ -1,4 +1,4 @@
-# Two commands matter on a fresh machine: `make test` (and, later, `make demo`).
+# Two commands matter on a fresh machine: `make demo` and `make test`.
 # Everything they need is installed here: the project into .venv, redis-server and
 # prometheus from Debian's packages when missing, and the MongoDB-wire test server
 # (secantusdb) into a tools venv of its own so its pins never meet ours.
@@ -11,7 +11,12 @@ PY          := $(VENV)/bin/python
 PIP_FLAGS   := --quiet --disable-pip-version-check
 APT_PKGS    := redis-server prometheus
 
-.PHONY: test bench deps system-deps clean
+.PHONY: demo test bench deps system-deps clean
+
+# The seeds' 72-hour plan in about three minutes on embedded defaults: no Prometheus, MongoDB or
+# Redis needed, so only the venv. DEMO_ARGS passes options: make demo DEMO_ARGS="--inject latency@30h".
+demo: $(VENV)/.installed
+	$(VENV)/bin/rolloutd demo $(DEMO_ARGS)
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -12,7 +12,8 @@ the same arithmetic its PromQL does over `increase(...[window])`:
     precision_at_10         the validation's hybrid gauge, as last sampled (absent: no data)
     recall_at_10, top3_accuracy_percent   likewise
     regression_pass_rate    the last value pushed (`POST /v1/signals/regression_pass_rate` on the
-                            admin socket) within the guard's window; absent: no data
+                            admin socket) within three guard windows (at least 5 wall seconds);
+                            absent: no data
 
 Windows are in plan time and the history in wall time (`time_scale`), so a 5-minute
 window at 1440x is 0.21 wall seconds. Verdicts, budgets and journal events are the
@@ -41,6 +42,7 @@ GAUGES = {"precision_at_10": "hybrid_rag_precision_at_10", "recall_at_10": "hybr
           "top3_accuracy_percent": "hybrid_rag_top3_accuracy_percent"}
 PUSHED = ("regression_pass_rate",)
 MIN_RESOLUTION, MAX_RESOLUTION = 0.01, 15.0   # wall seconds between samples
+STALE_FLOOR = 5.0                             # wall seconds a pushed value lasts at least
 # The seeds' report metrics (report.SEED_METRICS keys) as built-in signals: (signal, quantile or None)
 SEED_SIGNALS = {"test_pass_rate": "regression_pass_rate", "error_rate": "error_ratio",
                 "p95_latency_ms": "p95_latency_seconds", "p99_latency_ms": "p99_latency_seconds",
@@ -212,8 +214,14 @@ class BuiltinSource:
     def __init__(self, sampler: Sampler, plan: Plan, time_scale: float) -> None:
         self._sampler, self._scale = sampler, time_scale
         self.resolution, retention = _resolution(plan, time_scale), _retention(plan, time_scale)
-        self._stale_after = max(g.window for g in plan.guards).total_seconds() / time_scale if plan.guards else 300.0
+        # A pushed value counts for three guard windows (or intervals) after it arrives: a
+        # runner pushing every interval never flickers to "no data", one that stopped soon does.
+        # (and at least STALE_FLOOR wall seconds: runners push on wall-clock schedules).
+        longest = max([g.window for g in plan.guards] + [plan.guard_interval]).total_seconds()
+        self._stale_after = max(STALE_FLOOR, 3 * longest / time_scale)
         self.history = History(retention)
+        self._seen: dict[str, list[tuple[float, float | None]]] = {}   # guard -> (wall t, value) it observed
+        self._retention = retention
         self.take_sample()
 
     def push(self, signal: str, value: float) -> None:
@@ -247,14 +255,30 @@ class BuiltinSource:
                           "is configured: set [prometheus] url, or give the guard `builtin = ...`")
         self.take_sample()
         window = guard.window.total_seconds() / self._scale
-        observation = assess(guard, self.value(guard.builtin, window, at), at)
+        value = self.value(guard.builtin, window, at)
+        self._remember(guard.name, at.timestamp(), value)
+        observation = assess(guard, value, at)
         return replace(observation, query=f"builtin:{guard.builtin}[{format_duration(guard.window)}]")
 
+    def _remember(self, guard: str, t: float, value: float | None) -> None:
+        seen = self._seen.setdefault(guard, [])
+        seen.append((t, value))
+        if seen[0][0] < t - self._retention and len(seen) > 64:
+            del seen[:bisect.bisect_left(seen, (t - self._retention,))]
+
     async def criterion(self, plan: Plan, guard: Guard, window: float, step: float, at: datetime) -> Measurement:
-        """The worst of the guard's values at every `step` through the window (its PromQL's subquery)."""
-        what = f"builtin:{guard.builtin}[{format_duration(guard.window)}] worst over {window:g}s"
+        """The worst value the guard observed in the window (what its evaluations saw and the
+        journal's warnings say); without observations there (a restart), the worst of its
+        windowed values at every `step` through the history, as the PromQL subquery does."""
         if guard.builtin is None:
             return Measurement(None, "the guard has no built-in signal and no Prometheus is configured")
+        t = at.timestamp()
+        seen = self._seen.get(guard.name, [])
+        inside = [v for when, v in seen[bisect.bisect_left(seen, (t - window,)):] if when <= t]
+        if inside:
+            what = f"builtin:{guard.builtin}[{format_duration(guard.window)}] worst of {len(inside)} evaluations"
+            return measured(worst(inside, guard.direction), what)
+        what = f"builtin:{guard.builtin}[{format_duration(guard.window)}] worst over {window:g}s"
         guard_window = guard.window.total_seconds() / self._scale
         steps = max(1, int(window // max(step, 1e-6)))
         values = [self.value(guard.builtin, guard_window, at - timedelta(seconds=i * step)) for i in range(steps + 1)]

@@ -64,12 +64,17 @@ Clock = Callable[[], datetime]
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from controller.demo import demo  # noqa: PLC0415  (the daemon itself does not need it)
+
+        return demo(argv[1:])
     if argv[:1] == ["replay"]:
         from controller.replay import replay  # noqa: PLC0415  (the daemon itself does not need it)
 
         return anyio.run(replay, argv[1:], backend="asyncio")
     parser = argparse.ArgumentParser(prog="rolloutd", description="Roll feature flags out to an agent fleet, safely.",
-                                     epilog="Also: rolloutd replay --config PATH --from T0 [--to T1] [--json]")
+                                     epilog="Also: rolloutd demo [--speed N] [--inject KIND@HOUR] (see `rolloutd demo --help`), "
+                                            "rolloutd replay --config PATH --from T0 [--to T1] [--json]")
     parser.add_argument("--config", required=True, type=Path, help="the TOML config file (see systemd/rolloutd.toml)")
     args = parser.parse_args(argv)
     configure_logging()
@@ -91,8 +96,10 @@ class Running:
 
     retriever: Retriever
     rollout: Rollout | None
+    store: FlagStore
     host: str
     port: int
+    admin_socket: Path
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,7 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
                     rollout.schedule.start()
                 host, port = tcp.getsockname()[:2]
                 if hooks.started is not None:
-                    hooks.started(Running(retriever, rollout, host, port))
+                    hooks.started(Running(retriever, rollout, store, host, port, config.daemon.admin_socket))
                 log.info("daemon.ready", listen=f"{host}:{port}", admin_socket=str(config.daemon.admin_socket),
                          flags=len(store.snapshot), kill_switch=store.snapshot.kill_switch, priority="notice")
                 notifier.ready(_status(store, host, port, rollout))
@@ -286,10 +293,20 @@ async def _reload(store: FlagStore, holder: dict[str, Config], servers: tuple[uv
 
 
 async def _watchdog(notifier: Notifier, interval: float) -> None:
-    """WATCHDOG=1 at half systemd's interval, from the event loop: if the loop stalls, pings stop."""
+    """WATCHDOG=1 at half systemd's interval, from the event loop: if the loop stalls, pings stop.
+
+    The pings keep a schedule on the loop's monotonic clock, so a busy loop that is late
+    to each wake-up does not add its lag to every period and drift towards the limit.
+    After a stall (the schedule already past), the schedule restarts from now: the missed
+    pings are not sent in a burst, which would tell systemd nothing.
+    """
+    period = interval / 2
+    deadline = anyio.current_time()
     while True:
         notifier.watchdog()
-        await anyio.sleep(interval / 2)
+        now = anyio.current_time()
+        deadline = deadline + period if deadline + period > now else now + period  # else: a stall
+        await anyio.sleep_until(deadline)
 
 
 def _status(store: FlagStore, host: str, port: int, rollout: Rollout | None = None) -> str:

@@ -1,9 +1,10 @@
 """Faults injected into the retriever on purpose: `rolloutd demo --inject latency@30h`.
 
-The retriever awaits `Faults.before_search()` before it searches (a cache hit does not
-search, as with a slow backend in production), so an injected fault travels the real
-paths: added latency lands in `hybrid_rag_retrieval_latency_seconds`, an injected
-failure is a `RetrievalFailed` counted in `hybrid_rag_errors_total` and answered 503.
+The retriever awaits `Faults.before_search()` first thing in every retrieval, cache hits
+included (as a saturated host or a bad deploy would slow or fail them all), so an
+injected fault travels the real paths: added latency lands in
+`hybrid_rag_retrieval_latency_seconds`, an injected failure is a `RetrievalFailed`
+counted in `hybrid_rag_errors_total{reason="injected"}` and answered 503.
 Nothing in production builds one; `Retriever(faults=None)` costs one attribute test.
 """
 

@@ -326,6 +326,8 @@ class Retriever:
             sources = ("vector",)
             reasons.append(f"graph store unavailable: {self.store_problem}")
         path = _path_of(sources)
+        if self.faults is not None:
+            await self._injected(m, path)
         key = _cache_key(path, top_k, query) if route.cache else None
         outcome = "bypass"
         if key is not None:
@@ -337,8 +339,6 @@ class Retriever:
                 results = [Result(r["id"], r["score"], r["text"], r["ranks"]) for r in json.loads(cached)]
                 return self._answered(m, results, path, "hit", reasons, started)
         try:
-            if self.faults is not None:
-                await self._injected(self.faults)
             results, ran, failed = await self._search(m, query, namespace, top_k, sources)
         except RetrievalFailed as exc:
             m.queries.labels(path).inc()
@@ -350,11 +350,13 @@ class Retriever:
             await self.cache.set(namespace, key, json.dumps([r.to_dict() for r in results]).encode())
         return self._answered(m, results, _path_of(ran), outcome, reasons, started)
 
-    @staticmethod
-    async def _injected(faults: Faults) -> None:
+    async def _injected(self, m: RetrievalMetrics, path: str) -> None:
+        """The demo's fault, before anything else: it delays or fails cache hits too."""
         try:
-            await faults.before_search()
+            await self.faults.before_search()  # type: ignore[union-attr]
         except InjectedFault as exc:
+            m.queries.labels(path).inc()
+            m.errors.labels(path, "injected").inc()
             raise RetrievalFailed(str(exc)) from None
 
     def _answered(self, m: RetrievalMetrics, results: list[Result], path: str, cache: str, reasons: list[str],

@@ -194,9 +194,9 @@ async def test_a_pushed_value_goes_stale_after_the_window(rig: tuple[BuiltinSour
     source.push("regression_pass_rate", 96.5)
     observation = await source.observe(guard, clock())
     assert observation.value == 96.5 and observation.severity is Severity.WARNING
-    clock.advance(4)
+    clock.advance(14)
     assert (await source.observe(guard, clock())).value == 96.5
-    clock.advance(2)                             # 6 s = 6 plan minutes at 60x: past the 5m window
+    clock.advance(2)                             # 16 s = 16 plan minutes at 60x: past three 5m windows
     assert (await source.observe(guard, clock())).outcome is Outcome.NO_DATA
     with pytest.raises(KeyError, match="pushable signals: regression_pass_rate"):
         source.push("precision_at_10", 0.9)
@@ -268,3 +268,24 @@ def test_push_route(rig: tuple[BuiltinSource, RetrievalMetrics, WallClock]) -> N
     assert client.post("/v1/signals/nope", json={"value": 1}).status_code == 404
     prometheus_daemon = TestClient(Starlette(routes=signal_routes(None)))
     assert prometheus_daemon.post("/v1/signals/regression_pass_rate", json={"value": 1}).status_code == 409
+
+
+@pytest.mark.anyio
+async def test_a_criterion_is_the_worst_the_guard_observed(rig: tuple[BuiltinSource, RetrievalMetrics,
+                                                                      WallClock]) -> None:
+    """With evaluations in the period, the report's criterion is the worst of them: the value
+    the journal's warnings were about, not a sparser window between two evaluations."""
+    source, metrics, clock = rig
+    plan = load_plan(PHASE5)
+    guard = plan.guard("cache_hit_rate")
+    seen = []
+    for hits in (9, 6, 8):                       # 90%, 60%, 80% hit ratio in three 5 s windows
+        source.take_sample()
+        record(metrics, [], hits=hits, misses=10 - hits)
+        clock.advance(5)
+        seen.append((await source.observe(guard, clock())).value)
+    assert seen == [pytest.approx(0.9), pytest.approx(0.6), pytest.approx(0.8)]
+    measured = await source.criterion(plan, guard, window=15, step=5, at=clock())
+    assert measured.value == pytest.approx(0.6) and "worst of 3 evaluations" in measured.query
+    earlier = await source.criterion(plan, guard, window=4, step=5, at=clock() - timedelta(seconds=20))
+    assert "worst over" in earlier.query         # no evaluation in that period: stepped through the history

@@ -25,8 +25,8 @@ test: deps
 # quality benchmark also scores the real embedding model, the `static` extra (wordllama, weights
 # inside the wheel), installed into the venv when missing -- if that fails, it says so and skips it.
 # BENCH_ARGS picks benchmarks: `make bench BENCH_ARGS=flags` (flags, ofrep, write, reaction, replay,
-# idle, retrieval, quality; default all). The idle benchmark alone takes ~5 minutes
-# (BENCH_IDLE_SECONDS shortens it), retrieval and quality ~4 together.
+# idle, retrieval, quality, startup, emergency; default all). The idle benchmark alone takes ~5
+# minutes (BENCH_IDLE_SECONDS shortens it), retrieval and quality ~4 together, startup and emergency ~2.
 bench: deps
 	@command -v hey >/dev/null || { echo "installing from Debian: hey"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey; }

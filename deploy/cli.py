@@ -2,7 +2,7 @@
 
     rolloutctl [--socket PATH | --config PATH] [--json] COMMAND
         health
-        status | hold | resume | approve | promote | rollback | report   (deploy/rollout_cmds.py)
+        status | watch | hold | resume | approve | promote | rollback | report [--html FILE]   (deploy/rollout_cmds.py)
         flags list
         flags show NAME
         flags set NAME [--enabled true|false] [--percentage P] --reason "..."

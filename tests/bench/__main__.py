@@ -1,7 +1,7 @@
 """Run the benchmarks: `python -m tests.bench [flags] [ofrep] [write] [reaction] [replay] [idle] [retrieval]
-[quality]`.
+[quality] [startup] [emergency]`.
 
-No argument runs all eight; each is described in its module:
+No argument runs all ten; each is described in its module:
 
     flags, write        bench_flags.py       in-process evaluation; a durable FlagStore.set
     ofrep               bench_ofrep.py       OFREP over loopback against a real daemon, under `hey`
@@ -12,6 +12,9 @@ No argument runs all eight; each is described in its module:
                                              memories; throughput on two cores, RSS, build and reload
     quality             bench_retrieval.py   P@10, R@10, top-3, MRR, nDCG by hops: vector vs hybrid vs graph,
                                              hashing and the wordllama model
+    startup             bench_ops.py         a real daemon's start to READY=1 and to /readyz, empty and with
+                                             100,000 memories to reload
+    emergency           bench_ops.py         SIGUSR1 to every plan flag durably off in flags.json
 
 Prints each benchmark's block, then writes `bench-results/bench.json`: the machine's
 facts, every figure, and which benchmarks failed a correctness check (a failed check

@@ -110,15 +110,19 @@ def decision_line(d: dict[str, Any], status: dict[str, Any]) -> str:
 
 
 def guard_line(status: dict[str, Any], tally: Tally) -> str:
+    """Phase, percentage, every guard's value against its thresholds, the next transition."""
     parts = []
     for g in status["guards"]:
         scale, unit = UNITS.get(g["unit"], (1, ""))
         value = "--" if g["value"] is None else f"{g['value'] * scale:.3g}{unit}"
-        mark = {"pass": "", "breach": f"!{g['severity']}", "no_data": " (no data)", "error": " (error)"}.get(
-            g["verdict"], f" ({g['verdict']})")
-        parts.append(f"{g['name']} {value}{mark}")
+        sign = ">" if g["direction"] == "above" else "<"
+        limits = "/".join(f"{v * scale:g}" for v in g["thresholds"].values())
+        mark = {"pass": "", "breach": f" !{g['severity']}", "no_data": " no data", "error": " error"}.get(
+            g["verdict"], f" {g['verdict']}")
+        parts.append(f"{g['name']} {value} ({sign}{limits}{unit}){mark}")
+    nxt = f"  next: {status['next_transition']}" if status.get("next_transition") else ""
     return (f"h{status['plan_hours_elapsed']:6.2f}  {status['phase']:<17} {status['percentage']:>3g}%  "
-            + " | ".join(parts) + f"  · fleet {tally.sent} queries")
+            + " | ".join(parts) + f"  · fleet {tally.sent} queries{nxt}")
 
 
 def fleet_line(tally: Tally, width: int) -> str:

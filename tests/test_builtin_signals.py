@@ -253,21 +253,28 @@ def test_an_unknown_builtin_is_a_plan_error(tmp_path: Path) -> None:
         load_plan(path)
 
 
-def test_push_route(rig: tuple[BuiltinSource, RetrievalMetrics, WallClock]) -> None:
+@pytest.mark.anyio
+async def test_push_route(rig: tuple[BuiltinSource, RetrievalMetrics, WallClock]) -> None:
+    import httpx
     from starlette.applications import Starlette
-    from starlette.testclient import TestClient
 
     source, _, _ = rig
-    client = TestClient(Starlette(routes=signal_routes(source)))
-    ok = client.post("/v1/signals/regression_pass_rate", json={"value": 99.1})
-    assert ok.status_code == 200 and ok.json() == {"signal": "regression_pass_rate", "value": 99.1}
-    assert source.take_sample().gauges["regression_pass_rate"] == 99.1
-    assert client.post("/v1/signals/regression_pass_rate", json={"value": "99"}).status_code == 400
-    assert client.post("/v1/signals/regression_pass_rate", content=b"{").status_code == 400
-    assert "measured by the daemon" in client.post("/v1/signals/error_ratio", json={"value": 1}).json()["error"]
-    assert client.post("/v1/signals/nope", json={"value": 1}).status_code == 404
-    prometheus_daemon = TestClient(Starlette(routes=signal_routes(None)))
-    assert prometheus_daemon.post("/v1/signals/regression_pass_rate", json={"value": 1}).status_code == 409
+
+    def client(builtin: BuiltinSource | None) -> httpx.AsyncClient:
+        app = Starlette(routes=signal_routes(builtin))
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rolloutd")
+
+    async with client(source) as c:
+        ok = await c.post("/v1/signals/regression_pass_rate", json={"value": 99.1})
+        assert ok.status_code == 200 and ok.json() == {"signal": "regression_pass_rate", "value": 99.1}
+        assert source.take_sample().gauges["regression_pass_rate"] == 99.1
+        assert (await c.post("/v1/signals/regression_pass_rate", json={"value": "99"})).status_code == 400
+        assert (await c.post("/v1/signals/regression_pass_rate", content=b"{")).status_code == 400
+        refused = await c.post("/v1/signals/error_ratio", json={"value": 1})
+        assert refused.status_code == 404 and "measured by the daemon" in refused.json()["error"]
+        assert (await c.post("/v1/signals/nope", json={"value": 1})).status_code == 404
+    async with client(None) as prometheus_daemon:
+        assert (await prometheus_daemon.post("/v1/signals/regression_pass_rate", json={"value": 1})).status_code == 409
 
 
 @pytest.mark.anyio

@@ -47,9 +47,10 @@ from retrieval.gating import ALL_ON
 PLAN = Path(__file__).resolve().parent.parent / "deploy" / "plans" / "phase5.toml"
 MARKER = ".rolloutd-demo"
 AUTO_APPROVE = "approved automatically by `rolloutd demo`; in production an operator runs `rolloutctl approve`"
-DEFAULT_SPEED = 1440.0   # plan seconds per wall second: 72 plan hours in 180 s
-SUITE_EVERY = 0.5        # wall seconds between regression-suite runs (each pushes its pass rate)
-WARM = 2000              # questions in the cache before the rollout starts: yesterday's traffic
+DEFAULT_SPEED = 1440.0  # plan seconds per wall second: 72 plan hours in 180 s
+MIN_WINDOW_QUERIES = 15  # fewer retrievals than this in a guard window make its ratios noise
+SUITE_EVERY = 0.5       # wall seconds between regression-suite runs (each pushes its pass rate)
+WARM = 2000             # questions in the cache before the rollout starts: yesterday's traffic
 
 
 @dataclass
@@ -172,6 +173,11 @@ async def _drive(outcome: Outcome, args: argparse.Namespace, injections: list[In
               "questions; "
               f"fleet of 8 agents at up to {args.rate:g} q/s; "
               f"plan hour 0 was {controller.state.started_at:%H:%M:%S} UTC")
+    window = min(g.window for g in controller.plan.guards).total_seconds() / args.speed
+    if window * args.rate < MIN_WINDOW_QUERIES:
+        view.note(f"note: at {args.speed:g}x a guard window is {window * 1000:.0f} ms of wall time, about "
+                  f"{window * args.rate:.0f} retrievals at {args.rate:g} q/s: ratios that noisy can breach "
+                  "on their own (lower --speed or raise --rate)")
     tally = out / "fleet.json"
     process, stop = start_fleet(base, running.store.path, [q.query for q in corpus.questions], args.rate, tally)
     suite = RegressionSuite(running.retriever, corpus.questions, partial(_push, running), interval=SUITE_EVERY)

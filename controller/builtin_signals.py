@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import anyio
@@ -60,11 +60,7 @@ class Sample:
     hits: float = 0.0
     misses: float = 0.0
     buckets: tuple[float, ...] = ()          # cumulative count per LATENCY_BUCKETS upper bound, then +Inf
-    gauges: Mapping[str, float] = None       # type: ignore[assignment]  # signal name -> value, present ones
-
-    def __post_init__(self) -> None:
-        if self.gauges is None:
-            object.__setattr__(self, "gauges", {})
+    gauges: Mapping[str, float] = field(default_factory=dict)   # signal name -> value, the present ones
 
 
 # --- pure arithmetic ----------------------------------------------------------------------

@@ -191,7 +191,8 @@ async def _drive(outcome: Outcome, args: argparse.Namespace, injections: list[In
             tg.cancel_scope.cancel()
     finally:
         stop.set()   # type: ignore[attr-defined]
-        await anyio.to_thread.run_sync(process.join, 10)
+        with anyio.CancelScope(shield=True):   # Ctrl-C stops the daemon first; still reap the fleet
+            await anyio.to_thread.run_sync(process.join, 10)
     view.refresh(controller, Tally.read(tally))
     view.finish(controller, out / "report.html")   # read while the state is still open
     os.kill(os.getpid(), signal.SIGTERM)    # the daemon's own graceful stop

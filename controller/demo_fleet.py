@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -107,6 +108,7 @@ def start_fleet(base_url: str, flags: Path, questions: Sequence[str], rate: floa
 
 
 def run_fleet(base_url: str, flags: str, questions: list[str], rate: float, tally: str, stop: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group; the demo stops the fleet
     fleet = Fleet(base_url, FlagsFile(Path(flags)), utcnow, questions, rate=rate)
     anyio.run(fleet.run_until, stop, Path(tally), backend="asyncio")
 

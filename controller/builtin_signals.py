@@ -16,7 +16,8 @@ the same arithmetic its PromQL does over `increase(...[window])`:
                             absent: no data
 
 Windows are in plan time and the history in wall time (`time_scale`), so a 5-minute
-window at 1440x is 0.21 wall seconds. Verdicts, budgets and journal events are the
+window at 1440x is 0.21 wall seconds. A guard's `min_samples` makes a ratio or quantile
+over fewer events no data: a window of two retrievals says nothing about a hit ratio. Verdicts, budgets and journal events are the
 controller's, unchanged: this module only produces observations and report measurements.
 """
 
@@ -83,24 +84,24 @@ def histogram_quantile(q: float, counts: tuple[float, ...], bounds: tuple[float,
     return bounds[-1]
 
 
-def window_value(signal: str, newer: Sample, older: Sample | None) -> float | None:
-    """A signal over the window between two samples (None: no data). Counter signals
-    need `older`; gauge signals read `newer`."""
+def window_value(signal: str, newer: Sample, older: Sample | None, min_samples: int = 0) -> float | None:
+    """A signal over the window between two samples (None: no data, including a window with
+    fewer than `min_samples` events behind a ratio or quantile). Counter signals need
+    `older`; gauge signals read `newer`."""
     if signal in GAUGES or signal in PUSHED:
         return newer.gauges.get(signal)
     if older is None:
         return None
     if signal == "error_ratio":
         queries = newer.queries - older.queries
-        return (newer.errors - older.errors) / queries if queries > 0 else None
+        return (newer.errors - older.errors) / queries if queries > 0 and queries >= min_samples else None
     if signal == "cache_hit_ratio":
         hits, misses = newer.hits - older.hits, newer.misses - older.misses
-        return hits / (hits + misses) if hits + misses > 0 else None
+        return hits / (hits + misses) if hits + misses > 0 and hits + misses >= min_samples else None
     if signal in ("p95_latency_seconds", "p99_latency_seconds"):
         q = 0.95 if signal.startswith("p95") else 0.99
-        if not older.buckets:
-            return histogram_quantile(q, newer.buckets)
-        return histogram_quantile(q, tuple(a - b for a, b in zip(newer.buckets, older.buckets)))
+        counts = newer.buckets if not older.buckets else tuple(a - b for a, b in zip(newer.buckets, older.buckets))
+        return histogram_quantile(q, counts) if counts and counts[-1] >= min_samples else None
     raise KeyError(f"unknown built-in signal {signal!r}; known: {', '.join(sorted(BUILTIN_SIGNALS))}")
 
 
@@ -235,7 +236,7 @@ class BuiltinSource:
             self.take_sample()
             await anyio.sleep(self.resolution)
 
-    def value(self, signal: str, window: float, at: datetime) -> float | None:
+    def value(self, signal: str, window: float, at: datetime, min_samples: int = 0) -> float | None:
         """`signal` over the `window` wall seconds before wall time `at`: between the first and
         the last sample inside the window, as Prometheus's increase() takes them."""
         t = at.timestamp()
@@ -243,7 +244,7 @@ class BuiltinSource:
         if newer is None:
             return None
         older = self.history.first_from(t - window)
-        return window_value(signal, newer, older if older is not None and older.t < newer.t else None)
+        return window_value(signal, newer, older if older is not None and older.t < newer.t else None, min_samples)
 
     async def observe(self, guard: Guard, at: datetime) -> Observation:
         if guard.builtin is None:
@@ -251,9 +252,11 @@ class BuiltinSource:
                           "is configured: set [prometheus] url, or give the guard `builtin = ...`")
         self.take_sample()
         window = guard.window.total_seconds() / self._scale
-        value = self.value(guard.builtin, window, at)
+        value = self.value(guard.builtin, window, at, guard.min_samples)
         self._remember(guard.name, at.timestamp(), value)
         observation = assess(guard, value, at)
+        if value is None and guard.min_samples:
+            observation = replace(observation, detail=f"no samples, or fewer than min_samples {guard.min_samples}")
         return replace(observation, query=f"builtin:{guard.builtin}[{format_duration(guard.window)}]")
 
     def _remember(self, guard: str, t: float, value: float | None) -> None:
@@ -277,7 +280,8 @@ class BuiltinSource:
         what = f"builtin:{guard.builtin}[{format_duration(guard.window)}] worst over {window:g}s"
         guard_window = guard.window.total_seconds() / self._scale
         steps = max(1, int(window // max(step, 1e-6)))
-        values = [self.value(guard.builtin, guard_window, at - timedelta(seconds=i * step)) for i in range(steps + 1)]
+        values = [self.value(guard.builtin, guard_window, at - timedelta(seconds=i * step), guard.min_samples)
+                  for i in range(steps + 1)]
         return measured(worst(values, guard.direction), what)
 
     async def seed_metric(self, key: str, window: float, at: datetime) -> Measurement:

@@ -79,6 +79,7 @@ class Guard:
     responses: dict[Severity, Response] = field(default_factory=lambda: dict(DEFAULT_RESPONSE))
     unit: str = ""
     description: str = ""
+    min_samples: int = 0              # built-in signals: fewer events in the window is no data
 
     def resolved_query(self) -> str | None:
         """The PromQL with `{{window}}` replaced by the guard's window, e.g. `5m`."""

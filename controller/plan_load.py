@@ -45,7 +45,7 @@ STAGE_KEYS = {"at", "percentage", "agents", "name"}
 CHECKPOINT_KEYS = {"at", "name", "requires_approval", "criteria", "max_rollbacks", "max_manual_interventions",
                    "next_milestone"}
 GUARD_KEYS = {"name", "description", "query", "builtin", "direction", "warning", "critical", "emergency",
-              "window", "sustain", "no_data", "on_warning", "on_critical", "on_emergency", "unit"}
+              "window", "sustain", "no_data", "on_warning", "on_critical", "on_emergency", "unit", "min_samples"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 
@@ -249,6 +249,7 @@ class _Checker:
         return Guard(name=name, query=query, builtin=builtin, direction=direction, thresholds=thresholds,
                      window=window, sustain=sustain, no_data=no_data, responses=responses,
                      unit=self.get(entry, path, "unit", _text, ""),
+                     min_samples=self.get(entry, path, "min_samples", _at_least(0), 0),
                      description=self.get(entry, path, "description", _text, ""))
 
     def threshold_order(self, path: tuple[str | int, ...], direction: Direction, thresholds: dict[Severity, float]) -> None:

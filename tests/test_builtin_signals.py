@@ -296,3 +296,24 @@ async def test_a_criterion_is_the_worst_the_guard_observed(rig: tuple[BuiltinSou
     assert measured.value == pytest.approx(0.6) and "worst of 3 evaluations" in measured.query
     earlier = await source.criterion(plan, guard, window=4, step=5, at=clock() - timedelta(seconds=20))
     assert "worst over" in earlier.query         # no evaluation in that period: stepped through the history
+
+
+@pytest.mark.anyio
+async def test_min_samples_makes_a_tiny_window_no_data(rig: tuple[BuiltinSource, RetrievalMetrics,
+                                                                  WallClock]) -> None:
+    """phase5's traffic guards need 10 events: two misses in a window are no data, not a 0% hit ratio."""
+    source, metrics, clock = rig
+    guard = load_plan(PHASE5).guard("cache_hit_rate")
+    assert guard.min_samples == 10
+    source.take_sample()
+    record(metrics, [0.01, 0.02], misses=2)
+    clock.advance(1)
+    observation = await source.observe(guard, clock())
+    assert observation.outcome is Outcome.NO_DATA and "fewer than min_samples 10" in observation.detail
+    source.take_sample()
+    record(metrics, [0.01] * 10, hits=2, misses=8)
+    clock.advance(1)
+    observation = await source.observe(guard, clock())
+    assert observation.value == pytest.approx(2 / 12) and observation.severity is Severity.CRITICAL  # both in the 5 s window
+    p95 = load_plan(PHASE5).guard("p95_latency")
+    assert (await source.observe(p95, clock())).outcome is Outcome.PASS      # 12 retrievals in the window

@@ -147,9 +147,6 @@ class History:
         i = bisect.bisect_left(self._times, t)
         return self._samples[i] if i < len(self._samples) else None
 
-    def oldest(self) -> Sample | None:
-        return self._samples[0] if self._samples else None
-
     def between(self, start: float, end: float) -> list[Sample]:
         return self._samples[bisect.bisect_left(self._times, start):bisect.bisect_right(self._times, end)]
 
@@ -210,15 +207,14 @@ class BuiltinSource:
 
     def __init__(self, sampler: Sampler, plan: Plan, time_scale: float) -> None:
         self._sampler, self._scale = sampler, time_scale
-        self.resolution, retention = _resolution(plan, time_scale), _retention(plan, time_scale)
-        # A pushed value counts for three guard windows (or intervals) after it arrives: a
-        # runner pushing every interval never flickers to "no data", one that stopped soon does.
-        # (and at least STALE_FLOOR wall seconds: runners push on wall-clock schedules).
+        self.resolution = _resolution(plan, time_scale)
+        # A pushed value counts for three guard windows (or intervals) after it arrives, and at
+        # least STALE_FLOOR wall seconds (runners push on wall-clock schedules): a runner pushing
+        # every interval never flickers to "no data", one that stopped soon does.
         longest = max([g.window for g in plan.guards] + [plan.guard_interval]).total_seconds()
         self._stale_after = max(STALE_FLOOR, 3 * longest / time_scale)
-        self.history = History(retention)
+        self.history = History(_retention(plan, time_scale))
         self._seen: dict[str, list[tuple[float, float | None]]] = {}   # guard -> (wall t, value) it observed
-        self._retention = retention
         self.take_sample()
 
     def push(self, signal: str, value: float) -> None:
@@ -262,8 +258,9 @@ class BuiltinSource:
     def _remember(self, guard: str, t: float, value: float | None) -> None:
         seen = self._seen.setdefault(guard, [])
         seen.append((t, value))
-        if seen[0][0] < t - self._retention and len(seen) > 64:
-            del seen[:bisect.bisect_left(seen, (t - self._retention,))]
+        cutoff = t - self.history.retention
+        if seen[0][0] < cutoff and len(seen) > 64:
+            del seen[:bisect.bisect_left(seen, (cutoff,))]
 
     async def criterion(self, plan: Plan, guard: Guard, window: float, step: float, at: datetime) -> Measurement:
         """The worst value the guard observed in the window (what its evaluations saw and the

@@ -200,7 +200,6 @@ class RegressionSuite:
         self._retriever, self._questions, self._push = retriever, list(questions), push
         self.interval, self._per_run = interval, per_run
         self.results: deque[bool] = deque(maxlen=memory)
-        self.runs = 0
         self._next = 0
 
     async def run_once(self) -> float | None:
@@ -208,7 +207,6 @@ class RegressionSuite:
             question = self._questions[self._next % len(self._questions)]
             self._next += 1
             self.results.append(await self._passes(question))
-        self.runs += 1
         if not self.results:
             return None
         rate = 100.0 * sum(self.results) / len(self.results)

@@ -136,7 +136,7 @@ async def run_demo(config: Config, args: argparse.Namespace, injections: list[In
 
     hooks = DaemonHooks(faults=faults, auto_approve=AUTO_APPROVE, started=on_started)
     began = time.monotonic()
-    view = DemoView(screen, plain=args.plain or not screen.isatty(), speed=args.speed)
+    view = DemoView(screen, plain=args.plain or not screen.isatty())
     async with anyio.create_task_group() as tg:
         async def daemon() -> None:
             outcome.code = await run_daemon(config, notifier=Notifier(env={}), hooks=hooks)

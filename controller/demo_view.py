@@ -26,13 +26,14 @@ UNITS = {"seconds": (1000, "ms"), "ratio": (100, "%"), "percent": (1, "%")}
 
 
 class DemoView:
-    def __init__(self, out: TextIO, *, plain: bool, speed: float) -> None:
-        self._out, self._plain, self._speed = out, plain, speed
+    def __init__(self, out: TextIO, *, plain: bool) -> None:
+        self._out, self._plain = out, plain
         self._decisions: list[dict[str, Any]] = []
         self._notes: list[str] = []
         self._next_guard_line = 0.0
         self._live = False
         self._final: tuple[dict[str, Any], float] | None = None
+        self._tally = Tally()
 
     # --- while running ---------------------------------------------------------------------
 
@@ -45,6 +46,7 @@ class DemoView:
         since = self._decisions[-1]["seq"] if self._decisions else 0
         new = controller.journal(limit=1000, since_seq=since) if since else controller.journal(limit=1000)
         self._decisions += new
+        self._tally = tally
         status = controller.status()
         if self._plain:
             for decision in new:
@@ -100,6 +102,8 @@ class DemoView:
         status, plan_seconds = self._final
         for line in summary_lines(status, self._decisions, outcome, out, args, plan_seconds):
             self._print(line)
+        agents = ", ".join(f"{agent} {n}" for agent, n in sorted(self._tally.by_agent.items(), key=lambda kv: -kv[1]))
+        self._print(f"{fleet_line(self._tally, 10_000)}; by agent: {agents or 'none'}")
 
 
 def decision_line(d: dict[str, Any], status: dict[str, Any]) -> str:

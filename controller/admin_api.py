@@ -10,17 +10,18 @@
                                     running: every plan flag off too, through the controller)
     /v1/rollout..., /v1/reports...  the rollout's own routes: controller/rollout_api.py
 
-Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such flag or backup)
-or 409 (the flags file on disk is invalid). Store calls block on fsync, so they run
-in a worker thread.
+Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such flag or backup),
+409 (the flags file on disk is invalid) or 507 (the disk refused the write — full,
+read-only, failing — and nothing changed; the message names the cause). The emergency
+stop never fails for the disk: it adds `"durable": false` and why, while the kill
+switch is in force in memory and written as soon as the disk allows. Store calls block
+on fsync, so they run in a worker thread.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import Any, Awaitable, Callable
@@ -33,16 +34,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controller.public_http import Readiness
-from flags.errors import BackupNotFoundError, FlagsError, FlagsFileError, FlagValidationError, UnknownFlagError
-from flags.model import KILL_SWITCH, Flag
+from flags.errors import (BackupNotFoundError, FlagsError, FlagsFileError, FlagValidationError, StorageError,
+                          UnknownFlagError)
+from flags.model import Flag
+from flags.request_json import RequestRejected, read_json
 from flags.store import FlagStore
 
 log = structlog.get_logger("rolloutd.admin")
+MAX_BODY = 64 << 10   # a reason, an actor, a flag change: far below this
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequest(Exception):
-    pass
+    def __init__(self, problem: str, status: int = 400) -> None:
+        super().__init__(problem)
+        self.status = status
 
 
 def flag_summary(flag: Flag, now: datetime) -> dict[str, Any]:
@@ -57,17 +63,38 @@ def flag_summary(flag: Flag, now: datetime) -> dict[str, Any]:
 
 
 async def emergency_stop(store: FlagStore, actor: str, reason: str) -> None:
-    """Turn the kill switch on, durably, before anything else happens."""
-    kill = store.snapshot.flags.get(KILL_SWITCH) or Flag(name=KILL_SWITCH, enabled=True)
+    """Turn the kill switch on: in memory at once, then durably (emergency.state, flags.json);
+    a disk that refuses the writes delays them, never the kill switch (see FlagStore.kill)."""
+    store.kill()
     if store.load_error is not None:
         log.error("emergency.overwrites_invalid_flags_file", file=str(store.path), problem=store.load_error.problem,
                   kept_as="a backup in " + str(store.backup_dir))
-    change = {KILL_SWITCH: replace(kill, enabled=True)}
-    await anyio.to_thread.run_sync(partial(store.apply, change, actor=actor, reason=reason, force=True))
+    await anyio.to_thread.run_sync(partial(store.persist_kill, actor=actor, reason=reason))
     log.critical("emergency.activated", actor=actor, reason=reason)
 
 
 Emergency = Callable[[str, str], Awaitable[Any]]   # (actor, reason)
+
+
+async def engage_emergency(store: FlagStore, emergency: Emergency | None, actor: str, reason: str) -> None:
+    """The emergency from SIGUSR1 or the admin API: the kill switch on in memory first, whatever
+    follows; then the controller's stop (the plan's flags off too) or the store's. It never
+    raises: should anything after the kill switch fail, that is logged at crit and the store
+    still makes the kill switch durable — the daemon must outlive a disk that refuses writes."""
+    store.kill()
+    try:
+        await (emergency(actor, reason) if emergency is not None else emergency_stop(store, actor, reason))
+    except Exception as exc:  # noqa: BLE001  (the kill switch is on; say what failed after it)
+        log.critical("emergency.incomplete", actor=actor, error=f"{type(exc).__name__}: {exc}",
+                     kill_switch="on, in memory", note="the kill switch is still written to disk")
+        await anyio.to_thread.run_sync(partial(store.persist_kill, actor=actor, reason=reason))
+
+
+def durability(store: FlagStore) -> dict[str, Any]:
+    """Nothing when what is served is on disk; else `durable: false` and why (an emergency held on a full disk)."""
+    if store.durable:
+        return {}
+    return {"durable": False, "problem": str(store.held_error) if store.held_error else "the write is pending"}
 
 
 def build_admin_app(store: FlagStore, clock: Callable[[], datetime], readiness: Readiness,
@@ -128,11 +155,8 @@ def build_admin_app(store: FlagStore, clock: Callable[[], datetime], readiness: 
     async def stop(request: Request) -> Response:
         body = await body_of(request)
         actor, reason = actor_of(body), reason_of(body)
-        if emergency is not None:
-            await emergency(actor, reason)
-        else:
-            await emergency_stop(store, actor, reason)
-        return JSONResponse({"kill_switch": store.snapshot.kill_switch})
+        await engage_emergency(store, emergency, actor, reason)
+        return JSONResponse({"kill_switch": store.snapshot.kill_switch, **durability(store)})
 
     routes = [
         Route("/v1/health", health, methods=["GET"]),
@@ -154,11 +178,13 @@ def guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except (UnknownFlagError, BackupNotFoundError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         except FlagsFileError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
+        except StorageError as exc:   # the disk refused a write; nothing was changed
+            return JSONResponse({"error": str(exc)}, status_code=507)
         except (FlagValidationError, FlagsError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
 
@@ -167,9 +193,9 @@ def guarded(handler: Handler) -> Handler:
 
 async def body_of(request: Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError as exc:
-        raise BadRequest(f"request body is not JSON: {exc}") from None
+        body = await read_json(request, MAX_BODY, empty={})
+    except RequestRejected as exc:
+        raise BadRequest(exc.problem, exc.status) from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
@@ -184,4 +210,6 @@ def reason_of(body: dict[str, Any]) -> str:
 
 def actor_of(body: dict[str, Any]) -> str:
     actor = body.get("actor")
-    return actor.strip() if isinstance(actor, str) and actor.strip() else "unknown"
+    if actor is not None and not isinstance(actor, str):
+        raise BadRequest(f"actor must be a string (who asked, for the audit log), got {type(actor).__name__}")
+    return actor.strip() if actor and actor.strip() else "unknown"

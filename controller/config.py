@@ -8,10 +8,14 @@ misspelt `mongodb_url` must not silently mean "no MongoDB".
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from flags.parse import deeper_than, unreadable
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "daemon": {
@@ -41,6 +45,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "validation_interval_seconds": 300,
     },
 }
+
+
+MAX_DEPTH = 8   # tables and arrays within one another; a config needs 3
+TOO_DEEP = f"nested too deeply: tables and arrays more than {MAX_DEPTH} levels within one another (a config needs 3)"
+EXAMPLE_URLS = {("prometheus", "url"): "http://127.0.0.1:9090", ("notifications", "alertmanager_url"):
+                "http://127.0.0.1:9093", ("notifications", "webhook_urls"): "https://hooks.slack.com/services/..."}
 
 
 class ConfigError(ValueError):
@@ -103,6 +113,8 @@ class Config:
         """Settings that differ in `new` but only take effect on a restart."""
         fixed = ("state_dir", "listen_host", "listen_port", "admin_socket", "admin_socket_group")
         names = [name for name in fixed if getattr(self.daemon, name) != getattr(new.daemon, name)]
+        if (self.prometheus_url, self.prometheus_timeout) != (new.prometheus_url, new.prometheus_timeout):
+            names.append("prometheus")   # the guards' client is built once, at start
         if (self.mongodb_uri, self.redis_url, self.retrieval) != (new.mongodb_uri, new.redis_url, new.retrieval):
             names.append("retrieval")
         return names
@@ -119,7 +131,26 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(path, f"cannot read it: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"not valid TOML: {exc}") from None
+    except RecursionError:   # tomllib recurses per level of nesting
+        raise ConfigError(path, TOO_DEEP) from None
+    except ValueError as exc:   # e.g. a number past Python's 4300-digit limit for integers
+        raise ConfigError(path, f"not valid TOML: {unreadable(exc)}") from None
+    if deeper_than(raw, MAX_DEPTH):
+        raise ConfigError(path, TOO_DEEP)
     return config_from_dict(raw, path)
+
+
+def check_state_dir(config: Config) -> None:
+    """Raise ConfigError when [daemon] state_dir cannot hold rolloutd's files (checked at start)."""
+    wanted = config.daemon.state_dir
+    existing = next(p for p in (wanted, *wanted.absolute().parents) if p.exists() or p == p.parent)
+    where = f"[daemon] state_dir = \"{wanted}\""
+    if not existing.is_dir():
+        raise ConfigError(config.source, f"{where}: {existing} is a file, not a directory; point state_dir at a "
+                                         "directory, or move the file aside")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(config.source, f"{where}: {existing} is not writable by this user (uid {os.getuid()}); "
+                                         "give rolloutd's user write access to it (systemd: StateDirectory=)")
 
 
 def config_from_dict(raw: dict[str, Any], path: Path) -> Config:
@@ -139,12 +170,13 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> Config:
     return Config(
         source=path,
         daemon=daemon,
-        prometheus_url=merged["prometheus"]["url"],
+        prometheus_url=_http_url(merged["prometheus"]["url"], ("prometheus", "url"), path),
         mongodb_uri=merged["retrieval"]["mongodb_uri"],
         redis_url=merged["retrieval"]["redis_url"],
         prometheus_timeout=_positive(merged["prometheus"], "timeout_seconds", path, "prometheus"),
         webhook_urls=_urls(merged["notifications"]["webhook_urls"], path),
-        alertmanager_url=merged["notifications"]["alertmanager_url"],
+        alertmanager_url=_http_url(merged["notifications"]["alertmanager_url"], ("notifications", "alertmanager_url"),
+                                   path),
         retrieval=_retrieval(merged["retrieval"], path),
         raw=raw,
     )
@@ -235,10 +267,27 @@ def _urls(value: Any, path: Path) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(path, f"[notifications] webhook_urls = {value!r}: expected a list of URLs, "
                                 "e.g. [\"https://hooks.slack.com/services/...\"]")
-    for url in value:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(path, f"[notifications] webhook_urls: {url!r} is not an http(s) URL")
-    return tuple(value)
+    return tuple(_http_url(url, ("notifications", "webhook_urls"), path) for url in value)
+
+
+def _http_url(value: str | None, where: tuple[str, str], path: Path) -> str | None:
+    """`value` when it is an http(s) URL with a host (and a valid port, if any)."""
+    if value is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port   # noqa: B018  (parsing the port is the check)
+    except ValueError as exc:
+        problem: str | None = f"its port: {exc}"
+    else:
+        problem = ("no http:// or https:// scheme" if parts.scheme not in ("http", "https")
+                   else "no host" if not parts.hostname
+                   else "it contains white space" if any(c.isspace() for c in value) else None)
+    if problem is not None:
+        section, key = where
+        raise ConfigError(path, f"[{section}] {key}: {value!r} is not an http(s) URL rolloutd can use ({problem}); "
+                                f"write it like \"{EXAMPLE_URLS[where]}\"")
+    return value
 
 
 def _suggest(word: str, known: Any) -> str:

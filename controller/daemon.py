@@ -4,9 +4,11 @@
 
 Start-up: read the config → open (and lock) the flags store → open the rollout (its
 plan, its durable state, recovering what a crash interrupted) → bind the public TCP
-listener and the admin socket → serve → schedule guard checks → READY=1. Any start-up error is one log
-line naming what is wrong and an exit with status 78 (EX_CONFIG), which the unit's
-RestartPreventExitStatus= keeps systemd from retrying in a loop.
+listener and the admin socket → serve → schedule guard checks → READY=1. Any start-up error
+of a file or a setting (the config, state_dir and the files in it, the plan, a listener)
+is one critical log event naming what is wrong and the remedy, the same words on stderr,
+and an exit with status 78 (EX_CONFIG), which the unit's RestartPreventExitStatus= keeps
+systemd from retrying in a loop. A bug stays a crash (`daemon.crashed`, exit 1).
 
 Signals (handled in the event loop, never in a signal handler):
     SIGTERM, SIGINT   stop accepting, drain in-flight requests for `drain_seconds`, exit 0
@@ -32,12 +34,17 @@ import anyio
 import structlog
 import uvicorn
 from anyio.abc import TaskStatus
+from starlette.applications import Starlette
 
-from controller.admin_api import build_admin_app, emergency_stop
+from controller.admin_api import build_admin_app, engage_emergency
 from controller.rollout_api import rollout_routes
 from controller.rollout_metrics import RolloutCollector
 from controller.rollout_runtime import Rollout, RolloutStartError, open_rollout, reload_plan
-from controller.config import Config, ConfigError, load_config
+from controller.config import Config, ConfigError, check_state_dir, load_config
+from controller.state_file import StateFileError
+from controller.http_errors import contain_errors
+from controller.openapi_admin import admin_document
+from controller.openapi_public import document_route
 from controller.listeners import ListenerError, bind_tcp, bind_unix
 from controller.logs import configure_logging
 from controller.metrics import build_registry
@@ -52,7 +59,7 @@ from retrieval.quality import LabelledSetError
 from retrieval.faults import Faults
 from retrieval.retriever import Retriever
 from retrieval.validation import ValidationJob
-from flags.errors import FlagsFileError, StoreLockedError
+from flags.errors import FlagsFileError, StorageError, StoreLockedError
 from flags.model import utcnow
 from flags.store import FlagStore
 
@@ -81,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        log.critical("config.invalid", file=str(exc.path), problem=exc.problem)
-        print(f"rolloutd: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _refuse("config.invalid", exc, file=str(exc.path), problem=exc.problem)
     try:
         return anyio.run(partial(run_daemon, config), backend="asyncio")
     except KeyboardInterrupt:
@@ -117,21 +122,16 @@ async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock:
     notifier = notifier or Notifier()
     with anyio.open_signal_receiver(*HANDLED) as signals:  # queue signals that arrive during start-up
         try:
+            check_state_dir(config)
             store = FlagStore.open(config.daemon.state_dir, clock=clock)
-        except FlagsFileError as exc:
-            log.critical("flags.invalid", file=str(exc.path), line=exc.line, problem=exc.problem,
-                         remedy="fix the file or run `rolloutctl flags restore --state-dir DIR`")
-            return EX_CONFIG
-        except StoreLockedError as exc:
-            log.critical("flags.locked", error=str(exc))
-            return EX_CONFIG
+        except (ConfigError, FlagsFileError, StoreLockedError, OSError) as exc:
+            return _refuse_store(exc, config)
         try:
             validation_set = load_validation_set(config)
         except LabelledSetError as exc:
-            log.critical("retrieval.labelled_set_invalid", problem=str(exc),
-                         remedy="fix the file or remove [retrieval] labelled_set to use the synthetic corpus")
             store.close()
-            return EX_CONFIG
+            return _refuse("retrieval.labelled_set_invalid", exc, problem=str(exc),
+                           remedy="fix the file or remove [retrieval] labelled_set to use the synthetic corpus")
         registry = build_registry(lambda: store.snapshot, clock)
         retriever = build_retriever(config, registry, hooks.faults)
         validation = build_validation(config, retriever, validation_set, registry, store, clock)
@@ -139,19 +139,51 @@ async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock:
             rollout = await open_rollout(config, store, clock, Sampler(retriever.metrics, validation.gauges, clock),
                                          auto_approve=hooks.auto_approve)
         except RolloutStartError as exc:
-            log.critical("rollout.cannot_start", problem=str(exc))
             store.close()
-            return EX_CONFIG
+            return _refuse("rollout.cannot_start", exc, problem=str(exc))
+        except StateFileError as exc:
+            store.close()
+            return _refuse("state.unusable", exc, file=str(exc.path), problem=exc.problem, remedy=exc.remedy)
+        except StorageError as exc:   # a full disk refused what opening the rollout had to write
+            store.close()
+            return _refuse("state_dir.full", exc, error=str(exc))
         try:
             return await _serve_until_stopped(config, store, rollout, Retrieval(retriever, validation, registry),
                                               notifier, signals, clock, hooks)
         except ListenerError as exc:
-            log.critical("listen.failed", error=str(exc))
-            return EX_CONFIG
+            return _refuse("listen.failed", exc, error=str(exc))
         finally:
             if rollout is not None:
                 await rollout.close()
             store.close()
+
+
+def _refuse(event: str, message: object, **fields: Any) -> int:
+    """A start-up failure: one critical event, the same words on stderr, and EX_CONFIG, which
+    the unit's RestartPreventExitStatus= keeps systemd from retrying in a loop."""
+    log.critical(event, **fields)
+    print(f"rolloutd: {message}", file=sys.stderr, flush=True)
+    return EX_CONFIG
+
+
+def _refuse_store(exc: Exception, config: Config) -> int:
+    """Why the flag store (the first thing opened in state_dir) could not be opened."""
+    if isinstance(exc, FlagsFileError):
+        return _refuse("flags.invalid", exc, file=str(exc.path), line=exc.line, problem=exc.problem,
+                       remedy="fix the file or run `rolloutctl flags restore --state-dir DIR`")
+    if isinstance(exc, StoreLockedError):
+        return _refuse("flags.locked", exc, error=str(exc))
+    if isinstance(exc, StorageError):   # a full disk at the very first start: flags.json cannot be created
+        return _refuse("state_dir.full", exc, error=str(exc))
+    if isinstance(exc, ConfigError):
+        return _refuse("state_dir.unusable", exc, file=str(config.daemon.state_dir), problem=exc.problem)
+    assert isinstance(exc, OSError)
+    if exc.filename is None:   # a sentence already (the store's StorageError: a full disk, ...)
+        return _refuse("state_dir.unusable", exc, file=str(config.daemon.state_dir), problem=str(exc))
+    remedy = "move aside or repair what is named, or restore state_dir from a backup"
+    problem = exc.strerror or str(exc)
+    return _refuse("state_dir.unusable", f"{exc.filename}: {problem}; {remedy}", file=str(exc.filename),
+                   problem=problem, remedy=remedy)
 
 
 @dataclass(frozen=True)
@@ -169,14 +201,16 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
     info = {"listen": config.daemon.listen, "admin_socket": str(config.daemon.admin_socket),
             "state_dir": str(config.daemon.state_dir), "config": str(config.source)}
     public = _server(build_public_app(snapshot, clock, registry, readiness,
-                                      extra_routes=retrieval_routes(retriever, snapshot, clock)), config)
+                                      extra_routes=retrieval_routes(retriever, snapshot, clock)), config, "public")
     controller = rollout.controller if rollout else None
     if controller is not None:
         registry.register(RolloutCollector(controller))
     emergency = controller.emergency_stop if controller else None
     routes = rollout_routes(controller, rollout.schedule.wake_at_next_transition if rollout else lambda: None)
     routes += signal_routes(rollout.builtin if rollout else None)
-    admin = _server(build_admin_app(store, clock, readiness, info, emergency=emergency, extra_routes=routes), config)
+    routes.append(document_route("/v1/openapi.json", admin_document()))
+    admin = _server(build_admin_app(store, clock, readiness, info, emergency=emergency, extra_routes=routes), config,
+                    "admin")
     tcp = bind_tcp(config.daemon.listen_host, config.daemon.listen_port)
     uds = bind_unix(config.daemon.admin_socket, config.daemon.admin_socket_group)
     holder = {"config": config}
@@ -223,9 +257,9 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
     return 0
 
 
-def _server(app: Any, config: Config) -> uvicorn.Server:
+def _server(app: Starlette, config: Config, listener: str) -> uvicorn.Server:
     settings = uvicorn.Config(
-        app, lifespan="off", log_config=None, access_log=False, server_header=False,
+        contain_errors(app, listener), lifespan="off", log_config=None, access_log=False, server_header=False,
         http="httptools", timeout_graceful_shutdown=config.daemon.drain_seconds,
     )
     return uvicorn.Server(settings)
@@ -255,13 +289,11 @@ async def _handle_signals(signals: Any, store: FlagStore, rollout: Rollout | Non
             if rollout is not None:
                 reload_plan(rollout, holder["config"])
             notifier.ready(status())
-        elif signum == signal.SIGUSR1:
-            why = "emergency shutdown requested with SIGUSR1"
+        elif signum == signal.SIGUSR1:   # never raises: the kill switch is on in memory first, whatever the disk says
+            stop = rollout.controller.emergency_stop if rollout is not None else None
+            await engage_emergency(store, stop, "signal:SIGUSR1", "emergency shutdown requested with SIGUSR1")
             if rollout is not None:
-                await rollout.controller.emergency_stop("signal:SIGUSR1", why)
                 rollout.schedule.wake_at_next_transition()
-            else:
-                await emergency_stop(store, actor="signal:SIGUSR1", reason=why)
             notifier.status(status())
         elif signum == signal.SIGUSR2:
             log.info("daemon.status", status=status(), revision=store.snapshot.revision,

@@ -15,7 +15,9 @@ Phases:
     EMERGENCY          the kill switch is on; only `resume --clear-emergency` leaves it
 
 Rules, in the order `decide` applies them:
-1. record each observation in its guard's counters;
+1. record each observation in its guard's counters (an extra round — one run because a
+   stage or checkpoint fell due between two regular rounds — can end a guard's run of
+   breaches or failures but never lengthen it: budgets count regular rounds);
 2. a breach sustained at critical or emergency, or a guard past the failure limit,
    rolls back as the plan says (and resets the streaks, so a further rollback needs a
    further sustained breach);
@@ -120,11 +122,14 @@ def start(plan: Plan, now: datetime) -> RolloutState:
 
 
 def decide(plan: Plan, state: RolloutState, now: datetime,
-           observations: Iterable[Observation] = ()) -> Transition:
-    """The rollout's next step at `now`, given this round's guard observations (if any)."""
+           observations: Iterable[Observation] = (), *, regular: bool = True) -> Transition:
+    """The rollout's next step at `now`, given this round's guard observations (if any).
+
+    `regular=False`: the observations come from an extra round (see rule 1).
+    """
     observations = tuple(observations)
     if observations:
-        state = _record(state, observations, now)
+        state = _record(state, observations, now, regular)
     if state.phase in (Phase.COMPLETED, Phase.EMERGENCY, Phase.PENDING):
         return Transition(state)
     decisions: list[Decision] = []
@@ -139,10 +144,11 @@ def decide(plan: Plan, state: RolloutState, now: datetime,
 
 # -- guards ---------------------------------------------------------------------------------
 
-def _record(state: RolloutState, observations: tuple[Observation, ...], now: datetime) -> RolloutState:
+def _record(state: RolloutState, observations: tuple[Observation, ...], now: datetime,
+            regular: bool) -> RolloutState:
     guards = dict(state.guards)
     for obs in observations:
-        guards[obs.guard] = guards.get(obs.guard, GuardCounters()).observe(obs)
+        guards[obs.guard] = guards.get(obs.guard, GuardCounters()).observe(obs, regular)
     return replace(state, guards=guards, last_evaluation_at=now)
 
 

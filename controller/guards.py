@@ -11,6 +11,12 @@ Each outcome has its own budget, kept in `GuardCounters`: a breach must last
 `checks_to_sustain` consecutive evaluations at a severity before it acts; NO_DATA (when
 the guard says silence is blindness) and ERROR hold the rollout, and only roll it back
 after `failure_limit` consecutive evaluations. All functions here are pure.
+
+"Consecutive evaluations" means regular rounds, one per guard interval. The extra
+rounds run when a stage or checkpoint falls due between two of them are observations
+too (the status shows them, blindness holds on them), but they never lengthen a run:
+otherwise every stage that fell due during an outage would shorten the failure budget
+by one interval. They may end one: a clean extra round is evidence the outage is over.
 """
 
 from __future__ import annotations
@@ -72,16 +78,16 @@ class GuardCounters:
     errors: int = 0
     last: Observation | None = None
 
-    def observe(self, obs: Observation) -> GuardCounters:
+    def observe(self, obs: Observation, regular: bool = True) -> GuardCounters:
+        """Count `obs`; from an extra round (`regular=False`) it can end a run, never lengthen one."""
         streaks = {s: (self.streaks.get(s, 0) + 1 if obs.severity is not None and obs.severity >= s else 0)
                    for s in Severity}
-        return replace(
-            self,
-            streaks=streaks,
-            no_data=self.no_data + 1 if obs.outcome is Outcome.NO_DATA else 0,
-            errors=self.errors + 1 if obs.outcome is Outcome.ERROR else 0,
-            last=obs,
-        )
+        no_data = self.no_data + 1 if obs.outcome is Outcome.NO_DATA else 0
+        errors = self.errors + 1 if obs.outcome is Outcome.ERROR else 0
+        if not regular:
+            streaks = {s: min(n, self.streaks.get(s, 0)) for s, n in streaks.items()}
+            no_data, errors = min(no_data, self.no_data), min(errors, self.errors)
+        return replace(self, streaks=streaks, no_data=no_data, errors=errors, last=obs)
 
     @property
     def breaches(self) -> int:

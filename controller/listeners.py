@@ -31,7 +31,11 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 def bind_unix(path: Path, group: str | None = None) -> socket.socket:
     """Listen on `path` with mode 0660 (group `group` if given)."""
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:   # a file where the directory should be, or no permission
+        raise ListenerError(f"cannot create the admin socket's directory {path.parent}: {exc.strerror}; "
+                            "change [daemon] admin_socket or move what is in the way aside") from None
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o117)  # the socket is born 0660: no window where others may connect

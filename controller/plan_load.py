@@ -38,6 +38,7 @@ from controller.plan import (
     format_duration,
     parse_duration,
 )
+from flags.parse import deeper_than, unreadable
 
 SECTIONS = {"plan", "stages", "checkpoints", "guards"}
 PLAN_KEYS = {"name", "description", "flags", "guard_interval", "failure_limit", "failure_response", "start"}
@@ -46,6 +47,9 @@ CHECKPOINT_KEYS = {"at", "name", "requires_approval", "criteria", "max_rollbacks
                    "next_milestone"}
 GUARD_KEYS = {"name", "description", "query", "builtin", "direction", "warning", "critical", "emergency",
               "window", "sustain", "no_data", "on_warning", "on_critical", "on_emergency", "unit", "min_samples"}
+MAX_DEPTH = 8   # tables and arrays within one another; a plan needs 4
+TOO_DEEP = f"nested too deeply: tables and arrays more than {MAX_DEPTH} levels within one another (a plan needs 4)"
+LONGEST = timedelta(days=36525)   # 100 years: any duration or offset in a plan
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 
@@ -86,6 +90,12 @@ def parse_plan(text: str, file: Path | str = "<plan>") -> Plan:
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"at line (\d+)", str(exc))
         raise PlanError(file, [Problem("(syntax)", int(match.group(1)) if match else None, f"not valid TOML: {exc}")]) from None
+    except RecursionError:   # tomllib recurses per level of nesting
+        raise PlanError(file, [Problem("(syntax)", None, TOO_DEEP)]) from None
+    except ValueError as exc:   # e.g. a number past Python's 4300-digit limit for integers
+        raise PlanError(file, [Problem("(syntax)", None, f"not valid TOML: {unreadable(exc)}")]) from None
+    if deeper_than(raw, MAX_DEPTH):
+        raise PlanError(file, [Problem("(syntax)", None, TOO_DEEP)])
     checker = _Checker(text)
     plan = checker.plan(raw)
     if checker.problems or plan is None:
@@ -434,9 +444,14 @@ def _at_least(low: int) -> Callable[[Any], int]:
 
 
 def _duration(value: Any) -> timedelta:
-    delta = parse_duration(value)
+    try:
+        delta = parse_duration(value)
+    except OverflowError:
+        delta = LONGEST + LONGEST
     if delta < timedelta(0):
         raise ValueError(f"{value!r} is negative; durations and offsets count forward from 0")
+    if delta > LONGEST:   # later added to dates, which end in the year 9999
+        raise ValueError(f"{value!r} is more than 100 years; a plan counts in hours, e.g. \"72h\"")
     return delta
 
 

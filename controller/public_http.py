@@ -1,4 +1,5 @@
-"""The public HTTP app on `[daemon] listen`: OFREP, retrieval, /metrics, /healthz, /readyz."""
+"""The public HTTP app on `[daemon] listen`: OFREP, retrieval, /metrics, /healthz, /readyz,
+and /openapi.json describing all of them (controller/openapi_public.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from flags.evaluate import FlagSet
+from controller.openapi_public import document_route, public_document
 from flags.ofrep import ofrep_routes
 
 
@@ -52,6 +54,7 @@ def build_public_app(snapshot: Callable[[], FlagSet], clock: Callable[[], dateti
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        document_route("/openapi.json", public_document()),
         *extra_routes,
     ]
     return Starlette(routes=routes)

@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
@@ -100,9 +100,13 @@ async def replay(argv: list[str], out: TextIO = sys.stdout) -> int:
                                 auto_approve="approved by `rolloutd replay --approve`" if args.approve else None)
         try:
             _print(await controller.open(), args.start, args.json, out, totals)
+            regular_at = clock.now   # the regular rounds' grid, as the daemon's guards job keeps it
             while clock.now <= end and controller.state.phase not in (Phase.COMPLETED, Phase.EMERGENCY):
-                _print(await controller.evaluate(), args.start, args.json, out, totals)
-                clock.now = _next_step(controller, clock.now, plan.guard_interval)
+                regular = clock.now >= regular_at
+                _print(await controller.evaluate(regular=regular), args.start, args.json, out, totals)
+                if regular:
+                    regular_at += plan.guard_interval
+                clock.now = _next_step(controller, clock.now, regular_at)
             if args.reports:
                 args.reports.mkdir(parents=True, exist_ok=True)
                 for path in controller.reports():
@@ -120,11 +124,11 @@ async def replay(argv: list[str], out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def _next_step(controller: Controller, now: datetime, interval: timedelta) -> datetime:
-    """As the daemon's scheduler: the next interval, or sooner when a stage or checkpoint falls due."""
+def _next_step(controller: Controller, now: datetime, regular_at: datetime) -> datetime:
+    """As the daemon's scheduler: the next regular round, or an extra one sooner when a stage
+    or checkpoint falls due (budgets count regular rounds only: `evaluate(regular=False)`)."""
     wake = controller.next_wake()
-    step = now + interval
-    return wake if wake is not None and now < wake < step else step
+    return wake if wake is not None and now < wake < regular_at else regular_at
 
 
 def _print(decisions: list[Decision], start: datetime, as_json: bool, out: TextIO, totals: dict[str, int]) -> None:

@@ -63,8 +63,10 @@ def rollout_routes(controller: Controller | None, on_change: Callable[[], None] 
         if name not in COMMANDS:
             raise BadRequest(f"unknown command {name!r}; commands: {', '.join(COMMANDS)}")
         body = await body_of(request)
-        reason = reason_of(body) if name in NEEDS_REASON else str(body.get("reason") or "").strip()
+        reason = reason_of(body) if name in NEEDS_REASON else _optional_text(body, "reason")
         to = body.get("to")
+        if name != "rollback" and to is not None:
+            raise BadRequest(f"\"to\" is for rollback only; {name} takes no stage")
         if name == "rollback" and (isinstance(to, bool) or not isinstance(to, int)):
             raise BadRequest(f"rollback needs \"to\": a stage index (0 for the first stage, -1 for none), got {to!r}")
         clear = body.get("clear_emergency", False)
@@ -115,3 +117,10 @@ def _int(request: Request, key: str, default: int) -> int:
     if not re.fullmatch(r"[0-9]{1,9}", raw):
         raise BadRequest(f"{key} must be an integer, got {raw!r} (0 to 999999999)")
     return int(raw)
+
+
+def _optional_text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string, got {type(value).__name__}")
+    return (value or "").strip()

@@ -76,17 +76,21 @@ async def open_rollout(config: Config, store: FlagStore, wall: Clock, sampler: S
             raise RolloutStartError(f"{config.source}: no [prometheus] url and no built-in signals to read")
         source = builtin = BuiltinSource(sampler, plan, config.daemon.time_scale)
     notifications = Notifications(config.webhook_urls, config.alertmanager_url)
-    db = await anyio.to_thread.run_sync(StateDB, config.daemon.state_dir)
-    controller = Controller(plan, db, store, source, wall=wall, state_dir=config.daemon.state_dir,
-                            time_scale=config.daemon.time_scale, notifications=notifications,
-                            jumps=JumpDetector(wall), auto_approve=auto_approve)
+    db: StateDB | None = None
     try:
+        db = await anyio.to_thread.run_sync(StateDB, config.daemon.state_dir)
+        controller = Controller(plan, db, store, source, wall=wall, state_dir=config.daemon.state_dir,
+                                time_scale=config.daemon.time_scale, notifications=notifications,
+                                jumps=JumpDetector(wall), auto_approve=auto_approve)
         await controller.open()
-    except PlanMismatch as exc:
+    except BaseException as exc:
+        if db is not None:
+            db.close()
         if client is not None:
             await client.aclose()
-        db.close()
-        raise RolloutStartError(str(exc)) from None
+        if isinstance(exc, PlanMismatch):
+            raise RolloutStartError(str(exc)) from None
+        raise   # StateFileError: the daemon names the file and the remedy
     log.info("rollout.guard_source", source="prometheus" if client else "builtin",
              prometheus=config.prometheus_url, **({"sample_every_seconds": builtin.resolution} if builtin else {}))
     return Rollout(controller, Schedule(controller, config.daemon.time_scale), notifications, db, client, builtin)

@@ -7,8 +7,9 @@ What lives here is the order of things and the I/O around them:
                  commit in a worker thread, judge the reports of checkpoints just passed
                  (measure, write, verdict, decide again), log and notify
     command()    an operator's hold / resume / approve / promote / rollback
-    emergency_stop()  the rollout flags off and the kill switch on, durably, first;
-                 then the journal
+    emergency_stop()  the rollout flags off and the kill switch on: in memory at once, then
+                 durably (emergency.state, flags.json), then the journal; a full disk
+                 delays the durable part, never the emergency
 
 One asyncio lock serialises every change of state; guards are observed outside it, so
 an operator's command never waits for a slow Prometheus. The daemon's scheduler and
@@ -18,6 +19,7 @@ an operator's command never waits for a slow Prometheus. The daemon's scheduler 
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -29,19 +31,22 @@ import structlog
 
 from controller import decide as rules
 from controller.checkpoints import list_reports, measure_report, write_report
-from controller.commit import apply, commit, record_applied, recover
+from controller.commit import begin, commit, record_applied, recover
 from controller.decide import CommandRefused, Decision, Phase, RolloutState, Transition
-from controller.guards import Observation, Outcome
+from controller.flag_effects import flag_changes
+from controller.guards import Observation, Outcome, assess
 from controller.notify import NOTIFY_KINDS, Event, Notifications, severity_for
-from controller.plan import Plan, Severity
+from controller.plan import Guard, Plan, Severity
 from controller.plan_clock import Clock, JumpDetector, PlanClock
 from controller.prometheus import GuardSource
 from controller.state_db import StateDB
 from controller.status import rollout_status
+from flags.errors import StorageError
 from flags.store import FlagStore
 
 log = structlog.get_logger("rolloutd.controller")
 COMMANDS = ("hold", "resume", "approve", "promote", "rollback")
+_PROBLEM_CHARS = 200   # of an unexpected exception's message, in an observation's detail
 # journald priorities for decisions (rollback = err, emergency = crit, holds and warnings = warning);
 # a rollback for an emergency-severity breach is crit as well (journal_priority)
 PRIORITY = {"rollback": "err", "emergency": "crit", "hold": "warning", "warning": "warning",
@@ -72,6 +77,8 @@ class Controller:
         self._auto_approve = auto_approve   # the demo and replay answer approvals themselves, and say so
         self._lock = anyio.Lock()
         self._state: RolloutState | None = None
+        self._unjournaled: list[tuple[Transition, datetime]] = []   # emergencies a full disk kept out of SQLite
+        self.journal_error: StorageError | None = None             # why they are not journaled yet
         self.reaction_seconds: list[float] = []   # observed → flags fsynced, for rounds that changed flags
         self.rollback_counts: dict[str, int] = {}  # by trigger (rollout_metrics.py), rebuilt from the journal
 
@@ -104,7 +111,7 @@ class Controller:
             wall = self._wall()
             if state is None:
                 state = rules.start(self.plan, wall)
-                await anyio.to_thread.run_sync(self._db.record, state, (), wall)
+                await anyio.to_thread.run_sync(begin, self._db, state, wall)
                 log.info("rollout.started", rollout=self.plan.name, started_at=state.started_at.isoformat(),
                          time_scale=self._scale, priority="notice")
             elif state.plan_digest != self.plan.digest:
@@ -116,7 +123,7 @@ class Controller:
             for entry in journal:
                 if entry["action"] == "rollback":
                     self._count_rollback(entry)
-            recovered = await anyio.to_thread.run_sync(recover, self._db, self._store, self.plan)
+            recovered = await self._recover()
             for decision in recovered:
                 log.warning("rollout.intent_recovered", rollout=self.plan.name, action=decision.action,
                             stage=decision.stage, percentage=decision.percentage,
@@ -138,8 +145,12 @@ class Controller:
 
     # -- one guard round --------------------------------------------------------------------------
 
-    async def evaluate(self) -> list[Decision]:
-        """Observe every guard and act on what they say; return the round's decisions."""
+    async def evaluate(self, regular: bool = True) -> list[Decision]:
+        """Observe every guard and act on what they say; return the round's decisions.
+
+        `regular=False`: an extra round (a stage or checkpoint fell due between two regular
+        ones); its observations count, but never towards a breach or failure budget.
+        """
         jump = self._jumps.check() if self._jumps else None
         wall = self._wall()
         now = self.clock.plan_time(wall)
@@ -154,7 +165,7 @@ class Controller:
             if self._store.snapshot.kill_switch and self.state.phase is not Phase.EMERGENCY:
                 # someone turned emergency_shutdown on by hand (`rolloutctl flags set`): same as SIGUSR1
                 return await self._emergency("the kill switch was turned on outside the controller", "rolloutd")
-            transition = rules.decide(self.plan, self.state, now, observations)
+            transition = rules.decide(self.plan, self.state, now, observations, regular=regular)
             decisions = await self._commit(transition, now)
             if any(d.changes_flags for d in decisions):
                 self.reaction_seconds.append(time.perf_counter() - observed)
@@ -165,15 +176,26 @@ class Controller:
     async def _observe(self, wall: datetime, now: datetime) -> list[Observation]:
         results: list[Observation] = []
 
-        async def one(guard: Any) -> None:
-            obs = await self._source.observe(guard, wall)
-            results.append(replace(obs, at=now))
+        async def one(guard: Guard) -> None:
+            results.append(replace(await self._observe_guard(guard, wall), at=now))
 
         async with anyio.create_task_group() as group:
             for guard in self.plan.guards:
                 group.start_soon(one, guard)
         order = {g.name: i for i, g in enumerate(self.plan.guards)}
         return sorted(results, key=lambda o: order[o.guard])
+
+    async def _observe_guard(self, guard: Guard, wall: datetime) -> Observation:
+        """The source's observation; should the source raise after all (it must not), that
+        guard's observation is an ERROR naming the failure, and the round goes on."""
+        try:
+            return await self._source.observe(guard, wall)
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            problem = f"{type(exc).__name__}: {str(exc)[:_PROBLEM_CHARS] or 'no details'}"
+            log.error("guard.source_failed", rollout=self.plan.name, guard=guard.name, problem=problem,
+                      where=f"{frame.filename}:{frame.lineno}" if frame else None)
+            return assess(guard, None, wall, error=f"the guard's source failed: {problem}")
 
     def _log_observations(self, observations: list[Observation]) -> None:
         for obs in observations:
@@ -235,23 +257,65 @@ class Controller:
             return await self._commit(t, now, actor=actor)
 
     async def emergency_stop(self, actor: str, reason: str) -> list[Decision]:
+        self._store.kill()   # before the lock: a round or a command holding it must not delay the kill switch
         async with self._lock:
             return await self._emergency(reason, actor)
 
     async def _emergency(self, reason: str, actor: str) -> list[Decision]:
-        """Flags first (durably), then the journal: nothing may come before the kill switch."""
+        """In memory at once — the kill switch and the plan's flags off, so OFREP answers off and
+        retrieval refuses, and the phase EMERGENCY — then durably: emergency.state in place and
+        flags.json (the store retries them while the disk refuses), then the journal (written
+        by the next commit while SQLite refuses; a restart finds emergency.state meanwhile)."""
         t = rules.emergency(self.state, self.plan_now(), f"{actor}: {reason}")
-        await anyio.to_thread.run_sync(apply, self._store, self.plan, t.decisions[0])
-        return await self._commit(t, t.decisions[0].at, applied=True, actor=actor)
+        decision = t.decisions[0]
+        self._store.kill(flag_changes(self.plan, decision, self._store.snapshot.flags))
+        self._state = t.state
+        await anyio.to_thread.run_sync(partial(self._store.persist_kill, actor=f"rolloutd plan {self.plan.name}",
+                                               reason=f"{decision.action}: {decision.reason}"))
+        self._unjournaled.append((t, decision.at))
+        for d in t.decisions:
+            self._announce(d, actor=actor)
+        try:
+            await self._journal_emergencies()
+        except StorageError as exc:
+            log.critical("emergency.not_journaled", rollout=self.plan.name, error=str(exc), phase="emergency, in memory",
+                         retry="with the next guard round or command; a restart finds it in emergency.state")
+        return list(t.decisions)
+
+    async def _journal_emergencies(self) -> None:
+        """Journal the emergencies a refusing disk kept in memory, oldest first; StorageError while it still does."""
+        while self._unjournaled:
+            transition, at = self._unjournaled[0]
+            try:
+                await anyio.to_thread.run_sync(record_applied, self._db, self._store, self.plan, transition, at)
+            except StorageError as exc:
+                self.journal_error = exc
+                raise
+            self._unjournaled.pop(0)
+            if self.journal_error is not None:
+                log.warning("emergency.journaled", rollout=self.plan.name, at=at.isoformat(), priority="notice")
+        self.journal_error = None
+
+    async def _recover(self) -> list[Decision]:
+        """Apply the intents a crash left unapplied. With the kill switch on, a disk that refuses
+        them does not stop the start: the emergency supersedes them (record_applied closes them)."""
+        try:
+            return await anyio.to_thread.run_sync(recover, self._db, self._store, self.plan)
+        except StorageError as exc:
+            if not self._store.snapshot.kill_switch:
+                raise
+            log.critical("rollout.recovery_deferred", rollout=self.plan.name, error=str(exc),
+                         note="the kill switch is on: the emergency's flags supersede the unapplied intents")
+            return []
 
     # -- committing ---------------------------------------------------------------------------------
 
-    async def _commit(self, transition: Transition, now: datetime, applied: bool = False,
-                      **context: Any) -> list[Decision]:
-        """Persist and apply `transition` (in a worker thread: SQLite and the flags fsync).
-        `applied`: its flags are written already; only the journal remains."""
-        run = record_applied if applied else commit
-        await anyio.to_thread.run_sync(run, self._db, self._store, self.plan, transition, now)
+    async def _commit(self, transition: Transition, now: datetime, **context: Any) -> list[Decision]:
+        """Persist and apply `transition` (in a worker thread: SQLite and the flags fsync), after
+        any emergency still waiting for the journal; StorageError when the disk refuses."""
+        await self._journal_emergencies()
+        await anyio.to_thread.run_sync(partial(commit, self._db, self._store, self.plan, transition, now,
+                                               previous=self._state))
         self._state = transition.state
         for decision in transition.decisions:
             self._announce(decision, **context)

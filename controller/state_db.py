@@ -19,6 +19,11 @@ stages a round's observations (`stage_observations`) before committing the round
 `record` writes them in the round's own transaction with one executemany, so a guard
 round costs no extra fsync. Losing a round's observations in a crash is acceptable;
 they never delay or reorder a decision.
+
+Opening never starts over silently: only a missing controller.db begins a new rollout.
+A file that exists but cannot be read — empty, truncated, not SQLite, without our tables
+(state_file.py checks those), or whose rows are not ours — raises `StateFileError`
+naming the file, the problem and the remedy, before anything is written.
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ import threading
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from controller.decide import Decision, Phase, RolloutState
 from controller.guards import GuardCounters, Observation, Outcome
 from controller.plan import Severity
 from controller.plan_clock import iso_z
+from controller.state_file import StateFileError, open_state_file
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollout (
@@ -79,10 +87,7 @@ class StateDB:
         self._staged: list[Observation] = []
         self._reader: sqlite3.Connection | None = None   # history reads, off the event loop (observations())
         self._reader_lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
-        self._db.executescript(SCHEMA)
+        self._db = open_state_file(self.path, SCHEMA, durable=durable)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -90,8 +95,15 @@ class StateDB:
         self._db.close()
 
     def load(self) -> RolloutState | None:
+        """The rollout's state; None only for a new file. Raises `StateFileError` when the
+        state row cannot be read, or is missing from a file that has a journal."""
         row = self._db.execute("SELECT state FROM rollout WHERE id = 1").fetchone()
-        return state_from_json(json.loads(row[0])) if row else None
+        if row is not None:
+            return self._parsed(row[0], "the rollout state (table rollout, column state)", state_from_json)
+        if entries := self._db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]:
+            raise StateFileError(self.path, f"has {entries} journal entries but no rollout state (table rollout "
+                                            "is empty)")
+        return None
 
     def record(self, state: RolloutState, decisions: tuple[Decision, ...], now: datetime) -> list[int]:
         """Step 1: the new state and the decisions as intents, in one transaction."""
@@ -121,10 +133,19 @@ class StateDB:
             marks = ",".join("?" * len(ids))
             self._db.execute(f"UPDATE journal SET status = 'done' WHERE seq IN ({marks})", ids)
 
+    def withdraw(self, ids: list[int], state: RolloutState, now: datetime) -> None:
+        """Undo step 1 when step 2 failed before any flag changed (a full disk refused flags.json):
+        drop the intents and put `state` back, so a refused command leaves nothing behind."""
+        marks = ",".join("?" * len(ids))
+        with _transaction(self._db):
+            self._db.execute(f"DELETE FROM journal WHERE seq IN ({marks})", ids)
+            self._db.execute("UPDATE rollout SET state = ?, updated_at = ? WHERE id = 1",
+                             (json.dumps(state_to_json(state)), now.isoformat()))
+
     def pending(self) -> list[tuple[int, Decision]]:
         """Intents whose flags may not have been applied (a crash between steps 1 and 3)."""
         rows = self._db.execute("SELECT seq, decision FROM journal WHERE status = 'intent' ORDER BY seq").fetchall()
-        return [(seq, decision_from_json(json.loads(raw))) for seq, raw in rows]
+        return [(seq, self._parsed(raw, f"journal entry {seq}", decision_from_json)) for seq, raw in rows]
 
     def journal(self, limit: int = 100, since_seq: int = 0, before_seq: int = 0) -> list[dict[str, Any]]:
         """Oldest first: the newest `limit` decisions, or with `since_seq` the `limit` after it
@@ -136,7 +157,18 @@ class StateDB:
         else:
             rows = self._db.execute("SELECT seq, decision, status FROM journal WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                                     (before_seq or 2**63 - 1, limit)).fetchall()[::-1]
-        return [{"seq": seq, **json.loads(raw), "status": status} for seq, raw, status in rows]
+        return [{"seq": seq, **self._parsed(raw, f"journal entry {seq}", dict), "status": status}
+                for seq, raw, status in rows]
+
+    def _parsed(self, raw: Any, what: str, build: Callable[[dict[str, Any]], T]) -> T:
+        """`build` over the JSON object in a row; anything else there is damage, said as such."""
+        try:
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise TypeError(f"a JSON {type(value).__name__}, not an object")
+            return build(value)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            raise StateFileError(self.path, f"{what} is not a rolloutd record: {_why(exc)}") from None
 
     def stage_observations(self, observations: Iterable[Observation]) -> None:
         """Have the next `record` write these observations in its transaction."""
@@ -174,6 +206,16 @@ class StateDB:
 
     def count(self, action: str) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM journal WHERE action = ?", (action,)).fetchone()[0])
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"{exc.args[0]!r} is missing or unknown"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at character {exc.pos})"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    return str(exc) or type(exc).__name__
 
 
 class _transaction:

@@ -162,6 +162,10 @@ def cmd_flags_set(client: AdminClient, args: argparse.Namespace) -> int:
 def cmd_emergency_stop(client: AdminClient, args: argparse.Namespace) -> int:
     answer = client.post("/v1/emergency-stop", {"reason": args.reason, "actor": actor()})
     print("emergency_shutdown is ON: every other flag now evaluates to off." if answer["kill_switch"] else "kill switch NOT on")
+    if answer.get("durable") is False:   # in force in memory; rolloutd writes it as soon as the disk allows
+        print(f"rolloutctl: not yet on disk: {answer.get('problem') or 'the write is pending'}; rolloutd keeps it in "
+              f"force and writes it as soon as the disk allows (a restart meanwhile finds it in emergency.state)",
+              file=sys.stderr)
     return EXIT_OK if answer["kill_switch"] else EXIT_FAILED
 
 

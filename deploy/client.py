@@ -84,12 +84,24 @@ class AdminClient:
         try:
             body = response.json()
         except ValueError:
-            body = {"error": response.text}
-        if response.status_code >= 400:
-            raise ApiError(response.status_code, body.get("error", response.text))
+            body = None
+        if response.status_code >= 400 or body is None:
+            raise ApiError(response.status_code, error_message(response, body))
         return body
 
     def _unreachable(self, exc: BaseException) -> str:
         cause = str(exc) or type(exc).__name__
         return (f"cannot reach rolloutd at {self.location.path} ({self.location.how}): {cause}. "
                 f"Is it running? Try `systemctl status rolloutd`.")
+
+
+def error_message(response: httpx.Response, body: Any) -> str:
+    """What an error answer says: the daemon's own words (`{"error": ...}`, e.g. "state_dir /x is
+    full (ENOSPC) while writing flags.json: free space and retry"), else the bare status with
+    where to look, never a bare "Internal Server Error"."""
+    if isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"].strip():
+        return body["error"]
+    text = response.text.strip()
+    said = f": {text[:200]}" if text and text != response.reason_phrase else ""
+    return (f"rolloutd answered {response.status_code} {response.reason_phrase}{said}; its log says why "
+            f"(`journalctl -u rolloutd -p err`)")

@@ -18,14 +18,17 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
     """Replace `path` with `data` so that readers see the old file or the new, never a mix."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
+        try:
+            view = memoryview(data)
+            while view:   # os.write, not a buffered file: a full disk fails here, not in a hidden flush
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        _unlink_quietly(tmp)   # a full disk's temp file goes, and its blocks with it
         raise
     fsync_dir(path.parent)
 

@@ -27,10 +27,15 @@ class AuditLog:
         data = b"".join(json.dumps(r, sort_keys=True, default=str).encode() + b"\n" for r in records)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
+            start = os.fstat(fd).st_size
             view = memoryview(data)
-            while view:  # a short write must not leave half a record mid-log
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            try:
+                while view:  # a short write must not leave half a record mid-log
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)  # a full disk took part of a record: take it back
+                raise
         finally:
             os.close(fd)
 

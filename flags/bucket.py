@@ -18,6 +18,12 @@ fraction is < 1), so the answer is Unleash's. For 5.5%, buckets 1-5 are on and a
 half of bucket 6 (those whose fraction is below 0.5) joins them; at 6% the rest of
 bucket 6 joins. The position never depends on the percentage, so raising it only adds.
 The resolution is 1/10,000 of a percent.
+
+mmh3 is given bytes, never a str: mmh3 5.3.1 (the newest release) hashes a str through
+an unchecked PyUnicode_AsUTF8AndSize and segfaults on a lone surrogate ("\ud800"). For
+every valid string the UTF-8 bytes hash exactly as the str did (and as Unleash hashes
+them); a lone surrogate, which the HTTP layer already refuses, is hashed through
+"surrogatepass" instead of killing the process.
 """
 
 from __future__ import annotations
@@ -25,14 +31,18 @@ from __future__ import annotations
 import mmh3
 
 
+def _key(group_id: str, value: str) -> bytes:
+    return f"{group_id}:{value}".encode("utf-8", "surrogatepass")
+
+
 def normalized_hash(group_id: str, value: str) -> int:
     """Unleash's bucket 1-100 for `value` in `group_id`."""
-    return mmh3.hash(f"{group_id}:{value}", signed=False) % 100 + 1
+    return mmh3.hash(_key(group_id, value), signed=False) % 100 + 1
 
 
 def rollout_position(group_id: str, value: str) -> float:
     """Where `value` sits on the 0-100 line of `group_id` (see the module docstring)."""
-    h = mmh3.hash(f"{group_id}:{value}", signed=False)
+    h = mmh3.hash(_key(group_id, value), signed=False)
     return h % 100 + (h // 100 % 10_000) / 10_000
 
 
@@ -42,5 +52,5 @@ def in_rollout(group_id: str, value: str, percentage: float) -> bool:
         return True
     if percentage <= 0:
         return False
-    h = mmh3.hash(f"{group_id}:{value}", signed=False)
+    h = mmh3.hash(_key(group_id, value), signed=False)
     return h % 100 + (h // 100 % 10_000) / 10_000 < percentage

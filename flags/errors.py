@@ -5,7 +5,9 @@
      ├── FlagValidationError   a proposed flag or change is invalid (field, what, remedy)
      ├── UnknownFlagError      no flag of that name
      ├── StoreLockedError      another process holds the state directory's lock
-     └── BackupNotFoundError   no backup of that name
+     ├── BackupNotFoundError   no backup of that name
+     └── StorageError          a write under state_dir failed: full, read-only, failing disk
+                               (also an OSError, with the cause's errno)
 
 Messages are built in the constructors so every raiser says the same thing the
 same way, and each names what to do about it.
@@ -13,6 +15,8 @@ same way, and each names what to do about it.
 
 from __future__ import annotations
 
+import errno as errnos
+import os
 from pathlib import Path
 
 
@@ -73,3 +77,43 @@ class BackupNotFoundError(FlagsError, LookupError):
         super().__init__(
             f"no backup named {name!r} in {directory}; run `rolloutctl flags restore` to list them"
         )
+
+
+# errno → (what happened to state_dir, what to do about it)
+_DISK_PROBLEMS = {
+    errnos.ENOSPC: ("is full", "free space and retry"),
+    errnos.EDQUOT: ("is over its disk quota", "raise the quota or free space and retry"),
+    errnos.EROFS: ("is on a read-only filesystem", "remount it read-write and retry"),
+    errnos.EIO: ("had an I/O error", "check the disk (`dmesg`) and retry"),
+    errnos.EACCES: ("is not writable by rolloutd", "give the rolloutd user write access and retry"),
+    errnos.EPERM: ("is not writable by rolloutd", "give the rolloutd user write access and retry"),
+}
+
+
+class StorageError(FlagsError, OSError):
+    """A write under state_dir failed; what was being written is unchanged (or, for the
+    kill switch, in force in memory until it can be written)."""
+
+    def __init__(self, state_dir: Path | str, action: str, cause: OSError | int) -> None:
+        code = cause.errno if isinstance(cause, OSError) else cause
+        self.state_dir = Path(state_dir)
+        self.action = action
+        if code in _DISK_PROBLEMS:
+            (what, remedy), why = _DISK_PROBLEMS[code], errnos.errorcode[code]
+        elif code:
+            what, remedy = "could not be written", "fix the cause and retry"
+            why = f"{errnos.errorcode.get(code, code)}: {os.strerror(code)}"
+        else:
+            what, remedy, why = "could not be written", "fix the cause and retry", str(cause)
+        super().__init__(f"state_dir {self.state_dir} {what} ({why}) while {action}: {remedy}")
+        self.errno = code
+
+
+def disk_nearly_full(directory: Path, floor: int = 64 << 10) -> bool:
+    """Whether the filesystem of `directory` has less than `floor` bytes left for rolloutd: what
+    SQLite's bare "disk I/O error" means when it cannot allocate its shared-memory file."""
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < floor

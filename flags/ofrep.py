@@ -4,10 +4,12 @@
     POST /ofrep/v1/evaluate/flags         every flag  200 (ETag) | 304 | 400
     GET  /ofrep/v1/configuration          capabilities (polling for the bulk endpoint)
 
-The request body is ``{"context": {"targetingKey": ..., "agent": ..., ...}}``. Errors
-use the protocol's codes: PARSE_ERROR (body not JSON), INVALID_CONTEXT (context not
-an object, a targetingKey that is not a string), TARGETING_KEY_MISSING (a percentage
-flag needs one), FLAG_NOT_FOUND (404).
+The request body is ``{"context": {"targetingKey": ..., "agent": ..., ...}}``, at most
+MAX_BODY bytes (413 past it) and read through `flags.request_json` (no lone surrogates,
+no nesting past its depth limit, 64-bit integers). Errors use the protocol's codes:
+PARSE_ERROR (body not JSON, too deep, too large), INVALID_CONTEXT (context not an object,
+a targetingKey that is not a string, a value no hash may be given), TARGETING_KEY_MISSING
+(a percentage flag needs one), FLAG_NOT_FOUND (404).
 
 OpenFeature's reasons are a closed set in several SDKs (the Python OFREP provider
 does ``Reason[reason]``), so the kill switch answers DISABLED and says why in the
@@ -31,16 +33,19 @@ from starlette.routing import Route
 
 from flags.evaluate import ErrorCode, FlagSet, Reason, Resolution
 from flags.model import KILL_SWITCH
+from flags.request_json import RequestRejected, read_json
 
 Snapshot = Callable[[], FlagSet]
 Clock = Callable[[], datetime]
 POLL_INTERVAL_MS = 30_000
+MAX_BODY = 1 << 20   # an evaluation context; the same bound as one memory on /v1/memories
 
 
 class _BadRequest(Exception):
-    def __init__(self, code: ErrorCode, details: str) -> None:
+    def __init__(self, code: ErrorCode, details: str, status: int = 400) -> None:
         self.code = code
         self.details = details
+        self.status = status
 
 
 def ofrep_routes(snapshot: Snapshot, clock: Clock) -> list[Route]:
@@ -51,7 +56,7 @@ def ofrep_routes(snapshot: Snapshot, clock: Clock) -> list[Route]:
         try:
             context = await _read_context(request)
         except _BadRequest as bad:
-            return _json({"key": key, "errorCode": bad.code, "errorDetails": bad.details}, 400)
+            return _json({"key": key, "errorCode": bad.code, "errorDetails": bad.details}, bad.status)
         flags = snapshot()
         resolution = flags.evaluate(key, context, clock())
         if resolution.error is ErrorCode.FLAG_NOT_FOUND:
@@ -64,7 +69,7 @@ def ofrep_routes(snapshot: Snapshot, clock: Clock) -> list[Route]:
         try:
             context = await _read_context(request)
         except _BadRequest as bad:
-            return _json({"errorCode": bad.code, "errorDetails": bad.details}, 400)
+            return _json({"errorCode": bad.code, "errorDetails": bad.details}, bad.status)
         flags = snapshot()
         now = clock()
         items = [_failure(r) if r.error else _success(r, flags, now) for r in flags.evaluate_all(context, now)]
@@ -92,13 +97,11 @@ def ofrep_routes(snapshot: Snapshot, clock: Clock) -> list[Route]:
 
 
 async def _read_context(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _BadRequest(ErrorCode.PARSE_ERROR, f"request body is not JSON: {exc}") from None
+        body = await read_json(request, MAX_BODY, empty={})
+    except RequestRejected as exc:
+        code = ErrorCode.INVALID_CONTEXT if exc.field else ErrorCode.PARSE_ERROR
+        raise _BadRequest(code, exc.problem, exc.status) from None
     if not isinstance(body, dict):
         raise _BadRequest(ErrorCode.INVALID_CONTEXT, "request body must be an object like {\"context\": {...}}")
     context = body.get("context", {})

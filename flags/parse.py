@@ -34,6 +34,9 @@ FLAG_KEYS = {
 PROGRESSIVE_KEYS = {"initial_percentage", "end_percentage", "start_date", "end_date", "current_percentage"}
 CONSTRAINT_KEYS = {"context_name", "operator", "values", "case_insensitive", "inverted"}
 _SHORTHAND = re.compile(r"^\s*(NOT\s+)?([A-Za-z_][\w.-]*)\s+([A-Z_]+)\s+(.+?)\s*$")
+MAX_DEPTH = 32   # objects and arrays within one another; a flag needs 4, extras of other tools a few more
+TOO_DEEP = (f"nested too deeply: objects and arrays more than {MAX_DEPTH} levels within one another "
+            "(a flags file needs 4)")
 
 
 def parse_flags_text(text: str, path: Path | str) -> dict[str, Flag]:
@@ -46,6 +49,12 @@ def parse_flags_text(text: str, path: Path | str) -> dict[str, Flag]:
         raise FlagsFileError(path, exc.lineno, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
     except _DuplicateKey as dup:
         raise FlagsFileError(path, _duplicate_line(text), f"duplicate key {dup.key!r}") from None
+    except RecursionError:   # the parser recurses per level: thousands of levels exhaust the stack
+        raise FlagsFileError(path, None, TOO_DEEP) from None
+    except ValueError as exc:   # e.g. a number past Python's 4300-digit limit for integers
+        raise FlagsFileError(path, None, f"cannot be read: {unreadable(exc)}") from None
+    if deeper_than(raw, MAX_DEPTH):   # kept extras must stay writable, and printable in messages
+        raise FlagsFileError(path, None, TOO_DEEP)
     if not isinstance(raw, dict):
         raise FlagsFileError(path, 1, f"expected a JSON object mapping flag names to flags, got {type(raw).__name__}")
     flags = {}
@@ -56,6 +65,26 @@ def parse_flags_text(text: str, path: Path | str) -> dict[str, Flag]:
             line = locate_line(text, field_path(name, exc.field))
             raise FlagsFileError(path, line, str(exc)) from None
     return flags
+
+
+def unreadable(exc: ValueError) -> str:
+    """What a parser's ValueError says, without Python's advice to the programmer."""
+    return str(exc).split("; use sys.set_int_max_str_digits()")[0]
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether parsed JSON or TOML nests dicts and lists more than `limit` levels deep.
+    Iterative, so it answers for any depth the parser accepted."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def flag_from_dict(name: str, body: Any) -> Flag:
@@ -127,10 +156,12 @@ def field_path(flag: str, field: str) -> tuple[str | int, ...]:
     """``"constraints[0].operator"`` → ``(flag, "constraints", 0, "operator")``."""
     parts: list[str | int] = [flag]
     for piece in field.split("."):
-        name, _, rest = piece.partition("[")
-        parts.append(name)
-        if rest:
-            parts.append(int(rest.rstrip("]")))
+        name, bracket, rest = piece.partition("[")
+        index = rest[:-1] if rest.endswith("]") else ""
+        if bracket and index.isascii() and index.isdigit():
+            parts += [name, int(index)]
+        else:
+            parts.append(piece)   # a key that itself holds a "[" (an unknown key is named as written)
     return tuple(parts)
 
 

@@ -79,14 +79,20 @@ def l2_normalise(matrix: np.ndarray) -> np.ndarray:
 def _word_features(word: str) -> tuple[int, ...]:
     """Hashes of a word's unigram feature followed by its boundary-marked char trigrams."""
     marked = f"<{word}>"
-    grams = [mmh3.hash("w:" + word, HASH_SEED, signed=False)]
-    grams += [mmh3.hash("c:" + marked[i : i + 3], HASH_SEED, signed=False) for i in range(len(marked) - 2)]
+    grams = [mmh3.hash(_utf8("w:" + word), HASH_SEED, signed=False)]
+    grams += [mmh3.hash(_utf8("c:" + marked[i : i + 3]), HASH_SEED, signed=False) for i in range(len(marked) - 2)]
     return tuple(grams)
 
 
 @lru_cache(maxsize=1 << 17)
 def _bigram_feature(first: str, second: str) -> int:
-    return mmh3.hash(f"b:{first} {second}", HASH_SEED, signed=False)
+    return mmh3.hash(_utf8(f"b:{first} {second}"), HASH_SEED, signed=False)
+
+
+def _utf8(text: str) -> bytes:
+    """mmh3 gets bytes (the same hash as the str for valid text): given a str holding a lone
+    surrogate, mmh3 5.3.1 segfaults (see flags/bucket.py)."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def tokenize(text: str) -> list[str]:

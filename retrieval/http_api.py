@@ -26,7 +26,6 @@ The caller's flags decide the path (`retrieval.gating`): the context is `targeti
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -37,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from flags.evaluate import FlagSet
+from flags.request_json import RequestRejected, read_json
 from retrieval.gating import route_for
 from retrieval.graph_store import KeyCollision, StoreUnavailable, UnknownLinks
 from retrieval.memory import InvalidMemory, Memory, new_memory_id, validate_id, validate_namespace
@@ -80,6 +80,8 @@ def retrieval_routes(retriever: Retriever, snapshot: Callable[[], FlagSet], cloc
                 return await handler(request)
             except ApiError as exc:
                 return exc.response()
+            except RequestRejected as exc:
+                return ApiError(exc.status, exc.problem, exc.field).response()
             except InvalidMemory as exc:
                 return ApiError(400, exc.problem, exc.field).response()
             except NotReady as exc:
@@ -149,18 +151,7 @@ def retrieval_routes(retriever: Retriever, snapshot: Callable[[], FlagSet], cloc
 
 
 async def _body(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit}")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise ApiError(413, f"request body is over the limit of {limit} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise ApiError(400, f"request body is not JSON: {exc}") from None
+    body = await read_json(request, limit, empty={})
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body

@@ -32,7 +32,7 @@ def index_path(directory: Path, namespace: str) -> Path:
 
 def fingerprint(text: str) -> int:
     """A signed 64-bit digest of a memory's text."""
-    return mmh3.hash64(text, signed=True)[0]
+    return mmh3.hash64(text.encode("utf-8", "surrogatepass"), signed=True)[0]   # bytes: see flags/bucket.py
 
 
 def pack(fingerprints: dict[int, int]) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 import mmh3
 
 from flags.model import utcnow
+from flags.request_json import RequestRejected, check
 
 MAX_TEXT_BYTES = 32 * 1024
 MAX_LINKS = 256
@@ -84,7 +85,11 @@ def validate_text(value: object) -> str:
         raise InvalidMemory("text", f"must be a string, got {type(value).__name__}")
     if not value.strip():
         raise InvalidMemory("text", "is empty")
-    size = len(value.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidMemory("text", f"holds a lone surrogate (\\u{ord(value[exc.start]):04x} at character {exc.start}), "
+                                    "which is not Unicode; send valid UTF-8 text") from None
     if size > MAX_TEXT_BYTES:
         raise InvalidMemory(
             "text", f"{size:,} bytes > limit {MAX_TEXT_BYTES:,} bytes; split it into linked memories"
@@ -96,6 +101,9 @@ def validate_links(value: Iterable[object], own_id: str) -> tuple[str, ...]:
     """Return the links as a tuple of ids, duplicates dropped in order; no self-links."""
     if isinstance(value, (str, bytes)):
         raise InvalidMemory("links", "must be a list of ids, got a single string")
+    value = list(value)
+    if len(value) > MAX_LINKS:   # before de-duplicating: 100,000 copies of one id are not one link's work
+        raise InvalidMemory("links", f"{len(value)} links > limit {MAX_LINKS}")
     links = tuple(dict.fromkeys(validate_id(link, "links") for link in value))
     if len(links) > MAX_LINKS:
         raise InvalidMemory("links", f"{len(links)} links > limit {MAX_LINKS}")
@@ -109,6 +117,10 @@ def validate_metadata(value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidMemory("metadata", f"must be an object, got {type(value).__name__}")
     try:
+        check(dict(value), path="metadata")   # lone surrogates, 64-bit integers, depth
+    except RequestRejected as exc:
+        raise InvalidMemory(exc.field or "metadata", exc.problem) from None
+    try:
         # Both stores must round-trip it unchanged: JSON types only, no NaN.
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -116,8 +128,8 @@ def validate_metadata(value: object) -> Mapping[str, Any]:
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidMemory("metadata", f"{len(encoded.encode()):,} bytes of JSON > limit "
                             f"{MAX_METADATA_BYTES:,} bytes")
-    if any(key.startswith("$") or "." in key for key in _keys(value)):
-        raise InvalidMemory("metadata", "keys may not start with '$' or contain '.' (MongoDB)")
+    if any(key.startswith("$") or "." in key or "\0" in key for key in _keys(value)):
+        raise InvalidMemory("metadata", "keys may not start with '$' or contain '.' or NUL (MongoDB)")
     return MappingProxyType(json.loads(encoded))
 
 

@@ -110,6 +110,8 @@ def parse_question(line: str, where: str = "<line>") -> Question:
         raw = json.loads(line)
     except ValueError as exc:
         raise LabelledSetError(f"{where}: not JSON: {exc}") from None
+    except RecursionError:   # the JSON parser recurses per level of nesting
+        raise LabelledSetError(f"{where}: nested too deeply; one flat JSON object a line") from None
     if not isinstance(raw, dict):
         raise LabelledSetError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     unknown = set(raw) - {"query", "relevant", "grades", "namespace", "hops"}

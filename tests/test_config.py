@@ -100,3 +100,63 @@ def test_restart_only_settings_are_reported_on_reload(tmp_path: Path) -> None:
     old = load_config(write(tmp_path, "[daemon]\nlisten = '127.0.0.1:1'\n"))
     new = load_config(write(tmp_path, "[daemon]\nlisten = '127.0.0.1:2'\ntime_scale = 2\n"))
     assert old.restart_needed_for(new) == ["listen_port"]
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("not a url", "no http:// or https:// scheme"),
+    ("127.0.0.1:9090", "no http:// or https:// scheme"),
+    ("localhost:9090", "no http:// or https:// scheme"),
+    ("ftp://127.0.0.1:9090", "no http:// or https:// scheme"),
+    ("http://", "no host"),
+    ("http:///api", "no host"),
+    ("http://127.0.0.1:port", "port"),
+    ("http://127.0.0.1:99999", "port"),
+    ("http://prom etheus:9090", "white space"),
+])
+def test_a_prometheus_url_that_cannot_work_is_rejected(tmp_path: Path, url: str, expected: str) -> None:
+    """[prometheus] url must be an http(s) URL with a host and a valid port; the message shows a good one."""
+    path = write(tmp_path, f"[prometheus]\nurl = {url!r}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "[prometheus] url" in message and expected in message and str(path) in message
+    assert "http://127.0.0.1:9090" in message, "the message shows what a good value looks like"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9090", "https://prometheus.example.com/prometheus",
+                                 "http://[::1]:9090", "http://prometheus"])
+def test_a_working_prometheus_url_is_accepted(tmp_path: Path, url: str) -> None:
+    """Host names, IPv6 literals, https and a path prefix are all usable Prometheus URLs."""
+    assert load_config(write(tmp_path, f"[prometheus]\nurl = {url!r}\n")).prometheus_url == url
+
+
+@pytest.mark.parametrize("text", [
+    "[notifications]\nalertmanager_url = 'alertmanager:9093'\n",
+    "[notifications]\nwebhook_urls = ['https://']\n",
+])
+def test_notification_urls_are_checked_like_the_prometheus_url(tmp_path: Path, text: str) -> None:
+    """A webhook or Alertmanager URL without a scheme or a host is rejected at start, not at the first alert."""
+    with pytest.raises(ConfigError, match="not an http\\(s\\) URL rolloutd can use"):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("value", ["[" * 40 + "]" * 40, "[" * 5000 + "]" * 5000, "{a = " * 3000 + "1" + "}" * 3000])
+def test_a_deeply_nested_config_is_a_config_error(tmp_path: Path, value: str) -> None:
+    """Arrays or inline tables nested past any sensible depth are a ConfigError, not a RecursionError."""
+    path = write(tmp_path, f"[daemon]\ntime_scale = {value}\n")
+    with pytest.raises(ConfigError, match="nested too deeply") as info:
+        load_config(path)
+    assert str(path) in str(info.value) and len(str(info.value)) < 400
+
+
+def test_a_number_too_long_to_read_is_a_config_error(tmp_path: Path) -> None:
+    """A 5000-digit number (past Python's integer-string limit) is a ConfigError, not a bare ValueError."""
+    with pytest.raises(ConfigError, match="4300 digits"):
+        load_config(write(tmp_path, "[daemon]\ntime_scale = " + "1" * 5000 + "\n"))
+
+
+def test_changing_prometheus_on_reload_is_reported_as_needing_a_restart(tmp_path: Path) -> None:
+    """The Prometheus client is built at start, so a new [prometheus] url on SIGHUP asks for a restart."""
+    old = load_config(write(tmp_path, "[prometheus]\nurl = 'http://127.0.0.1:9090'\n"))
+    new = load_config(write(tmp_path, "[prometheus]\nurl = 'http://127.0.0.1:9091'\n"))
+    assert old.restart_needed_for(new) == ["prometheus"]

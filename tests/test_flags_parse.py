@@ -507,3 +507,37 @@ def test_shorthand_is_what_a_constraint_prints():
     constraint = Constraint("agent", Operator.NOT_IN, ("QA", "Legal"), inverted=True)
 
     assert parse_constraint("f", str(constraint)) == constraint
+
+
+@pytest.mark.parametrize("text", [
+    '{"f": ' + "[" * 5000 + "]" * 5000 + "}",
+    '{"f": {"enabled": true, "x_meta": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}}",
+])
+def test_deeply_nested_json_is_a_file_error_naming_the_depth(tmp_path, text):
+    """JSON nested past the limit (too deep to parse, or a kept extra key too deep to write back) is a FlagsFileError."""
+    err = file_error(tmp_path, text)
+
+    assert_names(err, tmp_path / "flags.json", None, "nested too deeply", "32 levels")
+
+
+def test_extra_keys_nested_a_few_levels_are_kept(tmp_path):
+    """The depth limit leaves room for other tools' nested metadata."""
+    extra = {"owner": {"team": {"name": "search", "oncall": ["a", "b"]}}}
+    flags = parse_flags_text(json.dumps({"f": {"enabled": True, "x_meta": extra}}), tmp_path / "flags.json")
+
+    assert flags["f"].extra == {"x_meta": extra}
+
+
+def test_an_unknown_key_holding_a_bracket_is_reported_not_a_crash(tmp_path):
+    """A nested key like "i[nitial_percentage" (a stray bracket) is a FlagsFileError at its line, not a ValueError."""
+    text = SEED_TEXT.replace('"initial_percentage"', '"i[nitial_percentage"')
+    err = file_error(tmp_path, text)
+
+    assert_names(err, tmp_path / "flags.json", 7, "unknown key")
+
+
+def test_a_number_too_long_to_read_is_a_file_error(tmp_path):
+    """A 5000-digit number (past Python's integer-string limit) is a FlagsFileError, not a bare ValueError."""
+    err = file_error(tmp_path, '{"f": {"enabled": true, "rollout_percentage": ' + "1" * 5000 + "}}")
+
+    assert_names(err, tmp_path / "flags.json", None, "4300 digits")

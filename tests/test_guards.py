@@ -240,6 +240,23 @@ def test_errors_and_no_data_keep_separate_counts():
     assert counted(guard(), None, None, "timeout").errors == 1
 
 
+@pytest.mark.parametrize(("before", "extra", "expected"), [
+    (("timeout", "timeout"), "timeout", {"errors": 2, "no_data": 0, "breaches": 0}),   # not lengthened
+    ((None, None), None, {"errors": 0, "no_data": 2, "breaches": 0}),
+    ((0.4, 0.4), 0.4, {"errors": 0, "no_data": 0, "breaches": 2}),
+    (("timeout", "timeout"), 0.1, {"errors": 0, "no_data": 0, "breaches": 0}),        # but ended
+    ((0.4, 0.4), "timeout", {"errors": 0, "no_data": 0, "breaches": 0}),
+    ((0.1,), "timeout", {"errors": 0, "no_data": 0, "breaches": 0}),                  # nor started
+])
+def test_an_extra_rounds_observation_can_end_a_run_but_never_lengthen_it(before, extra, expected):
+    """observe(regular=False) keeps the observation as the latest, and lowers counts at most, never raises them."""
+    g = guard()
+    o = obs(g, None, 9, error=extra) if isinstance(extra, str) else obs(g, extra, 9)
+    counters = counted(g, *before).observe(o, regular=False)
+    assert {"errors": counters.errors, "no_data": counters.no_data, "breaches": counters.breaches} == expected
+    assert counters.last == o
+
+
 # -- persistence ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values", [

@@ -567,3 +567,28 @@ def test_cli_without_promtool_uses_prometheus(tmp_path: Path, prometheus_server)
                     env={"PATH": str(tmp_path / "bin")})
     assert done.returncode == 0, done.stderr
     assert f"PromQL parsed by Prometheus at {prometheus_server.url}" in done.stdout
+
+
+@pytest.mark.parametrize("value", ["[" * 12 + "]" * 12, "[" * 5000 + "]" * 5000, "{a = " * 3000 + "1" + "}" * 3000])
+def test_a_deeply_nested_plan_is_one_problem_not_a_recursion_error(value: str) -> None:
+    """Arrays or inline tables nested past any sensible depth are a PlanError saying so, however deep."""
+    with pytest.raises(PlanError) as caught:
+        parse_plan(BASE.replace('guard_interval = "5m"', f"guard_interval = {value}"), "deep.toml")
+    [problem] = caught.value.problems
+    assert "nested too deeply" in problem.message and len(str(caught.value)) < 400
+
+
+def test_a_number_too_long_to_read_is_one_problem() -> None:
+    """A 5000-digit number (past Python's integer-string limit) is a PlanError, not a bare ValueError."""
+    with pytest.raises(PlanError) as caught:
+        parse_plan(BASE.replace('guard_interval = "5m"', "failure_limit = " + "1" * 5000), "long.toml")
+    [problem] = caught.value.problems
+    assert "4300 digits" in problem.message
+
+
+@pytest.mark.parametrize("value", ['"99999999999999999999999h"', "99999999999999999999999", '"1000000d"'])
+def test_an_offset_beyond_any_rollout_is_a_problem_at_its_line(value: str) -> None:
+    """A stage offset too large for a date (or past 100 years) is reported at its line, not an OverflowError."""
+    text = BASE.replace("at = 48", f"at = {value}  # HERE")
+    [problem] = problems_of(text)
+    assert problem.line == line_of(text) and "100 years" in problem.message

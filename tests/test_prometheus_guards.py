@@ -243,8 +243,9 @@ def http_response(status: str, content_type: str, body: str | dict) -> bytes:
 
 
 @asynccontextmanager
-async def canned_server(response: bytes | None) -> AsyncIterator[tuple[str, list[str]]]:
-    """An HTTP server answering every request with `response` (None: never answering).
+async def canned_server(response: bytes | None, drip: float = 0.0) -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP server answering every request with `response` (None: never answering);
+    `drip` > 0 sends it one byte every `drip` seconds.
 
     Yields its base URL and the request lines it received.
     """
@@ -259,7 +260,11 @@ async def canned_server(response: bytes | None) -> AsyncIterator[tuple[str, list
                 request_lines.append(head.split(b"\r\n", 1)[0].decode())
                 if response is None:
                     await anyio.sleep_forever()
-                await stream.send(response)
+                if not drip:
+                    await stream.send(response)
+                for byte in response if drip else b"":
+                    await stream.send(bytes([byte]))
+                    await anyio.sleep(drip)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 pass  # the client gave up first: that is what the timeout test wants
 
@@ -286,7 +291,7 @@ NGINX_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\
      "unexpected answer from {url}: no data.result vector in"),
     (http_response("200 OK", "application/json",
                    {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1]}]}}),
-     "unexpected answer from {url}: sample '[1]' is not [timestamp, \"value\"]"),
+     "unexpected answer from {url}: sample [1] is not [timestamp, \"value\"]"),
     (http_response("503 Service Unavailable", "application/json",
                    {"status": "error", "errorType": "timeout", "error": "query timed out in expression evaluation"}),
      "{url} answered HTTP 503: timeout: query timed out in expression evaluation"),
@@ -305,15 +310,90 @@ async def test_garbage_answers_are_clear_errors(response: bytes, expected: str) 
     assert request_lines == [f"GET {QUERY_PATH}?query=up&time={unix_seconds(at)} HTTP/1.1"]
 
 
+def deep_json(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
 @pytest.mark.anyio
 async def test_silent_server_times_out() -> None:
-    """A server that accepts and never answers is ERROR after the client's read timeout."""
+    """A server that accepts and never answers is ERROR once the query's deadline has passed."""
     async with canned_server(None) as (url, _):
         async with PrometheusSource.build_client(url, timeout=0.3) as client:
-            started = time.monotonic()
             obs = await observe(PrometheusSource(client), guard("up"))
-    assert time.monotonic() - started < 2.0
-    assert (obs.outcome, obs.detail) == (Outcome.ERROR, f"no answer from {url}{QUERY_PATH} within 0.3s (read timeout)")
+    assert obs.outcome is Outcome.ERROR
+    assert obs.detail.startswith(f"no answer from {url}{QUERY_PATH} within 0.3s"), obs.detail
+
+
+@pytest.mark.anyio
+async def test_a_dripping_answer_is_cut_at_the_deadline() -> None:
+    """A server dripping bytes faster than the read timeout is ERROR at the whole query's deadline."""
+    body = {"status": "success", "data": {"resultType": "vector", "result": []}, "pad": "x" * 2000}
+    async with canned_server(http_response("200 OK", "application/json", body), drip=0.05) as (url, _):
+        # at 20 bytes a second the answer takes ~100 s: only a deadline over the whole query ends it
+        async with PrometheusSource.build_client(url, timeout=1.0) as client:
+            obs = await observe(PrometheusSource(client), guard("up"))
+    assert obs.outcome is Outcome.ERROR
+    assert obs.detail.startswith(f"no answer from {url}{QUERY_PATH} within 1s"), obs.detail
+
+
+@pytest.mark.anyio
+async def test_an_explicit_deadline_overrides_the_clients_timeout() -> None:
+    """PrometheusSource's `deadline` bounds the query even when the client's timeouts are long."""
+    async with canned_server(None) as (url, _):
+        async with PrometheusSource.build_client(url, timeout=60.0) as client:
+            obs = await observe(PrometheusSource(client, deadline=0.5), guard("up"))
+    assert obs.outcome is Outcome.ERROR
+    assert obs.detail == f"no answer from {url}{QUERY_PATH} within 0.5s ([prometheus] timeout_seconds)"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    ("200 OK", deep_json(100_000), "HTTP 200 application/json, JSON nested too deeply to read: '[[[["),
+    ("500 Internal Server Error", deep_json(100_000), "answered HTTP 500: [[[["),
+    ("200 OK", json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"job": json.loads(deep_json(900))}, "value": [1, "1"]}]}}),
+     "unexpected answer from {url}: labels {{'job': [[[[...]]]]}} are not all strings"),
+    ("200 OK", json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {}, "value": [1, True]}]}}), "sample [1, True] is not [timestamp, \"value\"]"),
+    ("200 OK", json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {}, "value": "12"}]}}), "sample '12' is not [timestamp, \"value\"]"),
+], ids=["deep-200", "deep-500", "deep-labels", "bool-value", "string-sample"])
+async def test_unreadable_answers_are_errors_not_exceptions(status: str, body: str, expected: str) -> None:
+    """JSON too deep to parse, or a shape nobody foresaw, is a short ERROR observation, never an exception."""
+    async with canned_server(http_response(status, "application/json", body)) as (url, _):
+        async with PrometheusSource.build_client(url, timeout=5.0) as client:
+            obs = await observe(PrometheusSource(client), guard("up"))
+            measured = await PrometheusSource(client).seed_metric("p95_latency_ms", 3600, now())
+    assert obs.outcome is Outcome.ERROR
+    assert expected.format(url=f"{url}{QUERY_PATH}") in obs.detail, obs.detail
+    assert len(obs.detail) < 300 and "Traceback" not in obs.detail
+    assert measured.value is None and measured.reason == obs.detail
+
+
+@pytest.mark.anyio
+async def test_any_exception_while_reading_an_answer_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should reading a well-formed answer still raise (a shape nobody foresaw), it is ERROR, not an exception."""
+    def unforeseen(endpoint: str, body: dict, direction: Direction | None) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("controller.prometheus._reading", unforeseen)
+    body = {"status": "success", "data": {"resultType": "vector", "result": []}}
+    async with canned_server(http_response("200 OK", "application/json", body)) as (url, _):
+        async with PrometheusSource.build_client(url, timeout=5.0) as client:
+            obs = await observe(PrometheusSource(client), guard("up"))
+    assert (obs.outcome, obs.detail) == (
+        Outcome.ERROR, f"unexpected answer from {url}{QUERY_PATH}: RecursionError: maximum recursion depth exceeded")
+
+
+@pytest.mark.anyio
+async def test_an_answer_over_the_size_limit_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer larger than MAX_BODY is not read into memory: ERROR saying so."""
+    monkeypatch.setattr("controller.prometheus.MAX_BODY", 1024)
+    body = {"status": "success", "data": {"resultType": "vector", "result": []}, "pad": "x" * 5000}
+    async with canned_server(http_response("200 OK", "application/json", body)) as (url, _):
+        async with PrometheusSource.build_client(url, timeout=5.0) as client:
+            obs = await observe(PrometheusSource(client), guard("up"))
+    assert (obs.outcome, obs.detail) == (Outcome.ERROR, f"unexpected answer from {url}{QUERY_PATH}: larger than 1,024 bytes")
 
 
 @pytest.mark.anyio

@@ -1,3 +1,3 @@
-from controller.daemon import main
+from controller.main import main
 
 raise SystemExit(main())

@@ -20,7 +20,7 @@ from typing import Any
 from controller.decide import RolloutState
 from controller.plan import Plan
 from controller.plan_clock import PlanClock, iso_z
-from controller.promql_measures import GuardSource
+from controller.sources.protocol import GuardSource
 from controller.report import SEED_METRICS, build_report
 from flags.atomic import atomic_write
 

@@ -47,7 +47,7 @@ class Response(enum.StrEnum):
 
 
 # Signals a guard can name as `builtin`, served from the daemon's own measurements when no
-# Prometheus is configured (controller/builtin_signals.py says how each is computed).
+# Prometheus is configured (controller/sources/builtin_signals.py says how each is computed).
 BUILTIN_SIGNALS = {
     "p95_latency_seconds": "95th percentile retrieval latency over the guard's window (seconds)",
     "p99_latency_seconds": "99th percentile retrieval latency over the guard's window (seconds)",

@@ -38,7 +38,7 @@ from controller.guards import Observation, Outcome, assess
 from controller.notify import NOTIFY_KINDS, Event, Notifications, severity_for
 from controller.plan import Guard, Plan, Severity
 from controller.plan_clock import Clock, JumpDetector, PlanClock
-from controller.prometheus import GuardSource
+from controller.sources.protocol import GuardSource
 from controller.state_db import StateDB
 from controller.status import rollout_status
 from flags.errors import StorageError

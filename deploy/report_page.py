@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import httpx
 
 from deploy.client import AdminClient
-from deploy.report_html import render_html
+from controller.views.report_html import render_html
 from flags.atomic import atomic_write
 
 JOURNAL_PAGE = 500

@@ -17,7 +17,7 @@ it at once. Once a frame has been shown, a daemon that goes away (restarting, be
 upgraded) puts a "daemon unreachable: ... retrying" line above the last frame, and
 watch keeps asking every interval until it answers again.
 
-What is drawn is `deploy.watch_view.render`; this module only fetches and paints.
+What is drawn is `controller.views.watch_view.render`; this module only fetches and paints.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from deploy.client import AdminClient, ApiError, Unreachable
-from deploy.watch_view import fit, render
+from controller.views.watch_view import fit, render
 
 EXIT_OK = 0
 PIPED_DECISIONS = 10

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tests.history import history_prometheus  # noqa: F401  (re-exported as a fixture)
-from tests.realservers import (  # noqa: F401  (re-exported as fixtures)
+from tests.support.history import history_prometheus  # noqa: F401  (re-exported as a fixture)
+from tests.support.realservers import (  # noqa: F401  (re-exported as fixtures)
     mongo_server,
     prometheus_server,
     redis_server,

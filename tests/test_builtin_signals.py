@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from controller.builtin_signals import (
+from controller.sources.builtin_signals import (
     BuiltinSource,
     History,
     Sample,
@@ -28,11 +28,11 @@ from controller.builtin_signals import (
 from controller.guards import Outcome
 from controller.plan import Severity
 from controller.plan_load import PlanError, load_plan
-from controller.signals_api import signal_routes
+from controller.host.signals_api import signal_routes
 from retrieval.metrics import LATENCY_BUCKETS, RetrievalMetrics
 from retrieval.validation import ValidationGauges
-from tests.daemon_harness import free_port
-from tests.realservers import PrometheusServer
+from tests.support.daemon_harness import free_port
+from tests.support.realservers import PrometheusServer
 
 REPO = Path(__file__).resolve().parent.parent
 PHASE5 = REPO / "deploy" / "plans" / "phase5.toml"

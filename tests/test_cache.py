@@ -18,8 +18,8 @@ from redis.backoff import ExponentialBackoff
 from structlog.testing import capture_logs
 
 from retrieval.cache import LocalCache, RedisCache, build_cache
-from tests.realservers import RedisServer
-from tests.clocks import FakeClock
+from tests.support.realservers import RedisServer
+from tests.support.clocks import FakeClock
 
 STEP = 5.0  # bound on any single awaited step; every call here should take milliseconds
 

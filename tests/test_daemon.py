@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemon_harness import Daemon, write_config
+from tests.support.daemon_harness import Daemon, write_config
 
 
 class NotifyListener:

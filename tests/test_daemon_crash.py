@@ -30,9 +30,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
-from tests.daemon_harness import Daemon
-from tests.realservers import PrometheusServer
-from tests.rehearsal import (
+from tests.support.daemon_harness import Daemon
+from tests.support.realservers import PrometheusServer
+from tests.support.rehearsal import (
     CheckpointSpec,
     Rehearsal,
     Stage,
@@ -43,7 +43,7 @@ from tests.rehearsal import (
     write_plan,
     write_rehearsal_config,
 )
-from tests.rehearsal import daemons, exporter, scraped  # noqa: F401  (fixtures)
+from tests.support.rehearsal import daemons, exporter, scraped  # noqa: F401  (fixtures)
 
 # 6 plan hours in 18 s of wall time; the 5m guard interval is 0.25 s. (It was 12 s until the
 # daemon began loading the retriever's libraries -- faiss, numpy, the drivers, ~0.3 s a start --

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from tests.daemon_harness import Daemon
-from tests.realservers import PrometheusServer
-from tests.rehearsal import P95, Exporter, Rehearsal, Stage, write_plan, write_rehearsal_config
-from tests.rehearsal import daemons, exporter, scraped  # noqa: F401  (fixtures)
+from tests.support.daemon_harness import Daemon
+from tests.support.realservers import PrometheusServer
+from tests.support.rehearsal import P95, Exporter, Rehearsal, Stage, write_plan, write_rehearsal_config
+from tests.support.rehearsal import daemons, exporter, scraped  # noqa: F401  (fixtures)
 from tests.test_notify import Receiver, receiver  # noqa: F401  (fixture)
 from tests.test_rehearsal import COHORT_1, COHORT_2, FAR, PULSE_SCRAPES, SCALE, SUSTAIN_3
 

@@ -12,9 +12,9 @@ from typing import Callable
 import httpx
 import pytest
 
-from tests.daemon_harness import Daemon, write_config
-from tests.flagfiles import FIRST_COHORTS, PHASE5_FLAGS, write_seed_flags
-from tests.realservers import MongoServer, RedisServer
+from tests.support.daemon_harness import Daemon, write_config
+from tests.support.flagfiles import FIRST_COHORTS, PHASE5_FLAGS, write_seed_flags
+from tests.support.realservers import MongoServer, RedisServer
 
 ALL_ON = {name: {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0,
                  "constraints": [{"context_name": "agent", "operator": "IN", "values": FIRST_COHORTS}]}

@@ -25,8 +25,8 @@ from controller import decide as rules
 from controller.plan_load import load_plan
 from controller.state_db import SCHEMA, StateDB, state_to_json
 from controller.state_file import StateFileError, open_state_file
-from tests.daemon_harness import Daemon, write_config
-from tests.rehearsal import Admin, wait_until
+from tests.support.daemon_harness import Daemon, write_config
+from tests.support.rehearsal import Admin, wait_until
 
 FLAG = "damage_search_enabled"
 # 1 plan hour = 1 s: stage 1 falls due a second after the first start, stage 2 never does. One

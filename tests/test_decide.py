@@ -35,7 +35,7 @@ from controller.decide import (
 from controller.guards import Observation, Outcome, assess
 from controller.plan import Direction, NoData, Plan, Response, Severity
 from controller.plan_load import PlanError, load_plan, parse_plan
-from tests.service_rig import healthy
+from tests.support.service_rig import healthy
 
 PHASE5 = load_plan(Path(__file__).resolve().parent.parent / "deploy" / "plans" / "phase5.toml")
 T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)   # the seeds' hour 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.demo_inject import Injection, active_faults, parse_injection
+from controller.demo.inject import Injection, active_faults, parse_injection
 
 SPEED = "2880"
 GUARD_INTERVAL_H = 5 / 60
@@ -112,7 +112,7 @@ def test_injected_latency_rolls_back_for_the_right_reason_at_the_right_time(tmp_
 
 
 def _demo(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.daemon", "demo", "--out", str(out), "--speed", SPEED,
+    return subprocess.run([sys.executable, "-m", "controller.main", "demo", "--out", str(out), "--speed", SPEED,
                            "--plain", *args], capture_output=True, text=True, timeout=600)
 
 

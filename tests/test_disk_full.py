@@ -32,9 +32,9 @@ from flags.emergency import Marker
 from flags.errors import StorageError
 from flags.model import KILL_SWITCH, Flag, Strategy
 from flags.store import FlagStore
-from tests.daemon_harness import Daemon, write_config
-from tests.rehearsal import Admin, rolloutctl, wait_until
-from tests.service_rig import PHASE5, Rig, actions, read_flags, rigs  # noqa: F401  (rigs: a fixture)
+from tests.support.daemon_harness import Daemon, write_config
+from tests.support.rehearsal import Admin, rolloutctl, wait_until
+from tests.support.service_rig import PHASE5, Rig, actions, read_flags, rigs  # noqa: F401  (rigs: a fixture)
 
 IN_COHORT = {"targetingKey": "task-7", "agent": "Builder"}
 WAIT = 30.0

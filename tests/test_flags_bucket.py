@@ -22,7 +22,7 @@ from UnleashClient import UnleashClient
 from flags.bucket import in_rollout, normalized_hash, rollout_position
 from flags.evaluate import CompiledFlag
 from flags.model import Constraint, Flag, Operator, Strategy
-from tests.unleash_offline import offline_unleash
+from tests.support.unleash_offline import offline_unleash
 
 NOW = datetime(2025, 10, 24, 12, tzinfo=timezone.utc)
 GROUP = "hybrid_rag_enabled"

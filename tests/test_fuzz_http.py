@@ -1,7 +1,7 @@
 """Every public and admin endpoint fuzzed against a real daemon, from its own OpenAPI documents.
 
-schemathesis generates requests from `controller/openapi_public.py` and
-`controller/openapi_admin.py`, schema-valid and schema-violating ones, and this suite
+schemathesis generates requests from `controller/host/openapi_public.py` and
+`controller/host/openapi_admin.py`, schema-valid and schema-violating ones, and this suite
 sends them to a real `rolloutd` process (the public TCP port; the admin unix socket).
 JSON bodies are sent with every non-ASCII character escaped, so lone surrogates arrive
 as the `"\\ud800"` escapes a hostile client would send. After every request:
@@ -41,10 +41,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from controller.openapi_admin import admin_document
-from controller.openapi_public import public_document
-from tests.daemon_harness import Daemon, write_config
-from tests.flagfiles import PHASE5_FLAGS, write_seed_flags
+from controller.host.openapi_admin import admin_document
+from controller.host.openapi_public import public_document
+from tests.support.daemon_harness import Daemon, write_config
+from tests.support.flagfiles import PHASE5_FLAGS, write_seed_flags
 
 REPO = Path(__file__).resolve().parent.parent
 # A request the document forbids must get a 4xx the API uses for it: 413 for a body or batch

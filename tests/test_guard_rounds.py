@@ -20,10 +20,10 @@ from controller.decide import Phase, RolloutState, decide, start
 from controller.guards import Observation, assess
 from controller.plan import Guard, Plan
 from controller.plan_load import parse_plan
-from controller.replay import SimClock
-from controller.prometheus import PrometheusSource
+from controller.host.replay import SimClock
+from controller.sources.prometheus import PrometheusSource
 from controller.schedule import Schedule
-from tests.service_rig import COMPACT, T0, ScriptedSource, actions, hours, rigs  # noqa: F401  (rigs: fixture)
+from tests.support.service_rig import COMPACT, T0, ScriptedSource, actions, hours, rigs  # noqa: F401  (rigs: fixture)
 from tests.test_prometheus_guards import canned_server, deep_json, http_response
 
 # the first stage at 5%, so a rollback to 0% is a change to see

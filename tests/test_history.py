@@ -11,7 +11,7 @@ from itertools import pairwise
 
 import pytest
 
-from tests.history import (
+from tests.support.history import (
     GAP,
     HEALTHY,
     P95_BREACH_AT_30H,
@@ -22,7 +22,7 @@ from tests.history import (
     healthy,
     latency_cdf,
 )
-from tests.realservers import REPO_ROOT, PrometheusServer
+from tests.support.realservers import REPO_ROOT, PrometheusServer
 
 PLAN = REPO_ROOT / "deploy" / "plans" / "phase5.toml"
 GUARDS = {

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemon_harness import Daemon, write_config
-from tests.flagfiles import PHASE5_FLAGS, write_seed_flags
-from tests.realservers import MongoServer
+from tests.support.daemon_harness import Daemon, write_config
+from tests.support.flagfiles import PHASE5_FLAGS, write_seed_flags
+from tests.support.realservers import MongoServer
 
 ALL_ON = {name: {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0} for name in PHASE5_FLAGS}
 PERCENT = {"hybrid_gate": {"enabled": True, "rollout_strategy": "percentage", "rollout_percentage": 50.0}}

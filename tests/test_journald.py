@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import structlog
 
-from controller.logs import SYSLOG_PRIORITY, configure_logging
-from tests.daemon_harness import REPO, Daemon, write_config
-from tests.service_rig import rigs  # noqa: F401  (a fixture)
+from controller.host.logs import SYSLOG_PRIORITY, configure_logging
+from tests.support.daemon_harness import REPO, Daemon, write_config
+from tests.support.service_rig import rigs  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.anyio
 
@@ -194,7 +194,7 @@ def test_sigusr1_in_a_running_daemon_is_one_crit_line(tmp_path: Path) -> None:
 def test_an_uncaught_exception_is_one_crit_line_where_the_log_is_the_journal(stream: str) -> None:
     """Logging to stdout (the daemon), a crash is one <2> daemon.crashed line with the traceback in a field;
     logging elsewhere (demo, replay), Python's own traceback stays on the terminal."""
-    code = ("import sys\nfrom controller.logs import configure_logging\n"
+    code = ("import sys\nfrom controller.host.logs import configure_logging\n"
             f"configure_logging({stream})\n"
             "def serve():\n    raise RuntimeError('the event loop died')\nserve()\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

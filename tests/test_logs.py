@@ -8,7 +8,7 @@ import logging
 
 import structlog
 
-from controller.logs import configure_logging, render_line
+from controller.host.logs import configure_logging, render_line
 
 
 def parse(line: str) -> tuple[int, dict]:

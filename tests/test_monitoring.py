@@ -22,15 +22,15 @@ import httpx
 import pytest
 from prometheus_client import Metric
 
-from controller.metrics import build_registry
+from controller.host.metrics import build_registry
 from controller.plan import Direction, Plan, Severity
 from controller.plan_load import load_plan
-from controller.rollout_metrics import RolloutCollector
+from controller.host.rollout_metrics import RolloutCollector
 from retrieval.metrics import RetrievalMetrics
 from retrieval.quality import Scores
 from retrieval.validation import Latency, ValidationGauges
-from tests.realservers import PrometheusServer, require_binary
-from tests.service_rig import Rig, rigs  # noqa: F401  (the fixture)
+from tests.support.realservers import PrometheusServer, require_binary
+from tests.support.service_rig import Rig, rigs  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "deploy" / "monitoring"
@@ -385,7 +385,7 @@ def series_names(family: Metric) -> set[str]:
 
 async def exported_metric_names(rig: Rig) -> set[str]:
     """Every series name rolloutd's /metrics can show, from the collectors the daemon registers
-    (controller/daemon.py), with the validation gauges live: they hide while nothing is measured."""
+    (controller/host/daemon.py), with the validation gauges live: they hide while nothing is measured."""
     await rig.controller.open()
     registry = build_registry(lambda: rig.store.snapshot, rig.clock)
     RetrievalMetrics(registry)

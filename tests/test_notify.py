@@ -35,7 +35,7 @@ from controller.notify import (
     redact,
     severity_for,
 )
-from tests.realservers import HOST, free_port
+from tests.support.realservers import HOST, free_port
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ROLLOUT = "phase5_hybrid_rag"

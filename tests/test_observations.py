@@ -13,13 +13,13 @@ import httpx
 import pytest
 
 from controller import decide as rules
-from controller.admin_api import build_admin_app
+from controller.host.admin_api import build_admin_app
 from controller.guards import Observation, Outcome
 from controller.plan import Severity
-from controller.public_http import Readiness
-from controller.rollout_api import rollout_routes
+from controller.host.public_http import Readiness
+from controller.host.rollout_api import rollout_routes
 from controller.state_db import StateDB
-from tests.service_rig import PHASE5, T0, Rig, rigs  # noqa: F401  (rigs is a fixture)
+from tests.support.service_rig import PHASE5, T0, Rig, rigs  # noqa: F401  (rigs is a fixture)
 
 pytestmark = pytest.mark.anyio
 

@@ -23,8 +23,8 @@ from openfeature.flag_evaluation import Reason
 
 from flags.evaluate import FlagSet
 from flags.parse import parse_flags_text
-from tests.daemon_harness import REPO, Daemon, write_config
-from tests.flagfiles import FIRST_COHORTS, PHASE5_FLAGS, write_seed_flags
+from tests.support.daemon_harness import REPO, Daemon, write_config
+from tests.support.flagfiles import FIRST_COHORTS, PHASE5_FLAGS, write_seed_flags
 
 DISABLED_FLAG = "legacy_memory_enabled"
 EXTRA = {DISABLED_FLAG: {"enabled": False, "rollout_strategy": "all", "rollout_percentage": 100.0}}

@@ -25,14 +25,14 @@ from prometheus_client.registry import Collector
 
 from controller.guards import Outcome
 from controller.plan import Direction, Guard, Severity
-from controller.prometheus import (
+from controller.sources.prometheus import (
     QUERY_PATH,
     PrometheusError,
     PrometheusSource,
     query_value,
     unix_seconds,
 )
-from tests.realservers import HOST, PrometheusServer, free_port
+from tests.support.realservers import HOST, PrometheusServer, free_port
 
 P95 = "rolloutd_test_latency_p95_seconds"
 P95_VALUE = 0.25
@@ -376,7 +376,7 @@ async def test_any_exception_while_reading_an_answer_is_an_error(monkeypatch: py
     def unforeseen(endpoint: str, body: dict, direction: Direction | None) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr("controller.prometheus._reading", unforeseen)
+    monkeypatch.setattr("controller.sources.prometheus._reading", unforeseen)
     body = {"status": "success", "data": {"resultType": "vector", "result": []}}
     async with canned_server(http_response("200 OK", "application/json", body)) as (url, _):
         async with PrometheusSource.build_client(url, timeout=5.0) as client:
@@ -388,7 +388,7 @@ async def test_any_exception_while_reading_an_answer_is_an_error(monkeypatch: py
 @pytest.mark.anyio
 async def test_an_answer_over_the_size_limit_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """An answer larger than MAX_BODY is not read into memory: ERROR saying so."""
-    monkeypatch.setattr("controller.prometheus.MAX_BODY", 1024)
+    monkeypatch.setattr("controller.sources.prometheus.MAX_BODY", 1024)
     body = {"status": "success", "data": {"resultType": "vector", "result": []}, "pad": "x" * 5000}
     async with canned_server(http_response("200 OK", "application/json", body)) as (url, _):
         async with PrometheusSource.build_client(url, timeout=5.0) as client:

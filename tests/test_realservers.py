@@ -13,7 +13,7 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from pymongo import AsyncMongoClient
 
-from tests.realservers import HOST, MongoServer, PrometheusServer, RedisServer, free_port
+from tests.support.realservers import HOST, MongoServer, PrometheusServer, RedisServer, free_port
 
 GAUGE_VALUE = 42.5
 

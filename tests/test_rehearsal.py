@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from controller.plan import parse_duration
-from tests.daemon_harness import Daemon
-from tests.realservers import PrometheusServer
-from tests.rehearsal import (
+from tests.support.daemon_harness import Daemon
+from tests.support.realservers import PrometheusServer
+from tests.support.rehearsal import (
     P95,
     P95_GUARD,
     PASS_RATE_GUARD,
@@ -36,7 +36,7 @@ from tests.rehearsal import (
     rolloutctl,
     wait_until,
 )
-from tests.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
+from tests.support.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
 
 SCALE = 600.0
 INTERVAL = timedelta(minutes=5)  # the plans' guard interval, in plan time

@@ -22,9 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from controller.replay import replay
-from tests.history import GAP, HEALTHY, P95_BREACH_AT_30H, Scenario
-from tests.realservers import free_port
+from controller.host.replay import replay
+from tests.support.history import GAP, HEALTHY, P95_BREACH_AT_30H, Scenario
+from tests.support.realservers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN = REPO / "deploy" / "plans" / "phase5.toml"
@@ -192,7 +192,7 @@ def test_replay_command_line(history_prometheus: Any, tmp_path: Path) -> None:
     """`rolloutd replay` as a command: text lines on stdout; a config without Prometheus exits 78."""
     server = history_prometheus(HEALTHY)
     config = write_config(tmp_path, server.url)
-    cmd = [sys.executable, "-m", "controller.daemon", "replay", "--config", str(config),
+    cmd = [sys.executable, "-m", "controller.main", "replay", "--config", str(config),
            "--from", HEALTHY.at(0).isoformat(), "--to", HEALTHY.at(5).isoformat()]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -1,10 +1,10 @@
-"""`rolloutctl report --html`: the page (deploy/report_html.py) rendered from a real
+"""`rolloutctl report --html`: the page (controller/views/report_html.py) rendered from a real
 controller's answers, and a real daemon's page rendered by headless Chromium.
 
 The pure tests drive the service rig's Controller (simulated clock, real StateDB) through
 a rollout with an automatic rollback, a checkpoint NO-GO, a provider outage and operator
 commands, then render its status, journal, observations and reports. The live test runs
-rolloutd against Prometheus at time_scale 600 (tests/rehearsal.py), writes the page with
+rolloutd against Prometheus at time_scale 600 (tests/support/rehearsal.py), writes the page with
 the real rolloutctl and has Debian's `chromium` load it: the DOM must hold the charts and
 texts, and a screenshot must show more than a blank page.
 """
@@ -25,11 +25,11 @@ from typing import Any, Callable
 
 import pytest
 
-from deploy.report_charts import MAX_POINTS
-from deploy.report_html import render_html
+from controller.views.report_charts import MAX_POINTS
+from controller.views.report_html import render_html
 from deploy.report_page import prometheus_series
-from tests.realservers import PrometheusServer, free_port
-from tests.rehearsal import (
+from tests.support.realservers import PrometheusServer, free_port
+from tests.support.rehearsal import (
     P95,
     P95_GUARD,
     PASS_RATE_GUARD,
@@ -39,8 +39,8 @@ from tests.rehearsal import (
     Stage,
     rolloutctl,
 )
-from tests.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
-from tests.service_rig import PHASE5, T0, rigs  # noqa: F401  (rigs is a fixture)
+from tests.support.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
+from tests.support.service_rig import PHASE5, T0, rigs  # noqa: F401  (rigs is a fixture)
 
 SCRIPT = "<script>alert('x')</script>"
 CHROMIUM_TIMEOUT = 90

@@ -1,5 +1,5 @@
 """Untrusted JSON (flags/request_json.py), mmh3's lone-surrogate crash (flags/bucket.py) and the
-one-line 500 (controller/http_errors.py), in process."""
+one-line 500 (controller/host/http_errors.py), in process."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from controller.http_errors import contain_errors
-from controller.logs import configure_logging
+from controller.host.http_errors import contain_errors
+from controller.host.logs import configure_logging
 from flags.bucket import in_rollout, normalized_hash, rollout_position
 from flags.request_json import MAX_DEPTH, RequestRejected, check, loads
 from retrieval.memory import InvalidMemory, Memory

@@ -27,9 +27,9 @@ from retrieval.index_files import index_path
 from retrieval.memory import Memory
 from retrieval.mongo_store import MongoStore
 from retrieval.retriever import NotReady, RetrievalFailed, Retriever, RetrieverSettings
-from tests.clocks import FakeClock
-from tests.realservers import free_port
-from tests.retriever_rig import (
+from tests.support.clocks import FakeClock
+from tests.support.realservers import free_port
+from tests.support.retriever_rig import (
     STEP,
     InstrumentedEmbedder,
     build,

@@ -1,6 +1,6 @@
-"""The rollout's admin routes (controller/rollout_api.py) in the real admin app, over ASGI.
+"""The rollout's admin routes (controller/host/rollout_api.py) in the real admin app, over ASGI.
 
-The Controller behind them is real (tests/service_rig.py: a simulated clock, a real
+The Controller behind them is real (tests/support/service_rig.py: a simulated clock, a real
 StateDB and FlagStore); only the transport is in-process. What is proved: the status
 fields rolloutctl prints, every bad request a 400 naming its field, every refused
 command a 409 with the controller's reason, a daemon without a plan a 409 naming the
@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.admin_api import build_admin_app
-from controller.public_http import Readiness
-from controller.rollout_api import rollout_routes
+from controller.host.admin_api import build_admin_app
+from controller.host.public_http import Readiness
+from controller.host.rollout_api import rollout_routes
 from controller.service import Controller
-from tests.service_rig import FIRST_COHORT, PHASE5, Rig, rigs  # noqa: F401  (rigs is a fixture)
+from tests.support.service_rig import FIRST_COHORT, PHASE5, Rig, rigs  # noqa: F401  (rigs is a fixture)
 
 pytestmark = pytest.mark.anyio
 

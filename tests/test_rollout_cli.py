@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.daemon_harness import REPO, Daemon, write_config
-from tests.realservers import HOST, PrometheusServer
+from tests.support.daemon_harness import REPO, Daemon, write_config
+from tests.support.realservers import HOST, PrometheusServer
 
 TIMEOUT = 30.0
 PLAN = '''\

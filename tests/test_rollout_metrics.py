@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.guards import assess
 from controller.plan import Guard
 from controller.plan_load import load_plan
-from controller.replay import SimClock
-from controller.rollout_metrics import RolloutCollector
+from controller.host.replay import SimClock
+from controller.host.rollout_metrics import RolloutCollector
 from controller.service import Controller
 from controller.state_db import StateDB
 from flags.store import FlagStore

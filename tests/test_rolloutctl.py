@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.daemon_harness import REPO, Daemon, write_config
-from tests.flagfiles import PHASE5_FLAGS, seed_flags, write_seed_flags
+from tests.support.daemon_harness import REPO, Daemon, write_config
+from tests.support.flagfiles import PHASE5_FLAGS, seed_flags, write_seed_flags
 
 TIMEOUT = 30.0
 

@@ -1,5 +1,5 @@
 """The controller service on a simulated clock: a real StateDB and FlagStore in tmp_path,
-guards and report queries answered by a scripted GuardSource (tests/service_rig.py).
+guards and report queries answered by a scripted GuardSource (tests/support/service_rig.py).
 
 What is proved here is the order of things around `decide`: the rollout starts and
 resumes from durable state, stages reach flags.json with their cohort, checkpoint
@@ -24,12 +24,12 @@ from controller.decide import CommandRefused, Decision, Phase, RolloutState
 from controller.guards import assess
 from controller.plan_clock import JumpDetector
 from controller.plan_load import parse_plan
-from controller.replay import SimClock
+from controller.host.replay import SimClock
 from controller.service import PlanMismatch
 from controller.state_db import StateDB
 from flags.model import KILL_SWITCH
 from flags.store import FlagStore
-from tests.service_rig import (  # noqa: F401  (rigs is a fixture)
+from tests.support.service_rig import (  # noqa: F401  (rigs is a fixture)
     COMPACT,
     FIRST_COHORT,
     PHASE5,

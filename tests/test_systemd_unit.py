@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.config import load_config
-from controller.daemon import EX_CONFIG
-from tests.daemon_harness import write_config
-from tests.flagfiles import FIRST_COHORTS, PHASE5_FLAGS, write_seed_flags
+from controller.host.config import load_config
+from controller.host.daemon import EX_CONFIG
+from tests.support.daemon_harness import write_config
+from tests.support.flagfiles import FIRST_COHORTS, PHASE5_FLAGS, write_seed_flags
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD_DIR / "rolloutd.service"
@@ -248,7 +248,7 @@ def test_the_daemon_runs_and_serves_retrieval_under_memory_deny_write_execute(tm
         "    sys.exit('PR_SET_MDWE is on, yet a writable+executable mapping was allowed')\n"
         "except PermissionError:\n"
         "    pass\n"
-        "from controller.daemon import main\n"
+        "from controller.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     repo = SYSTEMD_DIR.parent

@@ -45,10 +45,10 @@ from controller.guards import assess
 from controller.plan_clock import PlanClock
 from controller.plan_load import load_plan
 from controller.status import rollout_status
-from deploy.watch_view import render
-from tests.daemon_harness import REPO, Daemon, write_config
-from tests.rehearsal import Rehearsal, Stage
-from tests.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
+from controller.views.watch_view import render
+from tests.support.daemon_harness import REPO, Daemon, write_config
+from tests.support.rehearsal import Rehearsal, Stage
+from tests.support.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
 
 PHASE5 = load_plan(REPO / "deploy" / "plans" / "phase5.toml")
 T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)   # the seeds' hour 0

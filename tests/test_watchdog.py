@@ -1,6 +1,6 @@
 """The systemd watchdog as systemd sees it: WATCHDOG=1 datagrams on a real NOTIFY_SOCKET.
 
-The pings come from the daemon's event loop (`controller.daemon._watchdog`), so they
+The pings come from the daemon's event loop (`controller.host.daemon._watchdog`), so they
 are evidence that the loop runs: while the loop is stalled they must stop for longer
 than WatchdogSec= (systemd then kills and restarts the unit), and when it runs again
 they must resume at half the interval. Two kinds of stall are made for real, without
@@ -23,10 +23,10 @@ import anyio
 import httpx
 import pytest
 
-from controller.config import load_config
-from controller.daemon import run_daemon
-from controller.sdnotify import Notifier
-from tests.daemon_harness import Daemon, write_config
+from controller.host.config import load_config
+from controller.host.daemon import run_daemon
+from controller.host.sdnotify import Notifier
+from tests.support.daemon_harness import Daemon, write_config
 
 INTERVAL = 1.0                 # WATCHDOG_USEC as the tests set it: a ping is due every 0.5 s
 PERIOD = INTERVAL / 2

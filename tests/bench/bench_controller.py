@@ -19,7 +19,7 @@ Reaction (`python -m tests.bench reaction`)
     Target: reaction p95 < 50 ms.
 
 Replay (`python -m tests.bench replay`)
-    76 h of healthy history (tests/history.py) backfilled with promtool into a real
+    76 h of healthy history (tests/support/history.py) backfilled with promtool into a real
     Prometheus; then `rolloutd replay --approve --json` of the shipped 72-hour phase5
     plan, timed in-process. Evaluations are counted (and timed) by wrapping
     `Controller.evaluate` for the duration; Prometheus's own request counter says how
@@ -29,7 +29,7 @@ Replay (`python -m tests.bench replay`)
     The replay must complete: stages at hours 0/4/12/49/52/56 and `completed` last.
 
 Idle (`python -m tests.bench idle`)
-    (a) The real daemon (tests/daemon_harness.py) with the phase5 plan at time_scale 1
+    (a) The real daemon (tests/support/daemon_harness.py) with the phase5 plan at time_scale 1
     (guards every 5 minutes) against a real Prometheus that scrapes its /metrics every
     15 s and serves `genesis_regression_pass_rate` from a recording rule, so the first
     evaluation is clean. Beside it, over the same window, a daemon with no plan (the
@@ -74,19 +74,19 @@ import structlog
 
 from controller.decide import Decision, Phase
 from controller.guards import Observation, assess
-from controller.logs import configure_logging
+from controller.host.logs import configure_logging
 from controller.plan import Direction, Guard, Plan
 from controller.plan_load import load_plan, parse_plan
-from controller.replay import SimClock, replay
+from controller.host.replay import SimClock, replay
 from controller.service import Controller
 from controller.state_db import StateDB
 from flags.parse import parse_flags_text
 from flags.store import FlagStore
 from tests.bench import REPO, BenchFailure, filesystem_type, heading, latency_summary_ms, line, table, verdict
 from tests.bench.bench_flags import disk_scratch_dir
-from tests.daemon_harness import Daemon, free_port, write_config
-from tests.history import RETENTION, backfill, healthy, history_start
-from tests.realservers import HOST, PrometheusServer
+from tests.support.daemon_harness import Daemon, free_port, write_config
+from tests.support.history import RETENTION, backfill, healthy, history_start
+from tests.support.realservers import HOST, PrometheusServer
 
 PHASE5 = REPO / "deploy" / "plans" / "phase5.toml"
 START = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
@@ -134,7 +134,7 @@ def _iso(moment: datetime) -> str:
 
 @contextmanager
 def _failures_as_bench_failures() -> Iterator[None]:
-    """tests.realservers and tests.history report a broken server with pytest.fail, which is
+    """tests.support.realservers and tests.support.history report a broken server with pytest.fail, which is
     a BaseException: turn it into a failed check instead of ending the whole run."""
     try:
         yield

@@ -88,11 +88,11 @@ def unleash_features() -> dict[str, Any]:
 
 
 def offline_unleash_client() -> Any:
-    """The real UnleashClient with the same flag, offline (tests/unleash_offline.py).
+    """The real UnleashClient with the same flag, offline (tests/support/unleash_offline.py).
 
     (UnleashClient is a test extra that only this benchmark needs, hence the local import.)
     """
-    from tests.unleash_offline import offline_unleash
+    from tests.support.unleash_offline import offline_unleash
 
     try:
         return offline_unleash(unleash_features()["features"], app_name="rolloutd-bench")

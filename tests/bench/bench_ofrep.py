@@ -1,6 +1,6 @@
 """OFREP over loopback against a real rolloutd process, loaded by `hey`.
 
-What runs: `tests.daemon_harness` starts `python -m controller.daemon` exactly as
+What runs: `tests.support.daemon_harness` starts `python -m controller.host.daemon` exactly as
 systemd would, on a free port, with a state dir holding eight flags shaped like the
 seeds' Phase 5 file (six progressive ramps at 10 %, `hybrid_rag_enabled` limited to
 `agent IN [Builder, Deploy, QA]`, an `all` flag, the kill switch). Two endpoints:
@@ -57,7 +57,7 @@ from flags.evaluate import FlagSet
 from flags.store import render
 from tests.bench import BenchFailure, heading, line, table, verdict
 from tests.bench.bench_flags import seed_flags
-from tests.daemon_harness import Daemon, write_config
+from tests.support.daemon_harness import Daemon, write_config
 
 CONTEXT = {"targetingKey": "task-42", "agent": "Builder"}
 BODY = json.dumps({"context": CONTEXT})

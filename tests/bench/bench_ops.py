@@ -1,7 +1,7 @@
 """Operations benchmarks: a real daemon's start-up, and SIGUSR1 to flags durably off.
 
 Startup (`python -m tests.bench startup`)
-    The real daemon (`python -m controller.daemon --config PATH`, tests/daemon_harness.py)
+    The real daemon (`python -m controller.host.daemon --config PATH`, tests/support/daemon_harness.py)
     with NOTIFY_SOCKET set to an AF_UNIX datagram socket this process binds, as systemd's.
     One trial: Popen → the datagram holding READY=1 (flags, rollout and listeners up), and
     Popen → the first 200 from GET /readyz, polled every 5 ms from READY=1 on (the retriever
@@ -13,7 +13,7 @@ Startup (`python -m tests.bench startup`)
     into a daemon that SIGTERM then stopped, so that it saved its vector index. Every
     restart of it must log `retrieval.opened` with all 100,000 memories and 0 re-embedded
     (the saved index was used), or the run fails. VmRSS/VmHWM are read once /readyz is 200.
-    Baselines: `python -c pass` and `python -c "import controller.daemon"` (the import
+    Baselines: `python -c pass` and `python -c "import controller.host.daemon"` (the import
     cost), wall time from Popen to exit. One untimed warm-up round first (page cache).
     `python -X importtime` of the daemon names what the import spends its time on.
 
@@ -62,7 +62,7 @@ from retrieval.corpus import generate
 from tests.bench import REPO, BenchFailure, filesystem_type, heading, latency_summary_ms, line, table, verdict
 from tests.bench.bench_controller import LOW_COHORT, PHASE5, _daemon_config, _memory_kib, check_durable
 from tests.bench.bench_flags import disk_scratch_dir
-from tests.daemon_harness import Daemon
+from tests.support.daemon_harness import Daemon
 
 STARTUP_TRIALS = int(os.environ.get("BENCH_STARTUP_TRIALS", "10"))
 STARTUP_MEMORIES = int(os.environ.get("BENCH_STARTUP_MEMORIES", "100000"))
@@ -234,7 +234,7 @@ def build_full(directory: Path, memories: int) -> dict[str, Any]:
 def import_profile() -> dict[str, list[tuple[str, float]]]:
     """`python -X importtime` of the daemon: its direct imports and the packages (first-import
     cumulative ms) that cost most."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import controller.daemon"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import controller.host.daemon"], cwd=REPO,
                          capture_output=True, text=True, check=True).stderr
     direct, packages = [], []
     for row in out.splitlines():
@@ -263,7 +263,7 @@ def run_startup() -> dict[str, Any]:
         full_config = workdir / "full" / "rolloutd.toml"
         for trial in range(-1, STARTUP_TRIALS):   # -1: the untimed warm-up round
             timed = trial >= 0
-            for name, code in (("python_pass", "pass"), ("import_daemon", "import controller.daemon")):
+            for name, code in (("python_pass", "pass"), ("import_daemon", "import controller.host.daemon")):
                 done, exited = _timed_python(code)
                 if timed:
                     baselines[name].append(done)
@@ -311,7 +311,7 @@ def _print_startup(f: dict[str, Any]) -> None:
         rows += [(f"{c['ready']['p50_ms']:.0f}", f"{c['ready']['p95_ms']:.0f}", f"{c['readyz']['p50_ms']:.0f}",
                   f"{c['readyz']['p95_ms']:.0f}", f"{c['stop']['p50_ms']:.0f}", f"{c['rss_kib_max'] / 1024:.0f}",
                   f"{c['vmhwm_kib_max'] / 1024:.0f}", label)]
-    for name, label in (("import_daemon", "baseline: Popen → `import controller.daemon` done"),
+    for name, label in (("import_daemon", "baseline: Popen → `import controller.host.daemon` done"),
                         ("import_daemon_exit", "baseline: the same, Popen → exit"),
                         ("python_pass", "baseline: Popen → `python -c pass` done")):
         s = f["baselines"][name]

@@ -115,7 +115,7 @@ from retrieval.vector_index import Hits, VectorIndex
 from tests.bench import REPO, BenchFailure, heading, latency_summary_ms, line, table
 from tests.bench.bench_controller import _failures_as_bench_failures, _logs_discarded
 from tests.bench.bench_flags import disk_scratch_dir
-from tests.realservers import RedisServer
+from tests.support.realservers import RedisServer
 
 NAMESPACE, SEED, TOP_K = "default", 7, 10
 SIZES = [int(n) for n in os.environ.get("BENCH_RETRIEVAL_SIZES", "10000,100000").split(",")] + (

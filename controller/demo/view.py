@@ -1,6 +1,6 @@
 """What `rolloutd demo` shows: the live timeline while it runs, then the summary.
 
-On a terminal the live view is `rolloutctl watch`'s screen (deploy/watch_view.py), painted
+On a terminal the live view is `rolloutctl watch`'s screen (controller/views/watch_view.py), painted
 in place on the alternate screen; piped, or with `--plain`, it is one line per decision
 and a guard line every six plan hours — readable in a CI log.
 """
@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from controller.demo_fleet import Tally
-from deploy.report_html import render_html
-from deploy.watch_view import render
+from controller.demo.fleet import Tally
+from controller.views.report_html import render_html
+from controller.views.watch_view import render
 from flags.atomic import atomic_write
 from flags.model import utcnow
 from retrieval.validation import percentile

@@ -44,7 +44,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.realservers import PrometheusServer, require_binary
+from tests.support.realservers import PrometheusServer, require_binary
 
 LABELS = 'job="rolloutd",instance="history"'
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5)  # then +Inf

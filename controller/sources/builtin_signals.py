@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from controller.guards import Observation, assess
 from controller.plan import BUILTIN_SIGNALS, Direction, Guard, Plan, format_duration
-from controller.promql_measures import measured
+from controller.sources.promql_measures import measured
 from controller.report import UNMEASURABLE, Measurement
 from retrieval.metrics import LATENCY_BUCKETS, RetrievalMetrics
 

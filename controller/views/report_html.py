@@ -26,7 +26,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Sequence
 
-from deploy.report_charts import (
+from controller.views.report_charts import (
     Frame,
     axes,
     downsample,

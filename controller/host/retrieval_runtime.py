@@ -12,7 +12,7 @@ import anyio
 import structlog
 from prometheus_client import CollectorRegistry
 
-from controller.config import Config
+from controller.host.config import Config
 from flags.store import FlagStore
 from retrieval.cache import build_cache
 from retrieval.embedded_store import EmbeddedStore

@@ -1,37 +1,21 @@
 """Checkpoint measurements for sources that answer PromQL: each criterion and seed metric is a query.
 
-    GuardSource (Protocol)   observe(guard, at); criterion(...) and seed_metric(...) for reports
     PromQLMeasures           criterion/seed_metric built from `value(promql, at, direction)`,
                              shared by PrometheusSource and the tests' scripted sources
 
-The built-in signals (`controller/builtin_signals.py`) answer the same three questions
+The built-in signals (`controller/sources/builtin_signals.py`) answer the same three questions
 from the daemon's own measurements, without PromQL.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
-
-from controller.guards import Observation
 from controller.plan import Direction, Guard, Plan
 from controller.report import UNMEASURABLE, Measurement, seed_metric_query, window_query
 
 
 class PrometheusError(Exception):
     """Prometheus could not give an answer; the message says where and why."""
-
-
-class GuardSource(Protocol):
-    """Where guard values come from: Prometheus, or the daemon's built-in signals. Never raises."""
-
-    async def observe(self, guard: Guard, at: datetime) -> Observation: ...
-
-    async def criterion(self, plan: Plan, guard: Guard, window: float, step: float, at: datetime) -> Measurement:
-        """The guard's worst value over the `window` seconds before wall time `at`, stepping by `step` s."""
-
-    async def seed_metric(self, key: str, window: float, at: datetime) -> Measurement:
-        """One of the seeds' report metrics (`report.SEED_METRICS`) over the window before `at`."""
 
 
 class PromQLMeasures:

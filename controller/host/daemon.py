@@ -36,24 +36,24 @@ import uvicorn
 from anyio.abc import TaskStatus
 from starlette.applications import Starlette
 
-from controller.admin_api import build_admin_app, engage_emergency
-from controller.rollout_api import rollout_routes
-from controller.rollout_metrics import RolloutCollector
-from controller.rollout_runtime import Rollout, RolloutStartError, open_rollout, reload_plan
-from controller.config import Config, ConfigError, check_state_dir, load_config
+from controller.host.admin_api import build_admin_app, engage_emergency
+from controller.host.rollout_api import rollout_routes
+from controller.host.rollout_metrics import RolloutCollector
+from controller.host.rollout_runtime import Rollout, RolloutStartError, open_rollout, reload_plan
+from controller.host.config import Config, ConfigError, check_state_dir, load_config
 from controller.state_file import StateFileError
-from controller.http_errors import contain_errors
-from controller.openapi_admin import admin_document
-from controller.openapi_public import document_route
-from controller.listeners import ListenerError, bind_tcp, bind_unix
-from controller.logs import configure_logging
-from controller.metrics import build_registry
+from controller.host.http_errors import contain_errors
+from controller.host.openapi_admin import admin_document
+from controller.host.openapi_public import document_route
+from controller.host.listeners import ListenerError, bind_tcp, bind_unix
+from controller.host.logs import configure_logging
+from controller.host.metrics import build_registry
 from prometheus_client import CollectorRegistry
-from controller.public_http import Readiness, build_public_app
-from controller.retrieval_runtime import build_retriever, build_validation, load_validation_set, open_and_keep
-from controller.builtin_signals import Sampler
-from controller.signals_api import signal_routes
-from controller.sdnotify import Notifier
+from controller.host.public_http import Readiness, build_public_app
+from controller.host.retrieval_runtime import build_retriever, build_validation, load_validation_set, open_and_keep
+from controller.sources.builtin_signals import Sampler
+from controller.host.signals_api import signal_routes
+from controller.host.sdnotify import Notifier
 from retrieval.http_api import retrieval_routes
 from retrieval.quality import LabelledSetError
 from retrieval.faults import Faults
@@ -69,16 +69,8 @@ HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.
 Clock = Callable[[], datetime]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["demo"]:
-        from controller.demo import demo  # noqa: PLC0415  (the daemon itself does not need it)
-
-        return demo(argv[1:])
-    if argv[:1] == ["replay"]:
-        from controller.replay import replay  # noqa: PLC0415  (the daemon itself does not need it)
-
-        return anyio.run(replay, argv[1:], backend="asyncio")
+def run(argv: list[str]) -> int:
+    """`rolloutd --config PATH`: the daemon in the foreground until SIGTERM; the exit status."""
     parser = argparse.ArgumentParser(prog="rolloutd", description="Roll feature flags out to an agent fleet, safely.",
                                      epilog="Also: rolloutd demo [--speed N] [--inject KIND@HOUR] (see `rolloutd demo --help`), "
                                             "rolloutd replay --config PATH --from T0 [--to T1] [--json]")
@@ -350,6 +342,3 @@ def _status(store: FlagStore, host: str, port: int, rollout: Rollout | None = No
         text += f"; rollout {state.plan} {state.phase} at {state.percentage:g}%"
     return text
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

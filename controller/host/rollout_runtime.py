@@ -14,13 +14,14 @@ import anyio
 import httpx
 import structlog
 
-from controller.builtin_signals import BuiltinSource, Sampler, missing_builtins
-from controller.config import Config
+from controller.sources.builtin_signals import BuiltinSource, Sampler, missing_builtins
+from controller.host.config import Config
 from controller.notify import Notifications
 from controller.plan_clock import Clock, JumpDetector
 from controller.plan import BUILTIN_SIGNALS
 from controller.plan_load import PlanError, load_plan
-from controller.prometheus import GuardSource, PrometheusSource
+from controller.sources.prometheus import PrometheusSource
+from controller.sources.protocol import GuardSource
 from controller.schedule import Schedule
 from controller.service import Controller, PlanMismatch
 from controller.state_db import StateDB

@@ -26,12 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from controller.config import ConfigError, load_config
+from controller.host.config import ConfigError, load_config
 from controller.decide import Decision, Phase
-from controller.logs import configure_logging
+from controller.host.logs import configure_logging
 from controller.plan_clock import iso_z
 from controller.plan_load import PlanError, load_plan
-from controller.prometheus import PrometheusSource
+from controller.sources.prometheus import PrometheusSource
 from controller.service import Controller
 from controller.state_db import StateDB
 from flags.store import FlagStore

@@ -1,7 +1,7 @@
 """The public HTTP API (OFREP, retrieval, health, metrics) as an OpenAPI 3.1 document.
 
 Served at `GET /openapi.json` on `[daemon] listen`; the admin socket's own document is
-`controller/openapi_admin.py`. Limits come from the modules that enforce them, so the
+`controller/host/openapi_admin.py`. Limits come from the modules that enforce them, so the
 document cannot drift from the code on a number; `tests/test_openapi.py` checks that
 every route the daemon serves is described and nothing else, and the fuzz suite
 (`tests/test_fuzz_http.py`) drives a real daemon from these documents.

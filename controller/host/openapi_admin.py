@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.admin_api import MAX_BODY
-from controller.builtin_signals import PUSHED
-from controller.openapi_public import ERROR, VERSION, answer, json_body
-from controller.rollout_api import MAX_OBSERVATIONS
+from controller.host.admin_api import MAX_BODY
+from controller.sources.builtin_signals import PUSHED
+from controller.host.openapi_public import ERROR, VERSION, answer, json_body
+from controller.host.rollout_api import MAX_OBSERVATIONS
 from controller.service import COMMANDS
 
 Schema = dict[str, Any]

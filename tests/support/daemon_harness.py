@@ -1,7 +1,7 @@
 """Run a real `rolloutd` process for a test: its own config, state_dir, port and socket.
 
 The daemon is started as a subprocess exactly as systemd would start it (`python -m
-controller.daemon --config PATH`), so signals, sockets and exit codes are the real ones.
+controller.host.daemon --config PATH`), so signals, sockets and exit codes are the real ones.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -67,7 +67,7 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 20.0) -> Daemon:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.daemon", "--config", str(self.config)],
+            [sys.executable, "-m", "controller.main", "--config", str(self.config)],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         # Drain the pipe all the time: a daemon rehearsing at a high time_scale logs fast,

@@ -1,5 +1,5 @@
 """The public HTTP app on `[daemon] listen`: OFREP, retrieval, /metrics, /healthz, /readyz,
-and /openapi.json describing all of them (controller/openapi_public.py)."""
+and /openapi.json describing all of them (controller/host/openapi_public.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from flags.evaluate import FlagSet
-from controller.openapi_public import document_route, public_document
+from controller.host.openapi_public import document_route, public_document
 from flags.ofrep import ofrep_routes
 
 

@@ -33,18 +33,18 @@ from typing import Any, TextIO
 import anyio
 import httpx
 
-from controller.config import Config, load_config
-from controller.daemon import DaemonHooks, Running, run_daemon
-from controller.demo_fleet import RegressionSuite, Tally, start_fleet
-from controller.demo_inject import Injection, active_faults, parse_injection
-from controller.demo_view import DemoView
-from controller.logs import configure_logging
-from controller.sdnotify import Notifier
+from controller.host.config import Config, load_config
+from controller.host.daemon import DaemonHooks, Running, run_daemon
+from controller.demo.fleet import RegressionSuite, Tally, start_fleet
+from controller.demo.inject import Injection, active_faults, parse_injection
+from controller.demo.view import DemoView
+from controller.host.logs import configure_logging
+from controller.host.sdnotify import Notifier
 from retrieval.corpus import generate
 from retrieval.faults import Faults
 from retrieval.gating import ALL_ON
 
-PLAN = Path(__file__).resolve().parent.parent / "deploy" / "plans" / "phase5.toml"
+PLAN = Path(__file__).resolve().parents[2] / "deploy" / "plans" / "phase5.toml"
 MARKER = ".rolloutd-demo"
 AUTO_APPROVE = "approved automatically by `rolloutd demo`; in production an operator runs `rolloutctl approve`"
 DEFAULT_SPEED = 1440.0  # plan seconds per wall second: 72 plan hours in 180 s

@@ -24,14 +24,14 @@ from controller.guards import Observation, assess
 from controller.notify import Event
 from controller.plan import Direction, Guard, Plan
 from controller.plan_load import load_plan
-from controller.promql_measures import PrometheusError, PromQLMeasures
-from controller.replay import SimClock
+from controller.sources.promql_measures import PrometheusError, PromQLMeasures
+from controller.host.replay import SimClock
 from controller.report import SEED_METRICS
 from controller.service import Controller
 from controller.state_db import StateDB
 from flags.store import FlagStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PHASE5 = load_plan(REPO / "deploy" / "plans" / "phase5.toml")
 T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)   # the seeds' hour 0
 FIRST_COHORT = ["Builder", "Deploy", "QA"]

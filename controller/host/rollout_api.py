@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from controller.admin_api import BadRequest, actor_of, body_of, guarded, reason_of
+from controller.host.admin_api import BadRequest, actor_of, body_of, guarded, reason_of
 from controller.decide import CommandRefused
 from controller.service import COMMANDS, Controller
 

@@ -1,6 +1,6 @@
 """Guard observations from Prometheus: one instant query per guard, every failure an observation.
 
-    GuardSource (Protocol, promql_measures.py)   observe(guard, at) -> Observation; never raises
+    GuardSource (Protocol, protocol.py)   observe(guard, at) -> Observation; never raises
     └── PrometheusSource      GET /api/v1/query?query=...&time=<at> on an injected httpx.AsyncClient;
                               reports' criteria and seed metrics are PromQL too (PromQLMeasures)
 
@@ -46,9 +46,10 @@ import httpx
 
 from controller.guards import Observation, assess
 from controller.plan import Direction, Guard
-from controller.promql_measures import GuardSource, PrometheusError, PromQLMeasures
+from controller.sources.promql_measures import PrometheusError, PromQLMeasures
+from controller.sources.protocol import GuardSource
 
-__all__ = ["GuardSource", "PrometheusError", "PrometheusSource", "query_value", "read"]
+__all__ = ["PrometheusError", "PrometheusSource", "query_value", "read"]
 
 QUERY_PATH = "/api/v1/query"
 _SNIPPET = 100  # characters of a non-Prometheus body worth showing in a log line

@@ -41,8 +41,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tests.daemon_harness import REPO, Daemon, write_config
-from tests.realservers import HOST, PrometheusServer, free_port
+from tests.support.daemon_harness import REPO, Daemon, write_config
+from tests.support.realservers import HOST, PrometheusServer, free_port
 
 T = TypeVar("T")
 P95 = "rehearsal_p95_seconds"

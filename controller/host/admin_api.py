@@ -8,7 +8,7 @@
     POST /v1/flags-restore          {"backup", "reason", "actor"}
     POST /v1/emergency-stop         {"reason", "actor"}: turn the kill switch on (with a rollout
                                     running: every plan flag off too, through the controller)
-    /v1/rollout..., /v1/reports...  the rollout's own routes: controller/rollout_api.py
+    /v1/rollout..., /v1/reports...  the rollout's own routes: controller/host/rollout_api.py
 
 Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such flag or backup),
 409 (the flags file on disk is invalid) or 507 (the disk refused the write — full,
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from controller.public_http import Readiness
+from controller.host.public_http import Readiness
 from flags.errors import (BackupNotFoundError, FlagsError, FlagsFileError, FlagValidationError, StorageError,
                           UnknownFlagError)
 from flags.model import Flag

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = structlog.get_logger("rolloutd.http")
-_OURS = tuple(str(Path(__file__).resolve().parents[1] / pkg) for pkg in ("controller", "flags", "retrieval"))
+_OURS = tuple(str(Path(__file__).resolve().parents[2] / pkg) for pkg in ("controller", "flags", "retrieval"))
 
 
 def contain_errors(app: Starlette, listener: str) -> ASGIApp:

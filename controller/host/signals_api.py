@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from controller.admin_api import BadRequest, body_of, guarded
-from controller.builtin_signals import PUSHED, BuiltinSource
+from controller.host.admin_api import BadRequest, body_of, guarded
+from controller.sources.builtin_signals import PUSHED, BuiltinSource
 from controller.plan import BUILTIN_SIGNALS
 
 

@@ -48,7 +48,7 @@ READY_TIMEOUT = 30.0  # a cold start on a loaded CI machine; locally all three t
 STOP_GRACE = 10.0  # secantusd may drain connections for up to 5 s before closing storage
 POLL_INTERVAL = 0.05
 QUERY_TIMEOUT = 20.0  # the first scrape comes after Prometheus's 5 s discovery tick (or two)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SECANTUSD = REPO_ROOT / ".tools" / "secantus" / "bin" / "secantusd-py"
 SYSTEM_DATABASES = {"admin", "config", "local"}
 
@@ -234,7 +234,7 @@ class PrometheusServer(ManagedServer):
     def __init__(
         self, workdir: Path, *, storage: Path | None = None, retention: str | None = None
     ) -> None:
-        """`storage` may hold backfilled blocks (tests/history.py); `retention` overrides
+        """`storage` may hold backfilled blocks (tests/support/history.py); `retention` overrides
         the 15 d default, which counts back from the newest block."""
         port = free_port()
         self.config_path = workdir / "prometheus.yml"

@@ -11,15 +11,21 @@ PY          := $(VENV)/bin/python
 PIP_FLAGS   := --quiet --disable-pip-version-check
 APT_PKGS    := redis-server prometheus
 
-.PHONY: demo test bench deps system-deps clean
+.PHONY: demo test lint bench deps system-deps clean
 
 # The seeds' 72-hour plan in about three minutes on embedded defaults: no Prometheus, MongoDB or
 # Redis needed, so only the venv. DEMO_ARGS passes options: make demo DEMO_ARGS="--inject latency@30h".
 demo: $(VENV)/.installed
 	$(VENV)/bin/rolloutd demo $(DEMO_ARGS)
 
-test: deps
+test: deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (lint, then format check) and mypy, configured in pyproject.toml; `make test` runs them first.
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The OFREP benchmark loads the daemon with `hey` (Debian's package), installed when missing; the
 # quality benchmark also scores the real embedding model, the `static` extra (wordllama, weights

@@ -20,15 +20,22 @@ from typing import Any
 from controller.decide import RolloutState
 from controller.plan import Plan
 from controller.plan_clock import PlanClock, iso_z
-from controller.sources.protocol import GuardSource
 from controller.report import SEED_METRICS, build_report
+from controller.sources.protocol import GuardSource
 from flags.atomic import atomic_write
 
 REPORTS = "reports"
 
 
-async def measure_report(plan: Plan, state: RolloutState, index: int, now: datetime, clock: PlanClock,
-                         source: GuardSource, journal: list[dict[str, Any]]) -> dict[str, Any]:
+async def measure_report(
+    plan: Plan,
+    state: RolloutState,
+    index: int,
+    now: datetime,
+    clock: PlanClock,
+    source: GuardSource,
+    journal: list[dict[str, Any]],
+) -> dict[str, Any]:
     """The checkpoint's report at plan time `now`, measured through `source`."""
     checkpoint = plan.checkpoints[index]
     earlier = [cp.at for cp in plan.checkpoints if cp.at < checkpoint.at]
@@ -36,14 +43,17 @@ async def measure_report(plan: Plan, state: RolloutState, index: int, now: datet
     wall_at = clock.wall_time(now)
     window = clock.wall_duration(now - period_start).total_seconds()
     step = clock.wall_duration(plan.guard_interval).total_seconds()
-    criteria = {name: await source.criterion(plan, plan.guard(name), window, step, wall_at)
-                for name in checkpoint.criteria}
+    criteria = {
+        name: await source.criterion(plan, plan.guard(name), window, step, wall_at) for name in checkpoint.criteria
+    }
     metrics = {key: await source.seed_metric(key, window, wall_at) for key in SEED_METRICS}
     period = [d for d in journal if period_start <= _plan_at(d) <= now]
     report = build_report(plan, state, index, now, criteria, period, metrics)
     report["period_start"] = iso_z(period_start)
-    report["queries"] = {"criteria": {name: m.query for name, m in criteria.items() if m.query},
-                         "metrics": {name: m.query for name, m in metrics.items() if m.query}}
+    report["queries"] = {
+        "criteria": {name: m.query for name, m in criteria.items() if m.query},
+        "metrics": {name: m.query for name, m in metrics.items() if m.query},
+    }
     return report
 
 
@@ -65,5 +75,8 @@ def write_report(state_dir: Path, plan: Plan, index: int, report: dict[str, Any]
 
 def list_reports(state_dir: Path) -> list[Path]:
     directory = Path(state_dir) / REPORTS
-    return sorted(directory.glob("checkpoint-*.json"), key=lambda p: int(p.name.split("-")[1])) \
-        if directory.is_dir() else []
+    return (
+        sorted(directory.glob("checkpoint-*.json"), key=lambda p: int(p.name.split("-")[1]))
+        if directory.is_dir()
+        else []
+    )

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
-from controller.decide import Decision, RolloutState, Transition
+from controller.decide import RolloutState, Transition
+from controller.decision import Action, Decision
 from controller.flag_effects import flag_changes
 from controller.plan import Plan
 from controller.state_db import StateDB
@@ -34,8 +35,14 @@ def begin(db: StateDB, state: RolloutState, now: datetime) -> None:
         db.record(state, (), now)
 
 
-def commit(db: StateDB, store: FlagStore, plan: Plan, transition: Transition, now: datetime,
-           previous: RolloutState | None = None) -> None:
+def commit(
+    db: StateDB,
+    store: FlagStore,
+    plan: Plan,
+    transition: Transition,
+    now: datetime,
+    previous: RolloutState | None = None,
+) -> None:
     """Persist the transition, apply its flag changes, then mark them applied. `previous`:
     the state to put back should the flags be refused before any changed."""
     with storage(db):
@@ -50,7 +57,7 @@ def commit(db: StateDB, store: FlagStore, plan: Plan, transition: Transition, no
             _withdraw(db, ids, previous, now)
         raise
     with storage(db):
-        db.complete([i for i, d in zip(ids, transition.decisions) if d.changes_flags])
+        db.complete([i for i, d in zip(ids, transition.decisions, strict=False) if d.changes_flags])
 
 
 def record_applied(db: StateDB, store: FlagStore, plan: Plan, transition: Transition, now: datetime) -> None:
@@ -77,8 +84,12 @@ def recover(db: StateDB, store: FlagStore, plan: Plan) -> list[Decision]:
 def apply(store: FlagStore, plan: Plan, decision: Decision) -> None:
     changes = flag_changes(plan, decision, store.snapshot.flags)
     if changes:
-        store.apply(changes, actor=f"rolloutd plan {plan.name}", reason=f"{decision.action}: {decision.reason}",
-                    force=decision.action == "emergency")
+        store.apply(
+            changes,
+            actor=f"rolloutd plan {plan.name}",
+            reason=f"{decision.action}: {decision.said}",
+            force=decision.action is Action.EMERGENCY,
+        )
 
 
 @contextmanager
@@ -114,4 +125,4 @@ def _withdraw(db: StateDB, ids: list[int], previous: RolloutState, now: datetime
         with storage(db):
             db.withdraw(ids, previous, now)
     except StorageError:
-        pass   # the intent stays, as after a crash: recover() applies it on the next start
+        pass  # the intent stays, as after a crash: recover() applies it on the next start

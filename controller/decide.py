@@ -29,18 +29,22 @@ Rules, in the order `decide` applies them:
 5. one due stage is applied, and only if a clean evaluation happened at or after the
    time it fell due — so stages that fell due while the daemon was down wait for the
    first passing evaluation, and none is ever skipped.
+
+Every decision says what caused it and who acted, as data (controller/decision.py).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Mapping
+from typing import Any
 
+from controller.decision import OPERATOR, ROLLOUTD, Action, Decision, Trigger, TriggerKind, said
+from controller.errors import CommandRefused
 from controller.guards import GuardCounters, Observation, Outcome
 from controller.plan import Plan, Response, Severity
-from controller.plan_clock import iso_z
 
 
 class Phase(enum.StrEnum):
@@ -57,53 +61,22 @@ class Phase(enum.StrEnum):
         return self is Phase.COMPLETED
 
 
-class CommandRefused(Exception):
-    """An operator command that does not apply in the current phase (the message says why)."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One journal entry; `action` is what replay and the journal print."""
-
-    at: datetime
-    action: str            # stage_applied, rollback, hold, resume, warning, checkpoint, verdict,
-                           # awaiting_approval, approved, emergency, emergency_cleared, completed
-    stage: int
-    percentage: float
-    agents: tuple[str, ...]
-    reason: str
-    severity: Severity | None = None
-    checkpoint: int | None = None
-    guard: str | None = None
-    recommendation: str | None = None   # verdict: GO, NO-GO or HOLD
-
-    @property
-    def changes_flags(self) -> bool:
-        return self.action in ("stage_applied", "rollback", "emergency", "emergency_cleared")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"at": iso_z(self.at), "action": self.action, "stage": self.stage,
-                "percentage": self.percentage, "agents": list(self.agents), "reason": self.reason,
-                "severity": str(self.severity) if self.severity else None, "checkpoint": self.checkpoint,
-                "guard": self.guard, "recommendation": self.recommendation}
-
-
 @dataclass(frozen=True)
 class RolloutState:
     plan: str
     plan_digest: str
     started_at: datetime
     phase: Phase = Phase.RUNNING
-    stage: int = -1                       # index of the applied stage; -1 before the first
+    stage: int = -1  # index of the applied stage; -1 before the first
     percentage: float = 0.0
     agents: tuple[str, ...] = ()
     hold_reason: str = ""
     held_by_operator: bool = False
     checkpoints_done: tuple[int, ...] = ()
-    verdicts: tuple[int, ...] = ()        # checkpoints whose report has been judged (GO, HOLD or NO-GO)
+    verdicts: tuple[int, ...] = ()  # checkpoints whose report has been judged (GO, HOLD or NO-GO)
     approved: tuple[int, ...] = ()
     guards: Mapping[str, GuardCounters] = field(default_factory=dict)
-    warned: tuple[str, ...] = ()          # guards whose current warning episode was notified
+    warned: tuple[str, ...] = ()  # guards whose current warning episode was notified
     rollbacks: int = 0
     manual_interventions: int = 0
     last_clean_at: datetime | None = None
@@ -121,8 +94,9 @@ def start(plan: Plan, now: datetime) -> RolloutState:
     return RolloutState(plan=plan.name, plan_digest=plan.digest, started_at=plan.start or now)
 
 
-def decide(plan: Plan, state: RolloutState, now: datetime,
-           observations: Iterable[Observation] = (), *, regular: bool = True) -> Transition:
+def decide(
+    plan: Plan, state: RolloutState, now: datetime, observations: Iterable[Observation] = (), *, regular: bool = True
+) -> Transition:
     """The rollout's next step at `now`, given this round's guard observations (if any).
 
     `regular=False`: the observations come from an extra round (see rule 1).
@@ -136,7 +110,7 @@ def decide(plan: Plan, state: RolloutState, now: datetime,
     if observations:
         state, reacted = _react(plan, state, now)
         decisions += reacted
-        if reacted and reacted[-1].action == "rollback":
+        if reacted and reacted[-1].action is Action.ROLLBACK:
             return Transition(state, tuple(decisions))
     state, advanced = _advance(plan, state, now)
     return Transition(state, tuple(decisions + advanced))
@@ -144,8 +118,8 @@ def decide(plan: Plan, state: RolloutState, now: datetime,
 
 # -- guards ---------------------------------------------------------------------------------
 
-def _record(state: RolloutState, observations: tuple[Observation, ...], now: datetime,
-            regular: bool) -> RolloutState:
+
+def _record(state: RolloutState, observations: tuple[Observation, ...], now: datetime, regular: bool) -> RolloutState:
     guards = dict(state.guards)
     for obs in observations:
         guards[obs.guard] = guards.get(obs.guard, GuardCounters()).observe(obs, regular)
@@ -155,32 +129,57 @@ def _record(state: RolloutState, observations: tuple[Observation, ...], now: dat
 def _react(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutState, list[Decision]]:
     rollback = _rollback_trigger(plan, state)
     if rollback is not None:
-        response, reason, severity, guard = rollback
-        state, rolled = _roll_back(plan, state, now, response, reason, severity, guard)
+        state, rolled = _roll_back(plan, state, now, rollback)
         if rolled:
             return state, rolled
         # nothing left to roll back: the warnings and blindness below still apply
     state, decisions = _warnings(plan, state, now)
-    blind = [(g.name, state.guards[g.name].last) for g in plan.guards
-             if g.name in state.guards and state.guards[g.name].blind(g)]
+    blind = [
+        (g.name, state.guards[g.name].last)
+        for g in plan.guards
+        if g.name in state.guards and state.guards[g.name].blind(g)
+    ]
     if blind:
-        why = "; ".join(f"{name}: {obs.outcome}{' (' + obs.detail + ')' if obs and obs.detail else ''}" for name, obs in blind)
+        why = "; ".join(
+            f"{name}: {obs.outcome if obs else 'no observation'}{' (' + obs.detail + ')' if obs and obs.detail else ''}"
+            for name, obs in blind
+        )
         if state.phase is Phase.RUNNING:
             reason = f"not advancing while blind: {why}"
             state = replace(state, phase=Phase.HOLDING, hold_reason=reason, held_by_operator=False)
-            decisions.append(_decision(state, now, "hold", reason))
+            trigger = Trigger(TriggerKind.BLINDNESS, ",".join(name for name, _ in blind))
+            decisions.append(_decision(state, now, Action.HOLD, reason, trigger))
         return state, decisions
     if state.phase is Phase.HOLDING and not state.held_by_operator:  # only automatic holds clear themselves
         state = replace(state, phase=Phase.RUNNING, hold_reason="")
-        decisions.append(_decision(state, now, "resume", "every guard reports again"))
+        decisions.append(
+            _decision(state, now, Action.RESUME, "every guard reports again", Trigger(TriggerKind.BLINDNESS))
+        )
     if not any(_breaching(c) for c in state.guards.values()):
         state = replace(state, last_clean_at=now)
     return state, decisions
 
 
-def _rollback_trigger(plan: Plan, state: RolloutState) -> tuple[Response, str, Severity | None, str] | None:
-    """The worst reason to roll back now, if any: (response, reason, severity, guard)."""
-    worst: tuple[Response, str, Severity | None, str] | None = None
+@dataclass(frozen=True)
+class _Rollback:
+    """Why to roll back and how far: what `_roll_back` journals."""
+
+    response: Response
+    reason: str
+    trigger: Trigger
+    severity: Severity | None = None
+    guard: str | None = None
+    actor: str = ROLLOUTD
+    to_stage: int | None = None  # an operator's target; else the response says how far
+
+    @property
+    def manual(self) -> bool:
+        return self.trigger.kind is TriggerKind.OPERATOR
+
+
+def _rollback_trigger(plan: Plan, state: RolloutState) -> _Rollback | None:
+    """The worst reason to roll back now, if any."""
+    worst: _Rollback | None = None
     rank = {Response.NOTIFY: 0, Response.ROLLBACK_STAGE: 1, Response.ROLLBACK_ZERO: 2}
     for guard in plan.guards:
         counters = state.guards.get(guard.name)
@@ -191,13 +190,27 @@ def _rollback_trigger(plan: Plan, state: RolloutState) -> tuple[Response, str, S
         if severity is not None and guard.responses[severity] is not Response.NOTIFY:
             checks = guard.checks_to_sustain(plan.guard_interval)
             detail = counters.last.detail if counters.last else ""
-            candidate = (guard.responses[severity], f"{detail} for {checks} consecutive check(s)", severity, guard.name)
+            candidate = _Rollback(
+                guard.responses[severity],
+                f"{detail} for {checks} consecutive check(s)",
+                Trigger(TriggerKind.GUARD, guard.name),
+                severity,
+                guard.name,
+            )
         elif counters.failures(guard) >= plan.failure_limit:
             kind = "errors" if counters.errors >= plan.failure_limit else "no data"
-            reason = (f"{guard.name}: {counters.failures(guard)} consecutive failed checks ({kind}) "
-                      f">= failure_limit {plan.failure_limit}")
-            candidate = (plan.failure_response, reason, None, guard.name)
-        if candidate and candidate[0] is not Response.NOTIFY and (worst is None or rank[candidate[0]] > rank[worst[0]]):
+            reason = (
+                f"{guard.name}: {counters.failures(guard)} consecutive failed checks ({kind}) "
+                f">= failure_limit {plan.failure_limit}"
+            )
+            candidate = _Rollback(
+                plan.failure_response, reason, Trigger(TriggerKind.FAILURE_LIMIT, guard.name), guard=guard.name
+            )
+        if (
+            candidate
+            and candidate.response is not Response.NOTIFY
+            and (worst is None or rank[candidate.response] > rank[worst.response])
+        ):
             worst = candidate
     return worst
 
@@ -211,8 +224,17 @@ def _warnings(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutSt
         warned.append(guard.name)
         if guard.name not in state.warned:
             obs = counters.last
-            decisions.append(_decision(state, now, "warning", obs.detail if obs else guard.name,
-                                       severity=obs.severity if obs else None, guard=guard.name))
+            decisions.append(
+                _decision(
+                    state,
+                    now,
+                    Action.WARNING,
+                    obs.detail if obs else guard.name,
+                    Trigger(TriggerKind.GUARD, guard.name),
+                    severity=obs.severity if obs else None,
+                    guard=guard.name,
+                )
+            )
     return replace(state, warned=tuple(warned)), decisions
 
 
@@ -222,20 +244,33 @@ def _breaching(counters: GuardCounters) -> bool:
 
 # -- moving between stages -----------------------------------------------------------------
 
-def _roll_back(plan: Plan, state: RolloutState, now: datetime, response: Response, reason: str,
-               severity: Severity | None, guard: str | None, manual: bool = False,
-               to_stage: int | None = None) -> tuple[RolloutState, list[Decision]]:
-    target = to_stage if to_stage is not None else _rollback_target(plan, state, response)
+
+def _roll_back(plan: Plan, state: RolloutState, now: datetime, why: _Rollback) -> tuple[RolloutState, list[Decision]]:
+    target = why.to_stage if why.to_stage is not None else _rollback_target(plan, state, why.response)
     percentage, agents = _position(plan, target)
     reset = {name: replace(c, streaks={}) for name, c in state.guards.items()}
-    if percentage >= state.percentage and not manual:
+    if percentage >= state.percentage and not why.manual:
         # Already as far back as this response goes: the breach was notified when it began,
         # and it keeps the rollout from advancing; start counting the next episode afresh.
         return replace(state, guards=reset), []
-    state = replace(state, phase=Phase.ROLLED_BACK, stage=target, percentage=percentage, agents=agents,
-                    hold_reason=reason, held_by_operator=False, guards=reset, rollbacks=state.rollbacks + 1,
-                    manual_interventions=state.manual_interventions + (1 if manual else 0), warned=())
-    return state, [_decision(state, now, "rollback", reason, severity=severity, guard=guard)]
+    state = replace(
+        state,
+        phase=Phase.ROLLED_BACK,
+        stage=target,
+        percentage=percentage,
+        agents=agents,
+        hold_reason=said(why.actor, why.reason, why.manual),
+        held_by_operator=False,
+        guards=reset,
+        rollbacks=state.rollbacks + 1,
+        manual_interventions=state.manual_interventions + (1 if why.manual else 0),
+        warned=(),
+    )
+    return state, [
+        _decision(
+            state, now, Action.ROLLBACK, why.reason, why.trigger, why.actor, severity=why.severity, guard=why.guard
+        )
+    ]
 
 
 def _rollback_target(plan: Plan, state: RolloutState, response: Response) -> int:
@@ -255,31 +290,45 @@ def _advance(plan: Plan, state: RolloutState, now: datetime) -> tuple[RolloutSta
     elapsed = now - state.started_at
     while state.phase is Phase.RUNNING:
         cp = _due_checkpoint(plan, state, elapsed)
-        nxt = state.stage + 1 if state.stage + 1 < len(plan.stages) else None
-        stage_due = nxt is not None and plan.stages[nxt].at <= elapsed
-        if cp is not None and (not stage_due or plan.checkpoints[cp].at <= plan.stages[nxt].at):
+        nxt = state.stage + 1
+        due = plan.stages[nxt] if nxt < len(plan.stages) and plan.stages[nxt].at <= elapsed else None
+        if cp is not None and (due is None or plan.checkpoints[cp].at <= due.at):
             state, recorded = _checkpoint(plan, state, now, cp)
             decisions += recorded
             continue
-        if stage_due and awaiting_verdict(state):
+        if due is not None and awaiting_verdict(state):
             break  # the checkpoint's report decides first
-        if stage_due:
-            unapproved = _unapproved_checkpoint(plan, state, plan.stages[nxt].at)
+        if due is not None:
+            unapproved = _unapproved_checkpoint(plan, state, due.at)
             if unapproved is not None:
-                reason = f"{plan.checkpoints[unapproved].name} needs an operator's approval (`rolloutctl approve`)"
-                state = replace(state, phase=Phase.AWAITING_APPROVAL, hold_reason=reason)
-                decisions.append(_decision(state, now, "awaiting_approval", reason, checkpoint=unapproved))
+                state, waiting = _await_approval(plan, state, now, unapproved)
+                decisions.append(waiting)
                 break
-            due_at = state.started_at + plan.stages[nxt].at
-            if not _clean_now(state) or state.last_clean_at < due_at:
+            clean_at = state.last_clean_at if _clean_now(state) else None
+            if clean_at is None or clean_at < state.started_at + due.at:
                 break  # wait for the latest evaluation to be clean, at or after the stage fell due
             state = _apply_stage(plan, state, nxt)
-            decisions.append(_decision(state, now, "stage_applied", f"{plan.stages[nxt].label()} fell due"))
+            label = due.label()
+            decisions.append(
+                _decision(state, now, Action.STAGE_APPLIED, f"{label} fell due", Trigger(TriggerKind.SCHEDULE, label))
+            )
             break  # one stage a round: the next needs its own clean evaluation
-        if (nxt is None and len(state.checkpoints_done) == len(plan.checkpoints) and not awaiting_verdict(state)
-                and _clean_now(state)):  # never complete while a guard breaches (or is blind)
+        if (
+            nxt >= len(plan.stages)
+            and len(state.checkpoints_done) == len(plan.checkpoints)
+            and not awaiting_verdict(state)
+            and _clean_now(state)
+        ):  # never while a guard breaches or is blind
             state = replace(state, phase=Phase.COMPLETED, hold_reason="")
-            decisions.append(_decision(state, now, "completed", "every stage applied and every checkpoint passed"))
+            decisions.append(
+                _decision(
+                    state,
+                    now,
+                    Action.COMPLETED,
+                    "every stage applied and every checkpoint passed",
+                    Trigger(TriggerKind.SCHEDULE),
+                )
+            )
         break
     return state, decisions
 
@@ -312,12 +361,22 @@ def _due_checkpoint(plan: Plan, state: RolloutState, elapsed: timedelta) -> int 
 def _checkpoint(plan: Plan, state: RolloutState, now: datetime, index: int) -> tuple[RolloutState, list[Decision]]:
     cp = plan.checkpoints[index]
     state = replace(state, checkpoints_done=state.checkpoints_done + (index,))
-    decisions = [_decision(state, now, "checkpoint", cp.name, checkpoint=index)]
+    decisions = [
+        _decision(state, now, Action.CHECKPOINT, cp.name, Trigger(TriggerKind.SCHEDULE, cp.name), checkpoint=index)
+    ]
     if cp.requires_approval and index not in state.approved:
-        reason = f"{cp.name} needs an operator's approval (`rolloutctl approve`)"
-        state = replace(state, phase=Phase.AWAITING_APPROVAL, hold_reason=reason)
-        decisions.append(_decision(state, now, "awaiting_approval", reason, checkpoint=index))
+        state, waiting = _await_approval(plan, state, now, index)
+        decisions.append(waiting)
     return state, decisions
+
+
+def _await_approval(plan: Plan, state: RolloutState, now: datetime, index: int) -> tuple[RolloutState, Decision]:
+    cp = plan.checkpoints[index]
+    reason = f"{cp.name} needs an operator's approval (`rolloutctl approve`)"
+    state = replace(state, phase=Phase.AWAITING_APPROVAL, hold_reason=reason)
+    return state, _decision(
+        state, now, Action.AWAITING_APPROVAL, reason, Trigger(TriggerKind.CHECKPOINT, cp.name), checkpoint=index
+    )
 
 
 def _apply_stage(plan: Plan, state: RolloutState, index: int) -> RolloutState:
@@ -325,83 +384,135 @@ def _apply_stage(plan: Plan, state: RolloutState, index: int) -> RolloutState:
     return replace(state, stage=index, percentage=stage.percentage, agents=stage.agents)
 
 
-def checkpoint_verdict(plan: Plan, state: RolloutState, now: datetime, index: int,
-                       recommendation: str, reason: str) -> Transition:
+def checkpoint_verdict(
+    plan: Plan, state: RolloutState, now: datetime, index: int, recommendation: str, reason: str
+) -> Transition:
     """Act on a checkpoint report's recommendation: GO goes on, HOLD holds, NO-GO rolls back to 0%.
 
     The verdict itself is journaled (action `verdict`), then what it does.
     """
     if index in state.verdicts:
         return Transition(state)  # judged already (a report re-measured after a crash changes nothing)
+    name = plan.checkpoints[index].name
+    trigger = Trigger(TriggerKind.CHECKPOINT, name)
     state = replace(state, verdicts=state.verdicts + (index,))
-    verdict = _decision(state, now, "verdict", f"{plan.checkpoints[index].name}: {recommendation} ({reason})",
-                        checkpoint=index, recommendation=recommendation)
+    verdict = _decision(
+        state,
+        now,
+        Action.VERDICT,
+        f"{name}: {recommendation} ({reason})",
+        trigger,
+        checkpoint=index,
+        recommendation=recommendation,
+    )
     if recommendation == "GO" or state.phase in (Phase.EMERGENCY, Phase.COMPLETED):
         return Transition(state, (verdict,))
     if recommendation == "NO-GO":
-        state, decisions = _roll_back(plan, state, now, Response.ROLLBACK_ZERO,
-                                      f"checkpoint {plan.checkpoints[index].name}: NO-GO ({reason})", None, None)
+        why = _Rollback(Response.ROLLBACK_ZERO, f"checkpoint {name}: NO-GO ({reason})", trigger)
+        state, decisions = _roll_back(plan, state, now, why)
         return Transition(state, (verdict, *decisions))
-    hold = f"checkpoint {plan.checkpoints[index].name}: HOLD ({reason}); `rolloutctl resume` when satisfied"
+    hold = f"checkpoint {name}: HOLD ({reason}); `rolloutctl resume` when satisfied"
     if state.phase is Phase.AWAITING_APPROVAL:
         return Transition(replace(state, hold_reason=hold), (verdict,))
     state = replace(state, phase=Phase.HOLDING, hold_reason=hold, held_by_operator=True)
-    return Transition(state, (verdict, _decision(state, now, "hold", hold, checkpoint=index)))
+    return Transition(state, (verdict, _decision(state, now, Action.HOLD, hold, trigger, checkpoint=index)))
 
 
 # -- operator commands ------------------------------------------------------------------------
+# `actor`: who asked (the admin API's `actor`); it is journaled beside the reason, never in it.
 
-def hold(state: RolloutState, now: datetime, reason: str) -> Transition:
+
+def hold(state: RolloutState, now: datetime, reason: str, *, actor: str = OPERATOR) -> Transition:
     _refuse_in(state, Phase.EMERGENCY, Phase.COMPLETED)
-    state = replace(state, phase=Phase.HOLDING, hold_reason=f"operator: {reason}", held_by_operator=True,
-                    manual_interventions=state.manual_interventions + 1)
-    return Transition(state, (_decision(state, now, "hold", f"operator: {reason}"),))
+    state = replace(
+        state,
+        phase=Phase.HOLDING,
+        hold_reason=said(actor, reason, True),
+        held_by_operator=True,
+        manual_interventions=state.manual_interventions + 1,
+    )
+    return Transition(state, (_decision(state, now, Action.HOLD, reason, _command("hold"), actor),))
 
 
-def resume(state: RolloutState, now: datetime, reason: str = "", clear_emergency: bool = False) -> Transition:
+def resume(
+    state: RolloutState, now: datetime, reason: str = "", clear_emergency: bool = False, *, actor: str = OPERATOR
+) -> Transition:
     if state.phase is Phase.EMERGENCY:
         if not clear_emergency:
             raise CommandRefused("the emergency shutdown is on; `rolloutctl resume --clear-emergency` clears it")
-        state = replace(state, phase=Phase.ROLLED_BACK, hold_reason="emergency cleared; flags stay at 0% until resumed",
-                        stage=-1, percentage=0.0, agents=(), manual_interventions=state.manual_interventions + 1)
-        return Transition(state, (_decision(state, now, "emergency_cleared", reason or "operator cleared the emergency"),))
+        state = replace(
+            state,
+            phase=Phase.ROLLED_BACK,
+            hold_reason="emergency cleared; flags stay at 0% until resumed",
+            stage=-1,
+            percentage=0.0,
+            agents=(),
+            manual_interventions=state.manual_interventions + 1,
+        )
+        return Transition(
+            state,
+            (
+                _decision(
+                    state,
+                    now,
+                    Action.EMERGENCY_CLEARED,
+                    reason or "emergency cleared",
+                    _command("clear_emergency"),
+                    actor,
+                ),
+            ),
+        )
     if state.phase is Phase.AWAITING_APPROVAL:
         raise CommandRefused("the rollout waits for a checkpoint approval; use `rolloutctl approve`")
     if state.phase not in (Phase.HOLDING, Phase.ROLLED_BACK):
         raise CommandRefused(f"nothing to resume: the rollout is {state.phase}")
-    state = replace(state, phase=Phase.RUNNING, hold_reason="", held_by_operator=False,
-                    manual_interventions=state.manual_interventions + 1)
-    return Transition(state, (_decision(state, now, "resume", f"operator: {reason or 'resume'}"),))
+    state = replace(
+        state,
+        phase=Phase.RUNNING,
+        hold_reason="",
+        held_by_operator=False,
+        manual_interventions=state.manual_interventions + 1,
+    )
+    return Transition(state, (_decision(state, now, Action.RESUME, reason or "resumed", _command("resume"), actor),))
 
 
-def approve(plan: Plan, state: RolloutState, now: datetime, reason: str = "") -> Transition:
+def approve(plan: Plan, state: RolloutState, now: datetime, reason: str = "", *, actor: str = OPERATOR) -> Transition:
     if state.phase is not Phase.AWAITING_APPROVAL:
         raise CommandRefused(f"no checkpoint is waiting for approval: the rollout is {state.phase}")
     waiting = next(i for i in reversed(state.checkpoints_done) if plan.checkpoints[i].requires_approval)
     state = replace(state, phase=Phase.RUNNING, hold_reason="", approved=state.approved + (waiting,))
     text = f"{plan.checkpoints[waiting].name} approved" + (f": {reason}" if reason else "")
-    return Transition(state, (_decision(state, now, "approved", text, checkpoint=waiting),))
+    return Transition(
+        state, (_decision(state, now, Action.APPROVED, text, _command("approve"), actor, checkpoint=waiting),)
+    )
 
 
-def promote(plan: Plan, state: RolloutState, now: datetime, reason: str = "") -> Transition:
+def promote(plan: Plan, state: RolloutState, now: datetime, reason: str = "", *, actor: str = OPERATOR) -> Transition:
     _refuse_in(state, Phase.EMERGENCY, Phase.COMPLETED, Phase.AWAITING_APPROVAL, Phase.PENDING)
     nxt = state.stage + 1
     if nxt >= len(plan.stages):
         raise CommandRefused("the last stage is already applied")
-    state = replace(_apply_stage(plan, state, nxt), phase=Phase.RUNNING, hold_reason="", held_by_operator=False,
-                    manual_interventions=state.manual_interventions + 1)
-    text = f"promoted by operator to {plan.stages[nxt].label()}" + (f": {reason}" if reason else "")
-    return Transition(state, (_decision(state, now, "stage_applied", text),))
+    state = replace(
+        _apply_stage(plan, state, nxt),
+        phase=Phase.RUNNING,
+        hold_reason="",
+        held_by_operator=False,
+        manual_interventions=state.manual_interventions + 1,
+    )
+    text = f"promoted to {plan.stages[nxt].label()}" + (f": {reason}" if reason else "")
+    return Transition(state, (_decision(state, now, Action.STAGE_APPLIED, text, _command("promote"), actor),))
 
 
-def rollback(plan: Plan, state: RolloutState, now: datetime, to_stage: int, reason: str) -> Transition:
+def rollback(
+    plan: Plan, state: RolloutState, now: datetime, to_stage: int, reason: str, *, actor: str = OPERATOR
+) -> Transition:
     _refuse_in(state, Phase.EMERGENCY)
     if not -1 <= to_stage < len(plan.stages):
         raise CommandRefused(f"no stage {to_stage}: stages are 0-{len(plan.stages) - 1}")
     if to_stage > state.stage:
         raise CommandRefused(f"stage {to_stage} is ahead of the applied stage {state.stage}; use `promote` to advance")
-    state, decisions = _roll_back(plan, state, now, Response.ROLLBACK_STAGE, f"operator: {reason}", None, None,
-                                  manual=True, to_stage=to_stage)
+    why = _Rollback(Response.ROLLBACK_STAGE, reason, _command("rollback"), actor=actor, to_stage=to_stage)
+    state, decisions = _roll_back(plan, state, now, why)
     return Transition(state, tuple(decisions))
 
 
@@ -416,12 +527,15 @@ def clock_jump(state: RolloutState, now: datetime, reason: str) -> Transition:
     if not advancing:
         return Transition(state)  # nothing would advance by itself anyway
     state = replace(state, phase=Phase.HOLDING, hold_reason=reason, held_by_operator=True)
-    return Transition(state, (_decision(state, now, "hold", reason),))
+    return Transition(state, (_decision(state, now, Action.HOLD, reason, Trigger(TriggerKind.CLOCK_JUMP)),))
 
 
-def emergency(state: RolloutState, now: datetime, reason: str) -> Transition:
-    state = replace(state, phase=Phase.EMERGENCY, stage=-1, percentage=0.0, agents=(), hold_reason=reason)
-    return Transition(state, (_decision(state, now, "emergency", reason),))
+def emergency(state: RolloutState, now: datetime, reason: str, *, actor: str = ROLLOUTD) -> Transition:
+    """The kill switch: every flag off. `actor`: who pulled it ("signal:SIGUSR1", an operator's name)."""
+    state = replace(
+        state, phase=Phase.EMERGENCY, stage=-1, percentage=0.0, agents=(), hold_reason=said(actor, reason, False)
+    )
+    return Transition(state, (_decision(state, now, Action.EMERGENCY, reason, Trigger(TriggerKind.EMERGENCY), actor),))
 
 
 def _refuse_in(state: RolloutState, *phases: Phase) -> None:
@@ -429,17 +543,39 @@ def _refuse_in(state: RolloutState, *phases: Phase) -> None:
         raise CommandRefused(f"not possible while the rollout is {state.phase}")
 
 
-def _decision(state: RolloutState, now: datetime, action: str, reason: str, **extra: Any) -> Decision:
-    return Decision(at=now, action=action, stage=state.stage, percentage=state.percentage, agents=state.agents,
-                    reason=reason, **extra)
+def _command(name: str) -> Trigger:
+    return Trigger(TriggerKind.OPERATOR, name)
+
+
+def _decision(
+    state: RolloutState,
+    now: datetime,
+    action: Action,
+    reason: str,
+    trigger: Trigger,
+    actor: str = ROLLOUTD,
+    **extra: Any,
+) -> Decision:
+    return Decision(
+        at=now,
+        action=action,
+        stage=state.stage,
+        percentage=state.percentage,
+        agents=state.agents,
+        reason=reason,
+        trigger=trigger,
+        actor=actor,
+        **extra,
+    )
 
 
 def next_transition(plan: Plan, state: RolloutState) -> tuple[datetime, str] | None:
     """When the plan next wants something, and what: the next due stage or checkpoint."""
     if state.phase in (Phase.COMPLETED, Phase.EMERGENCY):
         return None
-    events = [(state.started_at + cp.at, cp.name) for i, cp in enumerate(plan.checkpoints)
-              if i not in state.checkpoints_done]
+    events = [
+        (state.started_at + cp.at, cp.name) for i, cp in enumerate(plan.checkpoints) if i not in state.checkpoints_done
+    ]
     if state.stage + 1 < len(plan.stages):
         stage = plan.stages[state.stage + 1]
         events.append((state.started_at + stage.at, stage.label()))

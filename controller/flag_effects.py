@@ -13,10 +13,10 @@ a crash changes nothing that was already applied.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping
 
-from controller.decide import Decision
+from controller.decision import Action, Decision
 from controller.plan import Plan
 from flags.model import KILL_SWITCH, Constraint, Flag, Operator, Strategy
 from flags.store import with_percentage
@@ -28,13 +28,14 @@ def flag_changes(plan: Plan, decision: Decision, current: Mapping[str, Flag]) ->
     """The flags to write for `decision` (empty when it changes none)."""
     if not decision.changes_flags:
         return {}
-    if decision.action == "emergency":
+    if decision.action is Action.EMERGENCY:
         changes = {name: replace(_existing(plan, name, current), enabled=False) for name in plan.flags}
         changes[KILL_SWITCH] = replace(current.get(KILL_SWITCH) or Flag(KILL_SWITCH, enabled=True), enabled=True)
         return changes
-    changes = {name: rolled_out(_existing(plan, name, current), decision.percentage, decision.agents)
-               for name in plan.flags}
-    if decision.action == "emergency_cleared" and KILL_SWITCH in current:
+    changes = {
+        name: rolled_out(_existing(plan, name, current), decision.percentage, decision.agents) for name in plan.flags
+    }
+    if decision.action is Action.EMERGENCY_CLEARED and KILL_SWITCH in current:
         changes[KILL_SWITCH] = replace(current[KILL_SWITCH], enabled=False)
     return changes
 
@@ -47,6 +48,11 @@ def rolled_out(flag: Flag, percentage: float, agents: tuple[str, ...]) -> Flag:
 
 
 def _existing(plan: Plan, name: str, current: Mapping[str, Flag]) -> Flag:
-    return current.get(name) or Flag(name=name, enabled=False, rollout_strategy=Strategy.PERCENTAGE,
-                                     rollout_percentage=0.0, group_id=plan.name,
-                                     description=f"rolled out by plan {plan.name}")
+    return current.get(name) or Flag(
+        name=name,
+        enabled=False,
+        rollout_strategy=Strategy.PERCENTAGE,
+        rollout_percentage=0.0,
+        group_id=plan.name,
+        description=f"rolled out by plan {plan.name}",
+    )

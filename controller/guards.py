@@ -48,8 +48,15 @@ class Observation:
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"guard": self.guard, "outcome": str(self.outcome), "at": self.at.isoformat(), "value": self.value,
-                "severity": str(self.severity) if self.severity else None, "query": self.query, "detail": self.detail}
+        return {
+            "guard": self.guard,
+            "outcome": str(self.outcome),
+            "at": self.at.isoformat(),
+            "value": self.value,
+            "severity": str(self.severity) if self.severity else None,
+            "query": self.query,
+            "detail": self.detail,
+        }
 
 
 def assess(guard: Guard, value: float | None, at: datetime, error: str | None = None) -> Observation:
@@ -73,15 +80,16 @@ def assess(guard: Guard, value: float | None, at: datetime, error: str | None = 
 class GuardCounters:
     """Consecutive-evaluation counts for one guard (durable: they survive restarts)."""
 
-    streaks: dict[Severity, int] = field(default_factory=dict)   # consecutive breaches at >= severity
+    streaks: dict[Severity, int] = field(default_factory=dict)  # consecutive breaches at >= severity
     no_data: int = 0
     errors: int = 0
     last: Observation | None = None
 
     def observe(self, obs: Observation, regular: bool = True) -> GuardCounters:
         """Count `obs`; from an extra round (`regular=False`) it can end a run, never lengthen one."""
-        streaks = {s: (self.streaks.get(s, 0) + 1 if obs.severity is not None and obs.severity >= s else 0)
-                   for s in Severity}
+        streaks = {
+            s: (self.streaks.get(s, 0) + 1 if obs.severity is not None and obs.severity >= s else 0) for s in Severity
+        }
         no_data = self.no_data + 1 if obs.outcome is Outcome.NO_DATA else 0
         errors = self.errors + 1 if obs.outcome is Outcome.ERROR else 0
         if not regular:
@@ -113,8 +121,12 @@ class GuardCounters:
         return max(self.errors, self.no_data if guard.no_data is NoData.HOLD else 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"streaks": {str(s): n for s, n in self.streaks.items()}, "no_data": self.no_data,
-                "errors": self.errors, "last": self.last.to_dict() if self.last else None}
+        return {
+            "streaks": {str(s): n for s, n in self.streaks.items()},
+            "no_data": self.no_data,
+            "errors": self.errors,
+            "last": self.last.to_dict() if self.last else None,
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GuardCounters:
@@ -122,8 +134,17 @@ class GuardCounters:
         observation = None
         if last:
             observation = Observation(
-                guard=last["guard"], outcome=Outcome(last["outcome"]), at=datetime.fromisoformat(last["at"]),
-                value=last.get("value"), severity=Severity[last["severity"].upper()] if last.get("severity") else None,
-                query=last.get("query"), detail=last.get("detail", ""))
-        return cls(streaks={Severity[k.upper()]: v for k, v in raw.get("streaks", {}).items()},
-                   no_data=raw.get("no_data", 0), errors=raw.get("errors", 0), last=observation)
+                guard=last["guard"],
+                outcome=Outcome(last["outcome"]),
+                at=datetime.fromisoformat(last["at"]),
+                value=last.get("value"),
+                severity=Severity[last["severity"].upper()] if last.get("severity") else None,
+                query=last.get("query"),
+                detail=last.get("detail", ""),
+            )
+        return cls(
+            streaks={Severity[k.upper()]: v for k, v in raw.get("streaks", {}).items()},
+            no_data=raw.get("no_data", 0),
+            errors=raw.get("errors", 0),
+            last=observation,
+        )

@@ -46,8 +46,9 @@ ALERTS_PATH = "/api/v2/alerts"
 # Alertmanager resolves an alert nobody re-posts once endsAt passes: an hour keeps a
 # rollback on the on-call's screen without needing a "resolved" event we do not have.
 ALERT_TTL = timedelta(hours=1)
-NOTIFY_KINDS = frozenset({"warning", "rollback", "hold", "checkpoint", "awaiting_approval",
-                          "emergency", "emergency_cleared", "completed"})
+NOTIFY_KINDS = frozenset(
+    {"warning", "rollback", "hold", "checkpoint", "awaiting_approval", "emergency", "emergency_cleared", "completed"}
+)
 _CRITICAL = frozenset({"rollback", "emergency"})
 _WARNING = frozenset({"warning", "hold", "awaiting_approval"})
 _COLORS = {"critical": "#d32f2f", "warning": "#f9a825", "info": "#2e7d32"}
@@ -69,11 +70,11 @@ def severity_for(kind: str) -> str:
 class Event:
     """One decision worth telling humans about."""
 
-    kind: str              # the decision's action: "rollback", "emergency", "checkpoint", ...
-    severity: str          # "info" | "warning" | "critical"
-    rollout: str           # the plan's name
-    summary: str           # one human line
-    at: datetime           # aware UTC (plan time); a naive one is taken as UTC
+    kind: str  # the decision's action: "rollback", "emergency", "checkpoint", ...
+    severity: str  # "info" | "warning" | "critical"
+    rollout: str  # the plan's name
+    summary: str  # one human line
+    at: datetime  # aware UTC (plan time); a naive one is taken as UTC
     fields: Mapping[str, Any] = field(default_factory=dict)  # stage, percentage, guard, reason, ...
 
 
@@ -84,14 +85,19 @@ def slack_body(event: Event) -> dict[str, Any]:
     """A Slack incoming-webhook message; Mattermost and Rocket.Chat accept the same shape."""
     text = _one_line(f"[{event.severity.upper()}] {event.rollout} {event.kind}: {event.summary}")
     fields = [{"title": str(k), "value": _text(v), "short": True} for k, v in event.fields.items()]
-    return {"text": text, "attachments": [{
-        "fallback": text,
-        "color": _COLORS.get(event.severity, _COLORS["info"]),
-        "title": f"{event.rollout}: {event.kind.replace('_', ' ')}",
-        "text": event.summary,
-        "fields": fields,
-        "ts": int(_utc(event.at).timestamp()),
-    }]}
+    return {
+        "text": text,
+        "attachments": [
+            {
+                "fallback": text,
+                "color": _COLORS.get(event.severity, _COLORS["info"]),
+                "title": f"{event.rollout}: {event.kind.replace('_', ' ')}",
+                "text": event.summary,
+                "fields": fields,
+                "ts": int(_utc(event.at).timestamp()),
+            }
+        ],
+    }
 
 
 def alertmanager_body(event: Event) -> list[dict[str, Any]]:
@@ -104,13 +110,18 @@ def alertmanager_body(event: Event) -> list[dict[str, Any]]:
     at = _utc(event.at)
     resolves = event.kind == "emergency_cleared"
     kind = "emergency" if resolves else event.kind
-    labels = {"alertname": "Rolloutd" + "".join(p.capitalize() for p in kind.split("_")),
-              "severity": severity_for(kind) if kind == "emergency" else event.severity,
-              "rollout": event.rollout}
+    labels = {
+        "alertname": "Rolloutd" + "".join(p.capitalize() for p in kind.split("_")),
+        "severity": severity_for(kind) if kind == "emergency" else event.severity,
+        "rollout": event.rollout,
+    }
     if kind != "emergency" and event.fields.get("guard") is not None:
         labels["guard"] = str(event.fields["guard"])
-    annotations = {str(k): _text(v) for k, v in event.fields.items()
-                   if k != "reason" and v is not None and _LABEL_NAME.match(str(k))}
+    annotations = {
+        str(k): _text(v)
+        for k, v in event.fields.items()
+        if k != "reason" and v is not None and _LABEL_NAME.match(str(k))
+    }
     annotations |= {"summary": event.summary, "description": _text(event.fields.get("reason") or event.summary)}
     alert: dict[str, Any] = {"labels": labels, "annotations": annotations, "startsAt": _rfc3339(at)}
     if resolves:
@@ -167,7 +178,7 @@ class _Destination:
     url: str
     body: Callable[[Event], Any]
     queue: deque[Event] = field(default_factory=deque)
-    busy: bool = False                # a delivery (with its retries) is in flight
+    busy: bool = False  # a delivery (with its retries) is in flight
     wakeup: anyio.Event | None = None  # set by submit() while the worker waits
 
     @property
@@ -187,13 +198,24 @@ class _Attempt:
 class Notifications:
     """Deliver events to webhooks and Alertmanager in the background, with retries."""
 
-    def __init__(self, webhook_urls: Sequence[str] = (), alertmanager_url: str | None = None, *,
-                 timeout: float = 5.0, max_attempts: int = 5, backoff_base: float = 0.5,
-                 backoff_max: float = 30.0, queue_size: int = 1000, client: httpx.AsyncClient | None = None,
-                 kinds: Collection[str] = NOTIFY_KINDS) -> None:
+    def __init__(
+        self,
+        webhook_urls: Sequence[str] = (),
+        alertmanager_url: str | None = None,
+        *,
+        timeout: float = 5.0,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        queue_size: int = 1000,
+        client: httpx.AsyncClient | None = None,
+        kinds: Collection[str] = NOTIFY_KINDS,
+    ) -> None:
         if max_attempts < 1 or queue_size < 1 or timeout <= 0:
-            raise ValueError(f"notifications need max_attempts >= 1 (got {max_attempts}), "
-                             f"queue_size >= 1 (got {queue_size}) and timeout > 0 (got {timeout})")
+            raise ValueError(
+                f"notifications need max_attempts >= 1 (got {max_attempts}), "
+                f"queue_size >= 1 (got {queue_size}) and timeout > 0 (got {timeout})"
+            )
         destinations = [_Destination(_checked(url), slack_body) for url in webhook_urls]
         if alertmanager_url:
             destinations.append(_Destination(alerts_url(_checked(alertmanager_url)), alertmanager_body))
@@ -231,8 +253,11 @@ class Notifications:
         if not self.enabled:
             return
         client = self._client or httpx.AsyncClient(
-            timeout=httpx.Timeout(self._timeout), trust_env=False, follow_redirects=False,
-            headers={"User-Agent": "rolloutd-notify"})
+            timeout=httpx.Timeout(self._timeout),
+            trust_env=False,
+            follow_redirects=False,
+            headers={"User-Agent": "rolloutd-notify"},
+        )
         # trust_env=False: an operator's HTTP(S)_PROXY must not capture (or break) alerting.
         try:
             async with anyio.create_task_group() as tg:
@@ -264,8 +289,14 @@ class Notifications:
 
     def _drop(self, dest: _Destination, event: Event) -> None:
         self.stats["dropped"] += 1
-        log.warning("notify.dropped", destination=dest.label, kind=event.kind, rollout=event.rollout,
-                    attempt=0, queue_size=self._queue_size)
+        log.warning(
+            "notify.dropped",
+            destination=dest.label,
+            kind=event.kind,
+            rollout=event.rollout,
+            attempt=0,
+            queue_size=self._queue_size,
+        )
 
     async def _worker(self, client: httpx.AsyncClient, dest: _Destination) -> None:
         while True:
@@ -293,9 +324,13 @@ class Notifications:
                 return
             if not result.retryable or attempt == self._max_attempts:
                 self.stats["failed"] += 1
-                log.error("notify.failed", error=result.error, status=result.status,
-                          gave_up=f"after {attempt}/{self._max_attempts} attempts" if result.retryable
-                          else "not retryable", **where)
+                log.error(
+                    "notify.failed",
+                    error=result.error,
+                    status=result.status,
+                    gave_up=f"after {attempt}/{self._max_attempts} attempts" if result.retryable else "not retryable",
+                    **where,
+                )
                 return
             delay = self._delay(attempt, result.retry_after)
             self.stats["retried"] += 1
@@ -310,7 +345,7 @@ class Notifications:
             return _Attempt(False, True, f"no answer within {self._timeout:g}s ({type(exc).__name__})")
         except httpx.TransportError as exc:
             return _Attempt(False, True, f"{type(exc).__name__}: {exc or 'no details'}")
-        except Exception as exc:  # a bad URL or body: trying again changes nothing
+        except Exception as exc:  # noqa: BLE001  (a bad URL or body: trying again changes nothing)
             return _Attempt(False, False, f"{type(exc).__name__}: {exc or 'no details'}")
         status = response.status_code
         if 200 <= status < 300:
@@ -344,6 +379,8 @@ def _checked(url: str) -> str:
     except ValueError:  # a port that is not a number
         valid = False
     if not valid:
-        raise ValueError(f"notification URL {redact(url)!r} is not an http(s) URL: "
-                         "expected http(s)://host[:port]/path in [notifications]")
+        raise ValueError(
+            f"notification URL {redact(url)!r} is not an http(s) URL: "
+            "expected http(s)://host[:port]/path in [notifications]"
+        )
     return url

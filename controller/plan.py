@@ -31,19 +31,19 @@ class Severity(enum.IntEnum):
 
 
 class Direction(enum.StrEnum):
-    ABOVE = "above"   # breached when the value is greater than the threshold (latency, errors)
-    BELOW = "below"   # breached when the value is less than the threshold (pass rate, hit rate)
+    ABOVE = "above"  # breached when the value is greater than the threshold (latency, errors)
+    BELOW = "below"  # breached when the value is less than the threshold (pass rate, hit rate)
 
 
 class NoData(enum.StrEnum):
-    HOLD = "hold"     # blind: do not advance; counts toward the guard's no-data budget
-    PASS = "pass"     # silence is fine (e.g. an error counter that has never been incremented)
+    HOLD = "hold"  # blind: do not advance; counts toward the guard's no-data budget
+    PASS = "pass"  # silence is fine (e.g. an error counter that has never been incremented)
 
 
 class Response(enum.StrEnum):
-    NOTIFY = "notify"                  # tell people; change nothing
+    NOTIFY = "notify"  # tell people; change nothing
     ROLLBACK_STAGE = "rollback_stage"  # back to the previous stage's percentage and cohort
-    ROLLBACK_ZERO = "rollback_zero"    # every rollout flag to 0%
+    ROLLBACK_ZERO = "rollback_zero"  # every rollout flag to 0%
 
 
 # Signals a guard can name as `builtin`, served from the daemon's own measurements when no
@@ -69,8 +69,8 @@ DEFAULT_RESPONSE = {
 @dataclass(frozen=True)
 class Guard:
     name: str
-    query: str | None                 # PromQL with {{window}}; None when only a built-in signal serves
-    builtin: str | None               # the built-in signal's name (used when no Prometheus is configured)
+    query: str | None  # PromQL with {{window}}; None when only a built-in signal serves
+    builtin: str | None  # the built-in signal's name (used when no Prometheus is configured)
     direction: Direction
     thresholds: dict[Severity, float]
     window: timedelta
@@ -79,7 +79,7 @@ class Guard:
     responses: dict[Severity, Response] = field(default_factory=lambda: dict(DEFAULT_RESPONSE))
     unit: str = ""
     description: str = ""
-    min_samples: int = 0              # built-in signals: fewer events in the window is no data
+    min_samples: int = 0  # built-in signals: fewer events in the window is no data
 
     def resolved_query(self) -> str | None:
         """The PromQL with `{{window}}` replaced by the guard's window, e.g. `5m`."""
@@ -126,9 +126,9 @@ class Checkpoint:
     at: timedelta
     name: str
     requires_approval: bool
-    criteria: tuple[str, ...]          # guard names judged at their warning threshold
+    criteria: tuple[str, ...]  # guard names judged at their warning threshold
     max_rollbacks: int = 0
-    max_manual_interventions: int | None = None   # None: not a criterion
+    max_manual_interventions: int | None = None  # None: not a criterion
     next_milestone: str = ""
 
 
@@ -140,11 +140,11 @@ class Plan:
     checkpoints: tuple[Checkpoint, ...]
     guards: tuple[Guard, ...]
     guard_interval: timedelta
-    failure_limit: int                # consecutive failed guard checks (errors) before rolling back
+    failure_limit: int  # consecutive failed guard checks (errors) before rolling back
     failure_response: Response = Response.ROLLBACK_ZERO
     start: datetime | None = None
     description: str = ""
-    digest: str = ""                  # sha256 of the file: the plan's identity in durable state
+    digest: str = ""  # sha256 of the file: the plan's identity in durable state
 
     def guard(self, name: str) -> Guard:
         return next(g for g in self.guards if g.name == name)
@@ -166,13 +166,13 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_duration(value: object) -> timedelta:
     """`"5m"`, `"4h"`, `"1h30m"`, `"90s"`; a bare number is hours (plans count in hours)."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like \"5m\" or \"4h\", got {value!r}")
+        raise ValueError(f'expected a duration like "5m" or "4h", got {value!r}')
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ValueError(f"expected a finite number of hours, got {value!r}")
         return timedelta(hours=value)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a duration like \"5m\" or \"4h\", got {value!r}")
+        raise ValueError(f'expected a duration like "5m" or "4h", got {value!r}')
     total, number = 0.0, ""
     for ch in value.strip():
         if ch.isdigit() or ch == ".":
@@ -181,7 +181,7 @@ def parse_duration(value: object) -> timedelta:
             total += float(number) * _UNITS[ch]
             number = ""
         else:
-            raise ValueError(f"cannot read duration {value!r}; write it like \"5m\", \"4h\" or \"1h30m\"")
+            raise ValueError(f'cannot read duration {value!r}; write it like "5m", "4h" or "1h30m"')
     if number:
         raise ValueError(f"duration {value!r} needs a unit (s, m, h or d)")
     return timedelta(seconds=total)

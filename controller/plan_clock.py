@@ -18,9 +18,9 @@ two readings; a difference past the tolerance is a jump, and the controller hold
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
 
 Clock = Callable[[], datetime]
 
@@ -48,8 +48,9 @@ class PlanClock:
 class JumpDetector:
     """Compare wall-clock progress with monotonic progress between checks."""
 
-    def __init__(self, wall: Clock, monotonic: Callable[[], float] = time.monotonic,
-                 tolerance: timedelta = timedelta(seconds=5)) -> None:
+    def __init__(
+        self, wall: Clock, monotonic: Callable[[], float] = time.monotonic, tolerance: timedelta = timedelta(seconds=5)
+    ) -> None:
         self._wall, self._monotonic, self._tolerance = wall, monotonic, tolerance
         self._last: tuple[datetime, float] | None = None
 
@@ -65,6 +66,8 @@ class JumpDetector:
         if abs(jump) <= self._tolerance:
             return None
         direction = "forward" if jump > timedelta(0) else "backward"
-        return (f"the wall clock jumped {direction} by {abs(jump).total_seconds():.0f}s "
-                f"({wall_passed.total_seconds():.0f}s by the wall clock, {mono_passed.total_seconds():.0f}s "
-                f"by the monotonic clock); holding: check the host's clock, then `rolloutctl resume`")
+        return (
+            f"the wall clock jumped {direction} by {abs(jump).total_seconds():.0f}s "
+            f"({wall_passed.total_seconds():.0f}s by the wall clock, {mono_passed.total_seconds():.0f}s "
+            f"by the monotonic clock); holding: check the host's clock, then `rolloutctl resume`"
+        )

@@ -1,7 +1,8 @@
 """Reading and checking a plan file; every problem is reported, each with its line.
 
 `load_plan(path)` returns a `Plan` or raises `PlanError` listing *all* problems found
-(not just the first), each as ``FILE:LINE: where: what``. `check_promql(plan)` asks
+(not just the first), each as ``FILE:LINE: where: what`` (the class is in
+controller/errors.py, importable from here too). `check_promql(plan)` asks
 promtool (or a Prometheus server) whether each guard's query parses; it is separate
 because it needs a tool or a server, and `rolloutctl plan validate` runs both.
 """
@@ -16,13 +17,15 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
+from controller.errors import PlanError
 from controller.plan import (
     BUILTIN_SIGNALS,
     DEFAULT_RESPONSE,
@@ -43,13 +46,36 @@ from flags.parse import deeper_than, unreadable
 SECTIONS = {"plan", "stages", "checkpoints", "guards"}
 PLAN_KEYS = {"name", "description", "flags", "guard_interval", "failure_limit", "failure_response", "start"}
 STAGE_KEYS = {"at", "percentage", "agents", "name"}
-CHECKPOINT_KEYS = {"at", "name", "requires_approval", "criteria", "max_rollbacks", "max_manual_interventions",
-                   "next_milestone"}
-GUARD_KEYS = {"name", "description", "query", "builtin", "direction", "warning", "critical", "emergency",
-              "window", "sustain", "no_data", "on_warning", "on_critical", "on_emergency", "unit", "min_samples"}
-MAX_DEPTH = 8   # tables and arrays within one another; a plan needs 4
+CHECKPOINT_KEYS = {
+    "at",
+    "name",
+    "requires_approval",
+    "criteria",
+    "max_rollbacks",
+    "max_manual_interventions",
+    "next_milestone",
+}
+GUARD_KEYS = {
+    "name",
+    "description",
+    "query",
+    "builtin",
+    "direction",
+    "warning",
+    "critical",
+    "emergency",
+    "window",
+    "sustain",
+    "no_data",
+    "on_warning",
+    "on_critical",
+    "on_emergency",
+    "unit",
+    "min_samples",
+}
+MAX_DEPTH = 8  # tables and arrays within one another; a plan needs 4
 TOO_DEEP = f"nested too deeply: tables and arrays more than {MAX_DEPTH} levels within one another (a plan needs 4)"
-LONGEST = timedelta(days=36525)   # 100 years: any duration or offset in a plan
+LONGEST = timedelta(days=36525)  # 100 years: any duration or offset in a plan
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 
@@ -63,16 +89,6 @@ class Problem:
     def render(self, file: Path | str) -> str:
         location = f"{file}:{self.line}" if self.line else str(file)
         return f"{location}: {self.where}: {self.message}"
-
-
-class PlanError(ValueError):
-    """The plan cannot be used; `problems` lists every reason."""
-
-    def __init__(self, file: Path | str, problems: list[Problem]) -> None:
-        self.file = Path(file)
-        self.problems = problems
-        lines = "\n".join("  " + p.render(file) for p in problems)
-        super().__init__(f"{file}: {len(problems)} problem(s) in the plan; run `rolloutctl plan validate {file}`:\n{lines}")
 
 
 def load_plan(path: Path | str) -> Plan:
@@ -89,10 +105,12 @@ def parse_plan(text: str, file: Path | str = "<plan>") -> Plan:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"at line (\d+)", str(exc))
-        raise PlanError(file, [Problem("(syntax)", int(match.group(1)) if match else None, f"not valid TOML: {exc}")]) from None
-    except RecursionError:   # tomllib recurses per level of nesting
+        raise PlanError(
+            file, [Problem("(syntax)", int(match.group(1)) if match else None, f"not valid TOML: {exc}")]
+        ) from None
+    except RecursionError:  # tomllib recurses per level of nesting
         raise PlanError(file, [Problem("(syntax)", None, TOO_DEEP)]) from None
-    except ValueError as exc:   # e.g. a number past Python's 4300-digit limit for integers
+    except ValueError as exc:  # e.g. a number past Python's 4300-digit limit for integers
         raise PlanError(file, [Problem("(syntax)", None, f"not valid TOML: {unreadable(exc)}")]) from None
     if deeper_than(raw, MAX_DEPTH):
         raise PlanError(file, [Problem("(syntax)", None, TOO_DEEP)])
@@ -114,8 +132,14 @@ class _Checker:
     def fail(self, path: tuple[str | int, ...], message: str) -> None:
         self.problems.append(Problem(_dotted(path), self._locate(path), message))
 
-    def get(self, table: dict[str, Any], path: tuple[str | int, ...], key: str, convert: Callable[[Any], Any],
-            default: Any = ..., ) -> Any:
+    def get(
+        self,
+        table: dict[str, Any],
+        path: tuple[str | int, ...],
+        key: str,
+        convert: Callable[[Any], Any],
+        default: Any = ...,
+    ) -> Any:
         """`convert(table[key])`, recording a problem (and returning None) when it fails."""
         if key not in table:
             if default is ...:
@@ -188,14 +212,23 @@ class _Checker:
             if at is None or pct is None or agents is None:
                 continue
             if stages and at <= stages[-1].at:
-                self.fail(path + ("at",), f"{format_duration(at)} is not after the previous stage's "
-                                          f"{format_duration(stages[-1].at)}; list stages in time order")
+                self.fail(
+                    path + ("at",),
+                    f"{format_duration(at)} is not after the previous stage's "
+                    f"{format_duration(stages[-1].at)}; list stages in time order",
+                )
             if stages and pct < stages[-1].percentage:
-                self.fail(path + ("percentage",), f"{pct:g}% is below the previous stage's {stages[-1].percentage:g}%; "
-                                                  f"a plan only expands (rollbacks are decided, not planned)")
+                self.fail(
+                    path + ("percentage",),
+                    f"{pct:g}% is below the previous stage's {stages[-1].percentage:g}%; "
+                    f"a plan only expands (rollbacks are decided, not planned)",
+                )
             dropped = [a for a in stages[-1].agents if a not in agents] if stages else []
             if dropped:
-                self.fail(path + ("agents",), f"cohorts are cumulative: {', '.join(dropped)} from the previous stage is missing")
+                self.fail(
+                    path + ("agents",),
+                    f"cohorts are cumulative: {', '.join(dropped)} from the previous stage is missing",
+                )
             stages.append(Stage(i, at, pct, tuple(agents), self.get(entry, path, "name", _text, "")))
         return tuple(stages)
 
@@ -208,22 +241,29 @@ class _Checker:
             criteria = self.get(entry, path, "criteria", _name_list, tuple(sorted(guard_names)))
             for name in criteria or ():
                 if name not in guard_names:
-                    self.fail(path + ("criteria",), f"no guard named {name!r}; guards: "
-                                                   f"{', '.join(sorted(guard_names)) or '(none)'}")
+                    self.fail(
+                        path + ("criteria",),
+                        f"no guard named {name!r}; guards: {', '.join(sorted(guard_names)) or '(none)'}",
+                    )
             if at is None:
                 continue
             if out and at <= out[-1].at:
-                self.fail(path + ("at",), f"{format_duration(at)} is not after the previous checkpoint's "
-                                          f"{format_duration(out[-1].at)}; list checkpoints in time order")
-            out.append(Checkpoint(
-                at=at,
-                name=self.get(entry, path, "name", _text, f"checkpoint at {format_duration(at)}"),
-                requires_approval=self.get(entry, path, "requires_approval", _boolean, False),
-                criteria=tuple(criteria or ()),
-                max_rollbacks=self.get(entry, path, "max_rollbacks", _at_least(0), 0),
-                max_manual_interventions=self.get(entry, path, "max_manual_interventions", _at_least(0), None),
-                next_milestone=self.get(entry, path, "next_milestone", _text, ""),
-            ))
+                self.fail(
+                    path + ("at",),
+                    f"{format_duration(at)} is not after the previous checkpoint's "
+                    f"{format_duration(out[-1].at)}; list checkpoints in time order",
+                )
+            out.append(
+                Checkpoint(
+                    at=at,
+                    name=self.get(entry, path, "name", _text, f"checkpoint at {format_duration(at)}"),
+                    requires_approval=self.get(entry, path, "requires_approval", _boolean, False),
+                    criteria=tuple(criteria or ()),
+                    max_rollbacks=self.get(entry, path, "max_rollbacks", _at_least(0), 0),
+                    max_manual_interventions=self.get(entry, path, "max_manual_interventions", _at_least(0), None),
+                    next_milestone=self.get(entry, path, "next_milestone", _text, ""),
+                )
+            )
         return tuple(out)
 
     def guards(self, value: Any) -> tuple[Guard, ...]:
@@ -256,24 +296,44 @@ class _Checker:
         responses = {s: self.get(entry, path, f"on_{s}", _choice(Response), DEFAULT_RESPONSE[s]) for s in Severity}
         if self.problems and any(p.where.startswith(_dotted(path)) for p in self.problems):
             return None
-        return Guard(name=name, query=query, builtin=builtin, direction=direction, thresholds=thresholds,
-                     window=window, sustain=sustain, no_data=no_data, responses=responses,
-                     unit=self.get(entry, path, "unit", _text, ""),
-                     min_samples=self.get(entry, path, "min_samples", _at_least(0), 0),
-                     description=self.get(entry, path, "description", _text, ""))
+        return Guard(
+            name=name,
+            query=query,
+            builtin=builtin,
+            direction=direction,
+            thresholds=thresholds,
+            window=window,
+            sustain=sustain,
+            no_data=no_data,
+            responses=responses,
+            unit=self.get(entry, path, "unit", _text, ""),
+            min_samples=self.get(entry, path, "min_samples", _at_least(0), 0),
+            description=self.get(entry, path, "description", _text, ""),
+        )
 
-    def threshold_order(self, path: tuple[str | int, ...], direction: Direction, thresholds: dict[Severity, float]) -> None:
+    def threshold_order(
+        self, path: tuple[str | int, ...], direction: Direction, thresholds: dict[Severity, float]
+    ) -> None:
         ordered = sorted(thresholds.items())
-        for (lo_sev, lo), (hi_sev, hi) in zip(ordered, ordered[1:]):
+        for (lo_sev, lo), (hi_sev, hi) in zip(ordered, ordered[1:], strict=False):
             wrong = hi <= lo if direction is Direction.ABOVE else hi >= lo
             if wrong:
                 word = "above" if direction is Direction.ABOVE else "below"
-                self.fail(path + (str(hi_sev),), f"{hi_sev} {hi:g} must be {word} {lo_sev} {lo:g} "
-                                                 f"(direction = \"{direction}\": worse is further {word})")
+                self.fail(
+                    path + (str(hi_sev),),
+                    f"{hi_sev} {hi:g} must be {word} {lo_sev} {lo:g} "
+                    f'(direction = "{direction}": worse is further {word})',
+                )
 
 
-def check_promql(plan: Plan, *, promtool: str | None = None, prometheus_url: str | None = None,
-                 plan_text: str | None = None, use_promtool: bool = True) -> list[Problem]:
+def check_promql(
+    plan: Plan,
+    *,
+    promtool: str | None = None,
+    prometheus_url: str | None = None,
+    plan_text: str | None = None,
+    use_promtool: bool = True,
+) -> list[Problem]:
     """Parse every guard query with promtool, else with a Prometheus server; [] when all parse.
 
     `use_promtool=False` asks the server even when promtool is installed. Raises
@@ -292,13 +352,25 @@ def check_promql(plan: Plan, *, promtool: str | None = None, prometheus_url: str
     else:
         raise RuntimeError("cannot check PromQL: no promtool on PATH and no Prometheus URL given (--prometheus URL)")
     index = {g.name: i for i, g in enumerate(plan.guards)}
-    return [Problem(f"guards[{index[name]}].query", locate(("guards", index[name], "query")),
-                    f"PromQL does not parse: {message}") for name, message in failures]
+    return [
+        Problem(
+            f"guards[{index[name]}].query",
+            locate(("guards", index[name], "query")),
+            f"PromQL does not parse: {message}",
+        )
+        for name, message in failures
+    ]
 
 
 def _promtool_failures(tool: str, guards: list[Guard]) -> list[tuple[str, str]]:
-    rules = {"groups": [{"name": "rolloutd_plan_guards", "rules": [
-        {"record": f"rolloutd_guard_{g.name}", "expr": g.resolved_query()} for g in guards]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "rolloutd_plan_guards",
+                "rules": [{"record": f"rolloutd_guard_{g.name}", "expr": g.resolved_query()} for g in guards],
+            }
+        ]
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".yml") as handle:
         json.dump(rules, handle)  # JSON is YAML
         handle.flush()
@@ -388,11 +460,13 @@ def _declared_names(entries: Any) -> set[str]:
 
 def _choice(kind: type[enum.StrEnum]) -> Callable[[Any], Any]:
     """A converter to one of `kind`'s values whose error lists them."""
+
     def convert(value: Any) -> Any:
         try:
             return kind(value)
         except ValueError:
             raise ValueError(f"expected one of {', '.join(repr(m.value) for m in kind)}, got {value!r}") from None
+
     return convert
 
 
@@ -440,6 +514,7 @@ def _at_least(low: int) -> Callable[[Any], int]:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"expected a whole number >= {low}, got {value!r}")
         return value
+
     return check
 
 
@@ -450,8 +525,8 @@ def _duration(value: Any) -> timedelta:
         delta = LONGEST + LONGEST
     if delta < timedelta(0):
         raise ValueError(f"{value!r} is negative; durations and offsets count forward from 0")
-    if delta > LONGEST:   # later added to dates, which end in the year 9999
-        raise ValueError(f"{value!r} is more than 100 years; a plan counts in hours, e.g. \"72h\"")
+    if delta > LONGEST:  # later added to dates, which end in the year 9999
+        raise ValueError(f'{value!r} is more than 100 years; a plan counts in hours, e.g. "72h"')
     return delta
 
 
@@ -503,5 +578,7 @@ def _query(value: Any) -> str:
         raise ValueError(f"expected a PromQL expression, got {value!r}")
     unknown = [p for p in _PLACEHOLDER.findall(value) if p != "window"]
     if unknown:
-        raise ValueError(f"unknown placeholder(s) {', '.join('{{' + u + '}}' for u in unknown)}; only {{{{window}}}} is filled in")
+        raise ValueError(
+            f"unknown placeholder(s) {', '.join('{{' + u + '}}' for u in unknown)}; only {{{{window}}}} is filled in"
+        )
     return value

@@ -13,11 +13,13 @@ recommendation follows from the table:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from controller.decide import RolloutState
+from controller.decision import entry_said
 from controller.plan import Direction, Plan, Severity, format_duration
 from controller.plan_clock import iso_z
 
@@ -27,7 +29,7 @@ class Measurement:
     """The worst value of a guard's query over the checkpoint window, or why there is none."""
 
     value: float | None
-    reason: str = ""          # why value is None (e.g. "Prometheus unreachable", "no samples")
+    reason: str = ""  # why value is None (e.g. "Prometheus unreachable", "no samples")
     query: str | None = None
 
 
@@ -37,13 +39,13 @@ class Measurement:
 SEED_METRICS: dict[str, str | None] = {
     "test_pass_rate": "min(min_over_time(genesis_regression_pass_rate[{{window}}]))",
     "error_rate": "(sum(increase(hybrid_rag_errors_total[{{window}}])) or vector(0))"
-                  " / sum(increase(hybrid_rag_queries_total[{{window}}]))",
+    " / sum(increase(hybrid_rag_queries_total[{{window}}]))",
     "p95_latency_ms": "1000 * histogram_quantile(0.95, sum by (le) "
-                      "(increase(hybrid_rag_retrieval_latency_seconds_bucket[{{window}}])))",
+    "(increase(hybrid_rag_retrieval_latency_seconds_bucket[{{window}}])))",
     "p99_latency_ms": "1000 * histogram_quantile(0.99, sum by (le) "
-                      "(increase(hybrid_rag_retrieval_latency_seconds_bucket[{{window}}])))",
+    "(increase(hybrid_rag_retrieval_latency_seconds_bucket[{{window}}])))",
     "cache_hit_rate": "sum(increase(redis_cache_hits_total[{{window}}])) / (sum(increase(redis_cache_hits_total"
-                      "[{{window}}])) + sum(increase(redis_cache_misses_total[{{window}}])))",
+    "[{{window}}])) + sum(increase(redis_cache_misses_total[{{window}}])))",
     "retrieval_accuracy_precision_at_10": "min(min_over_time(hybrid_rag_precision_at_10[{{window}}]))",
     "retrieval_accuracy_recall_at_10": "min(min_over_time(hybrid_rag_recall_at_10[{{window}}]))",
     "cost_reduction_percentage": None,
@@ -60,17 +62,26 @@ def seed_metric_query(key: str, window_seconds: float) -> str | None:
     return template.replace("{{window}}", format_duration(timedelta(seconds=max(60, int(window_seconds)))))
 
 
-def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
-                 measurements: Mapping[str, Measurement], journal: list[dict[str, Any]],
-                 metrics: Mapping[str, Measurement] | None = None) -> dict[str, Any]:
+def build_report(
+    plan: Plan,
+    state: RolloutState,
+    index: int,
+    now: datetime,
+    measurements: Mapping[str, Measurement],
+    journal: list[dict[str, Any]],
+    metrics: Mapping[str, Measurement] | None = None,
+) -> dict[str, Any]:
     """The checkpoint's report. `measurements`: each guard's worst value over the period
     (the criteria); `metrics`: the seeds' metrics by their keys (default: the guards')."""
     checkpoint = plan.checkpoints[index]
     criteria = [_guard_criterion(plan, name, measurements.get(name)) for name in checkpoint.criteria]
     criteria.append(_count_criterion("rollbacks", state.rollbacks, checkpoint.max_rollbacks, "NO-GO"))
     if checkpoint.max_manual_interventions is not None:
-        criteria.append(_count_criterion("manual_interventions", state.manual_interventions,
-                                         checkpoint.max_manual_interventions, "HOLD"))
+        criteria.append(
+            _count_criterion(
+                "manual_interventions", state.manual_interventions, checkpoint.max_manual_interventions, "HOLD"
+            )
+        )
     recommendation, why = recommend(criteria)
     shown = metrics if metrics is not None else measurements
     return {
@@ -81,9 +92,12 @@ def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
         "current_rollout_percentage": state.percentage,
         "agents_affected": list(state.agents),
         "metrics": {name: m.value for name, m in shown.items()},
-        "unmeasured": {name: m.reason for name, m in shown.items() if m.value is None},   # criteria: see their notes
-        "issues_detected": [f"{d['at']} {d['action']}: {d['reason']}" for d in journal
-                            if d["action"] in ("warning", "rollback", "hold", "emergency")],
+        "unmeasured": {name: m.reason for name, m in shown.items() if m.value is None},  # criteria: see their notes
+        "issues_detected": [
+            f"{d['at']} {d['action']}: {entry_said(d)}"
+            for d in journal
+            if d["action"] in ("warning", "rollback", "hold", "emergency")
+        ],
         "rollback_triggered": state.rollbacks > 0,
         "rollback_count": state.rollbacks,
         "manual_interventions": state.manual_interventions,
@@ -98,8 +112,11 @@ def build_report(plan: Plan, state: RolloutState, index: int, now: datetime,
 def recommend(criteria: list[dict[str, Any]]) -> tuple[str, str]:
     """GO / NO-GO / HOLD from the criteria table, with the criteria that decided it."""
     for verdict in ("NO-GO", "HOLD"):
-        deciding = [c["criterion"] + (f" unmeasured: {c['note']}" if c["observed"] is None and c.get("note") else "")
-                    for c in criteria if c["verdict"] == verdict]
+        deciding = [
+            c["criterion"] + (f" unmeasured: {c['note']}" if c["observed"] is None and c.get("note") else "")
+            for c in criteria
+            if c["verdict"] == verdict
+        ]
         if deciding:
             return verdict, "; ".join(deciding)
     return "GO", "every criterion measured and passed"
@@ -115,15 +132,25 @@ def _guard_criterion(plan: Plan, name: str, measured: Measurement | None) -> dic
         return {**row, "observed": None, "pass": None, "verdict": "HOLD", "note": reason}
     severity = guard.severity_of(measured.value)
     verdict = "GO" if severity is None else ("HOLD" if severity is Severity.WARNING else "NO-GO")
-    return {**row, "observed": measured.value, "pass": severity is None, "verdict": verdict,
-            "note": f"worst value {measured.value:.6g}" + (f" is past {severity}" if severity else "")}
+    return {
+        **row,
+        "observed": measured.value,
+        "pass": severity is None,
+        "verdict": verdict,
+        "note": f"worst value {measured.value:.6g}" + (f" is past {severity}" if severity else ""),
+    }
 
 
 def _count_criterion(name: str, observed: int, limit: int, failing: str) -> dict[str, Any]:
     passed = observed <= limit
-    return {"criterion": name, "observed": observed, "threshold": f"<= {limit}",
-            "pass": passed, "verdict": "GO" if passed else failing, "note": ""}
-
+    return {
+        "criterion": name,
+        "observed": observed,
+        "threshold": f"<= {limit}",
+        "pass": passed,
+        "verdict": "GO" if passed else failing,
+        "note": "",
+    }
 
 
 def window_query(plan: Plan, name: str, window_seconds: float, step_seconds: float | None = None) -> str | None:

@@ -21,7 +21,7 @@ after it — a stage falling due on the guard grid (the usual case) must not cos
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import structlog
@@ -37,7 +37,7 @@ log = structlog.get_logger("rolloutd.schedule")
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Schedule:
@@ -45,9 +45,9 @@ class Schedule:
         self.controller = controller
         self._scale = time_scale
         self._wall = wall
-        self._scheduler = AsyncIOScheduler(timezone=timezone.utc)
-        self._done: anyio.Event | None = None   # set when the evaluation in progress ends
-        self._owed = False                      # a regular round fired during an extra one
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._done: anyio.Event | None = None  # set when the evaluation in progress ends
+        self._owed = False  # a regular round fired during an extra one
         self.evaluations = 0
         self.skipped = 0
         # APScheduler logs every job run at INFO and every skipped run at WARNING; the
@@ -60,11 +60,21 @@ class Schedule:
 
     def start(self) -> None:
         self._scheduler.start()
-        self._scheduler.add_job(self.regular_round, IntervalTrigger(seconds=self.interval.total_seconds()),
-                                id="guards", next_run_time=self._wall(), max_instances=1, coalesce=True,
-                                misfire_grace_time=None)
-        log.info("schedule.started", rollout=self.controller.plan.name, interval_seconds=self.interval.total_seconds(),
-                 time_scale=self._scale)
+        self._scheduler.add_job(
+            self.regular_round,
+            IntervalTrigger(seconds=self.interval.total_seconds()),
+            id="guards",
+            next_run_time=self._wall(),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        log.info(
+            "schedule.started",
+            rollout=self.controller.plan.name,
+            interval_seconds=self.interval.total_seconds(),
+            time_scale=self._scale,
+        )
 
     def replan(self) -> None:
         """The plan changed (SIGHUP): the guard interval and the next transition may have."""
@@ -99,7 +109,7 @@ class Schedule:
         try:
             await self.controller.evaluate(regular=regular)
             self.evaluations += 1
-        except StorageError as exc:   # a disk that refuses writes: one line a round names it, not a traceback
+        except StorageError as exc:  # a disk that refuses writes: one line a round names it, not a traceback
             log.error("evaluation.not_recorded", rollout=self.controller.plan.name, regular=regular, error=str(exc))
         except Exception:
             log.exception("evaluation.failed", rollout=self.controller.plan.name, regular=regular)
@@ -110,8 +120,9 @@ class Schedule:
             if self._scheduler.get_job("transition"):
                 self._scheduler.remove_job("transition")
             return
-        self._scheduler.add_job(self.transition_round, DateTrigger(wake), id="transition", replace_existing=True,
-                                misfire_grace_time=None)
+        self._scheduler.add_job(
+            self.transition_round, DateTrigger(wake), id="transition", replace_existing=True, misfire_grace_time=None
+        )
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop scheduling, and let an evaluation in progress finish (bounded)."""

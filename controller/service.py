@@ -32,54 +32,75 @@ import structlog
 from controller import decide as rules
 from controller.checkpoints import list_reports, measure_report, write_report
 from controller.commit import begin, commit, record_applied, recover
-from controller.decide import CommandRefused, Decision, Phase, RolloutState, Transition
+from controller.decide import Phase, RolloutState, Transition
+from controller.decision import OPERATOR, ROLLOUTD, Action, Decision
+from controller.errors import CommandRefused, PlanMismatch
 from controller.flag_effects import flag_changes
 from controller.guards import Observation, Outcome, assess
 from controller.notify import NOTIFY_KINDS, Event, Notifications, severity_for
 from controller.plan import Guard, Plan, Severity
 from controller.plan_clock import Clock, JumpDetector, PlanClock
 from controller.sources.protocol import GuardSource
-from controller.state_db import StateDB
+from controller.state_db import StateDB, decision_from_json
 from controller.status import rollout_status
 from flags.errors import StorageError
 from flags.store import FlagStore
 
 log = structlog.get_logger("rolloutd.controller")
 COMMANDS = ("hold", "resume", "approve", "promote", "rollback")
-_PROBLEM_CHARS = 200   # of an unexpected exception's message, in an observation's detail
+_KEEP_STAGES = "configure a plan with at least as many stages as the rollout has applied"
+_PROBLEM_CHARS = 200  # of an unexpected exception's message, in an observation's detail
 # journald priorities for decisions (rollback = err, emergency = crit, holds and warnings = warning);
 # a rollback for an emergency-severity breach is crit as well (journal_priority)
-PRIORITY = {"rollback": "err", "emergency": "crit", "hold": "warning", "warning": "warning",
-            "awaiting_approval": "warning", "verdict": "notice", "stage_applied": "notice", "checkpoint": "notice",
-            "completed": "notice", "resume": "notice", "approved": "notice", "emergency_cleared": "notice"}
+PRIORITY = {
+    "rollback": "err",
+    "emergency": "crit",
+    "hold": "warning",
+    "warning": "warning",
+    "awaiting_approval": "warning",
+    "verdict": "notice",
+    "stage_applied": "notice",
+    "checkpoint": "notice",
+    "completed": "notice",
+    "resume": "notice",
+    "approved": "notice",
+    "emergency_cleared": "notice",
+}
 
 
 def journal_priority(decision: Decision) -> str:
     """The syslog priority a decision is logged at: `journalctl -p crit` shows every emergency,
     whether the kill switch or a guard past its emergency threshold pulled the rollout back."""
-    if decision.action == "rollback" and decision.severity is Severity.EMERGENCY:
+    if decision.action is Action.ROLLBACK and decision.severity is Severity.EMERGENCY:
         return "crit"
     return PRIORITY.get(decision.action, "info")
 
 
-class PlanMismatch(Exception):
-    """The durable state belongs to a different rollout than the configured plan."""
-
-
 class Controller:
-    def __init__(self, plan: Plan, db: StateDB, store: FlagStore, source: GuardSource, *, wall: Clock,
-                 state_dir: Path, time_scale: float = 1.0, notifications: Notifications | None = None,
-                 jumps: JumpDetector | None = None, auto_approve: str | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        db: StateDB,
+        store: FlagStore,
+        source: GuardSource,
+        *,
+        wall: Clock,
+        state_dir: Path,
+        time_scale: float = 1.0,
+        notifications: Notifications | None = None,
+        jumps: JumpDetector | None = None,
+        auto_approve: str | None = None,
+    ) -> None:
         self.plan, self._db, self._store, self._source = plan, db, store, source
         self._wall, self._state_dir, self._scale = wall, Path(state_dir), time_scale
         self._notifications = notifications or Notifications()
         self._jumps = jumps
-        self._auto_approve = auto_approve   # the demo and replay answer approvals themselves, and say so
+        self._auto_approve = auto_approve  # the demo and replay answer approvals themselves, and say so
         self._lock = anyio.Lock()
         self._state: RolloutState | None = None
-        self._unjournaled: list[tuple[Transition, datetime]] = []   # emergencies a full disk kept out of SQLite
-        self.journal_error: StorageError | None = None             # why they are not journaled yet
-        self.reaction_seconds: list[float] = []   # observed → flags fsynced, for rounds that changed flags
+        self._unjournaled: list[tuple[Transition, datetime]] = []  # emergencies a full disk kept out of SQLite
+        self.journal_error: StorageError | None = None  # why they are not journaled yet
+        self.reaction_seconds: list[float] = []  # observed → flags fsynced, for rounds that changed flags
         self.rollback_counts: dict[str, int] = {}  # by trigger (rollout_metrics.py), rebuilt from the journal
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -103,44 +124,65 @@ class Controller:
             state = await anyio.to_thread.run_sync(self._db.load)
             if state is not None and state.plan != self.plan.name:
                 raise PlanMismatch(
-                    f"{self._db.path} holds rollout {state.plan!r}, but the configured plan is {self.plan.name!r}; "
-                    f"to start a new rollout, stop rolloutd and move {self._db.path.name} aside")
+                    f"{self._db.path} holds rollout {state.plan!r}, but the configured plan is {self.plan.name!r}",
+                    f"to start a new rollout, stop rolloutd and move {self._db.path.name} aside",
+                )
             if state is not None and state.stage >= len(self.plan.stages):
-                raise PlanMismatch(f"the rollout is at stage {state.stage}, but the plan has only "
-                                   f"{len(self.plan.stages)} stages")
+                raise PlanMismatch(
+                    f"the rollout is at stage {state.stage}, but the plan has only {len(self.plan.stages)} stages",
+                    _KEEP_STAGES,
+                )
             wall = self._wall()
             if state is None:
                 state = rules.start(self.plan, wall)
                 await anyio.to_thread.run_sync(begin, self._db, state, wall)
-                log.info("rollout.started", rollout=self.plan.name, started_at=state.started_at.isoformat(),
-                         time_scale=self._scale, priority="notice")
+                log.info(
+                    "rollout.started",
+                    rollout=self.plan.name,
+                    started_at=state.started_at.isoformat(),
+                    time_scale=self._scale,
+                    priority="notice",
+                )
             elif state.plan_digest != self.plan.digest:
-                log.warning("rollout.plan_changed", rollout=self.plan.name, old_digest=state.plan_digest[:12],
-                            new_digest=self.plan.digest[:12])
+                log.warning(
+                    "rollout.plan_changed",
+                    rollout=self.plan.name,
+                    old_digest=state.plan_digest[:12],
+                    new_digest=self.plan.digest[:12],
+                )
                 state = replace(state, plan_digest=self.plan.digest)
             self._state = state
             journal = await anyio.to_thread.run_sync(partial(self._db.journal, limit=1_000_000))
             for entry in journal:
-                if entry["action"] == "rollback":
-                    self._count_rollback(entry)
+                if entry["action"] == Action.ROLLBACK:
+                    self._count_rollback(decision_from_json(entry))
             recovered = await self._recover()
             for decision in recovered:
-                log.warning("rollout.intent_recovered", rollout=self.plan.name, action=decision.action,
-                            stage=decision.stage, percentage=decision.percentage,
-                            note="applied after a crash between the intent and its commit")
+                log.warning(
+                    "rollout.intent_recovered",
+                    rollout=self.plan.name,
+                    action=decision.action,
+                    stage=decision.stage,
+                    percentage=decision.percentage,
+                    note="applied after a crash between the intent and its commit",
+                )
             decisions = list(recovered)
             if self._store.snapshot.kill_switch and state.phase is not Phase.EMERGENCY:
-                decisions += await self._emergency("the kill switch was found on at start", "rolloutd")
+                decisions += await self._emergency("the kill switch was found on at start", ROLLOUTD)
         decisions += await self._judge_checkpoints()
         return decisions
 
     def set_plan(self, plan: Plan) -> None:
         """Adopt an edited plan (SIGHUP); a plan for another rollout is refused."""
         if plan.name != self.plan.name:
-            raise PlanMismatch(f"the new plan is {plan.name!r}, the running rollout is {self.plan.name!r}; "
-                               "a new rollout needs a restart with its state moved aside")
+            raise PlanMismatch(
+                f"the new plan is {plan.name!r}, the running rollout is {self.plan.name!r}",
+                "a new rollout needs a restart with its state moved aside",
+            )
         if self._state is not None and self._state.stage >= len(plan.stages):
-            raise PlanMismatch(f"the rollout is at stage {self._state.stage}; the new plan has {len(plan.stages)} stages")
+            raise PlanMismatch(
+                f"the rollout is at stage {self._state.stage}; the new plan has {len(plan.stages)} stages", _KEEP_STAGES
+            )
         self.plan = plan
 
     # -- one guard round --------------------------------------------------------------------------
@@ -161,10 +203,10 @@ class Controller:
         observations = await self._observe(wall, now)
         observed = time.perf_counter()
         async with self._lock:
-            self._db.stage_observations(observations)   # the guard history, written in the round's transaction
+            self._db.stage_observations(observations)  # the guard history, written in the round's transaction
             if self._store.snapshot.kill_switch and self.state.phase is not Phase.EMERGENCY:
                 # someone turned emergency_shutdown on by hand (`rolloutctl flags set`): same as SIGUSR1
-                return await self._emergency("the kill switch was turned on outside the controller", "rolloutd")
+                return await self._emergency("the kill switch was turned on outside the controller", ROLLOUTD)
             transition = rules.decide(self.plan, self.state, now, observations, regular=regular)
             decisions = await self._commit(transition, now)
             if any(d.changes_flags for d in decisions):
@@ -190,11 +232,16 @@ class Controller:
         guard's observation is an ERROR naming the failure, and the round goes on."""
         try:
             return await self._source.observe(guard, wall)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any failure of a source is an ERROR observation)
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             problem = f"{type(exc).__name__}: {str(exc)[:_PROBLEM_CHARS] or 'no details'}"
-            log.error("guard.source_failed", rollout=self.plan.name, guard=guard.name, problem=problem,
-                      where=f"{frame.filename}:{frame.lineno}" if frame else None)
+            log.error(
+                "guard.source_failed",
+                rollout=self.plan.name,
+                guard=guard.name,
+                problem=problem,
+                where=f"{frame.filename}:{frame.lineno}" if frame else None,
+            )
             return assess(guard, None, wall, error=f"the guard's source failed: {problem}")
 
     def _log_observations(self, observations: list[Observation]) -> None:
@@ -204,11 +251,21 @@ class Controller:
             threshold = guard.threshold_for(obs.severity)
             level = {Outcome.PASS: "info", Outcome.BREACH: "warning"}.get(obs.outcome, "warning")
             getattr(log, level)(
-                "guard.evaluated", rollout=self.plan.name, guard=obs.guard, query=obs.query, value=obs.value,
-                threshold=threshold, direction=str(guard.direction), verdict=str(obs.outcome),
-                severity=str(obs.severity) if obs.severity else None, detail=obs.detail or None,
-                consecutive_breaches=counters.breaches if counters else 0, consecutive_no_data=counters.no_data if counters else 0,
-                consecutive_errors=counters.errors if counters else 0, plan_time=obs.at.isoformat())
+                "guard.evaluated",
+                rollout=self.plan.name,
+                guard=obs.guard,
+                query=obs.query,
+                value=obs.value,
+                threshold=threshold,
+                direction=str(guard.direction),
+                verdict=str(obs.outcome),
+                severity=str(obs.severity) if obs.severity else None,
+                detail=obs.detail or None,
+                consecutive_breaches=counters.breaches if counters else 0,
+                consecutive_no_data=counters.no_data if counters else 0,
+                consecutive_errors=counters.errors if counters else 0,
+                plan_time=obs.at.isoformat(),
+            )
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -221,43 +278,58 @@ class Controller:
             journal = await anyio.to_thread.run_sync(partial(self._db.journal, limit=10_000))
             report = await measure_report(self.plan, self.state, index, now, self.clock, self._source, journal)
             path = await anyio.to_thread.run_sync(write_report, self._state_dir, self.plan, index, report)
-            log.info("checkpoint.report", rollout=self.plan.name, checkpoint=self.plan.checkpoints[index].name,
-                     recommendation=report["recommendation"], reason=report["recommendation_reason"],
-                     file=str(path), priority="notice")
+            log.info(
+                "checkpoint.report",
+                rollout=self.plan.name,
+                checkpoint=self.plan.checkpoints[index].name,
+                recommendation=report["recommendation"],
+                reason=report["recommendation_reason"],
+                file=str(path),
+                priority="notice",
+            )
             async with self._lock:
-                t = rules.checkpoint_verdict(self.plan, self.state, now, index, report["recommendation"],
-                                             report["recommendation_reason"])
+                t = rules.checkpoint_verdict(
+                    self.plan, self.state, now, index, report["recommendation"], report["recommendation_reason"]
+                )
                 decisions += await self._commit(t, now, report=str(path))
                 decisions += await self._commit(rules.decide(self.plan, self.state, now), now)
         if self._auto_approve and self.state.phase is Phase.AWAITING_APPROVAL:
-            decisions += await self.command("approve", reason=self._auto_approve)
+            decisions += await self.command("approve", reason=self._auto_approve, actor=ROLLOUTD)
         return decisions
 
     # -- operator commands ----------------------------------------------------------------------
 
-    async def command(self, name: str, *, reason: str = "", actor: str = "operator", to_stage: int | None = None,
-                      clear_emergency: bool = False) -> list[Decision]:
-        """Run an operator command; raises CommandRefused when it does not apply now."""
+    async def command(
+        self,
+        name: str,
+        *,
+        reason: str = "",
+        actor: str = OPERATOR,
+        to_stage: int | None = None,
+        clear_emergency: bool = False,
+    ) -> list[Decision]:
+        """Run an operator command; raises CommandRefused when it does not apply now.
+        `actor` (who asked) is journaled as the decision's actor, beside the reason."""
         if name not in COMMANDS:
             raise CommandRefused(f"unknown command {name!r}; commands: {', '.join(COMMANDS)}")
         async with self._lock:
-            now, state, text = self.plan_now(), self.state, f"{actor}: {reason}" if reason else actor
+            now, state = self.plan_now(), self.state
             if name == "hold":
-                t = rules.hold(state, now, text)
+                t = rules.hold(state, now, reason, actor=actor)
             elif name == "resume":
-                t = rules.resume(state, now, text, clear_emergency=clear_emergency)
+                t = rules.resume(state, now, reason, clear_emergency=clear_emergency, actor=actor)
             elif name == "approve":
-                t = rules.approve(self.plan, state, now, text)
+                t = rules.approve(self.plan, state, now, reason, actor=actor)
             elif name == "promote":
-                t = rules.promote(self.plan, state, now, text)
+                t = rules.promote(self.plan, state, now, reason, actor=actor)
             else:
                 if to_stage is None:
                     raise CommandRefused("rollback needs a target: --to N (a stage index) or --to 0")
-                t = rules.rollback(self.plan, state, now, to_stage, text)
-            return await self._commit(t, now, actor=actor)
+                t = rules.rollback(self.plan, state, now, to_stage, reason, actor=actor)
+            return await self._commit(t, now)
 
     async def emergency_stop(self, actor: str, reason: str) -> list[Decision]:
-        self._store.kill()   # before the lock: a round or a command holding it must not delay the kill switch
+        self._store.kill()  # before the lock: a round or a command holding it must not delay the kill switch
         async with self._lock:
             return await self._emergency(reason, actor)
 
@@ -266,20 +338,30 @@ class Controller:
         retrieval refuses, and the phase EMERGENCY — then durably: emergency.state in place and
         flags.json (the store retries them while the disk refuses), then the journal (written
         by the next commit while SQLite refuses; a restart finds emergency.state meanwhile)."""
-        t = rules.emergency(self.state, self.plan_now(), f"{actor}: {reason}")
+        t = rules.emergency(self.state, self.plan_now(), reason, actor=actor)
         decision = t.decisions[0]
         self._store.kill(flag_changes(self.plan, decision, self._store.snapshot.flags))
         self._state = t.state
-        await anyio.to_thread.run_sync(partial(self._store.persist_kill, actor=f"rolloutd plan {self.plan.name}",
-                                               reason=f"{decision.action}: {decision.reason}"))
+        await anyio.to_thread.run_sync(
+            partial(
+                self._store.persist_kill,
+                actor=f"rolloutd plan {self.plan.name}",
+                reason=f"{decision.action}: {decision.said}",
+            )
+        )
         self._unjournaled.append((t, decision.at))
         for d in t.decisions:
-            self._announce(d, actor=actor)
+            self._announce(d)
         try:
             await self._journal_emergencies()
         except StorageError as exc:
-            log.critical("emergency.not_journaled", rollout=self.plan.name, error=str(exc), phase="emergency, in memory",
-                         retry="with the next guard round or command; a restart finds it in emergency.state")
+            log.critical(
+                "emergency.not_journaled",
+                rollout=self.plan.name,
+                error=str(exc),
+                phase="emergency, in memory",
+                retry="with the next guard round or command; a restart finds it in emergency.state",
+            )
         return list(t.decisions)
 
     async def _journal_emergencies(self) -> None:
@@ -304,8 +386,12 @@ class Controller:
         except StorageError as exc:
             if not self._store.snapshot.kill_switch:
                 raise
-            log.critical("rollout.recovery_deferred", rollout=self.plan.name, error=str(exc),
-                         note="the kill switch is on: the emergency's flags supersede the unapplied intents")
+            log.critical(
+                "rollout.recovery_deferred",
+                rollout=self.plan.name,
+                error=str(exc),
+                note="the kill switch is on: the emergency's flags supersede the unapplied intents",
+            )
             return []
 
     # -- committing ---------------------------------------------------------------------------------
@@ -314,43 +400,59 @@ class Controller:
         """Persist and apply `transition` (in a worker thread: SQLite and the flags fsync), after
         any emergency still waiting for the journal; StorageError when the disk refuses."""
         await self._journal_emergencies()
-        await anyio.to_thread.run_sync(partial(commit, self._db, self._store, self.plan, transition, now,
-                                               previous=self._state))
+        await anyio.to_thread.run_sync(
+            partial(commit, self._db, self._store, self.plan, transition, now, previous=self._state)
+        )
         self._state = transition.state
         for decision in transition.decisions:
             self._announce(decision, **context)
         return list(transition.decisions)
 
-    def _count_rollback(self, decision: dict[str, Any]) -> None:
-        reason = decision.get("reason", "")
-        if "failure_limit" in reason:
-            trigger = "failure_limit"
-        elif decision.get("guard"):
-            trigger = decision["guard"]
-        elif reason.startswith("checkpoint"):
-            trigger = "checkpoint"
-        else:
-            trigger = "operator"
-        self.rollback_counts[trigger] = self.rollback_counts.get(trigger, 0) + 1
+    def _count_rollback(self, decision: Decision) -> None:
+        label = decision.trigger.label  # a guard's name, failure_limit, checkpoint or operator
+        self.rollback_counts[label] = self.rollback_counts.get(label, 0) + 1
 
     def _announce(self, decision: Decision, **context: Any) -> None:
-        if decision.action == "rollback":
-            self._count_rollback(decision.to_dict())
-        fields = {k: v for k, v in decision.to_dict().items() if v not in (None, [], "")}
+        if decision.action is Action.ROLLBACK:
+            self._count_rollback(decision)
+        fields = {k: v for k, v in decision.to_dict().items() if v not in (None, [], "") and k != "trigger"}
+        fields["trigger"] = str(decision.trigger.kind)  # flat for grep: trigger=guard trigger_detail=p95_latency
+        if decision.trigger.detail:
+            fields["trigger_detail"] = decision.trigger.detail
         priority = journal_priority(decision)
-        log.info(f"rollout.{decision.action}", rollout=self.plan.name, priority=priority, phase=str(self.state.phase),
-                 **fields, **context)
+        log.info(
+            f"rollout.{decision.action}",
+            rollout=self.plan.name,
+            priority=priority,
+            phase=str(self.state.phase),
+            **fields,
+            **context,
+        )
         if decision.action in NOTIFY_KINDS:
-            summary = f"{self.plan.name}: {decision.action.replace('_', ' ')} at {decision.percentage:g}%: {decision.reason}"
-            self._notifications.submit(Event(kind=decision.action, severity=severity_for(decision.action),
-                                             rollout=self.plan.name, summary=summary, at=decision.at,
-                                             fields={**fields, **context}))
+            what = decision.action.replace("_", " ")
+            summary = f"{self.plan.name}: {what} at {decision.percentage:g}%: {decision.said}"
+            self._notifications.submit(
+                Event(
+                    kind=decision.action,
+                    severity=severity_for(decision.action),
+                    rollout=self.plan.name,
+                    summary=summary,
+                    at=decision.at,
+                    fields={**fields, **context},
+                )
+            )
 
     # -- what operators see ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return rollout_status(self.plan, self.state, self.plan_now(), self.clock, self._store.snapshot.kill_switch,
-                              [p.name for p in self.reports()])
+        return rollout_status(
+            self.plan,
+            self.state,
+            self.plan_now(),
+            self.clock,
+            self._store.snapshot.kill_switch,
+            [p.name for p in self.reports()],
+        )
 
     def reports(self) -> list[Path]:
         return list_reports(self._state_dir)

@@ -31,16 +31,19 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
-from controller.decide import Decision, Phase, RolloutState
+from controller.decide import Phase, RolloutState
+from controller.decision import OPERATOR, ROLLOUTD, Action, Decision, Trigger, TriggerKind
+from controller.errors import StateFileError
 from controller.guards import GuardCounters, Observation, Outcome
 from controller.plan import Severity
 from controller.plan_clock import iso_z
-from controller.state_file import StateFileError, open_state_file
+from controller.state_file import open_state_file
 
 T = TypeVar("T")
 
@@ -73,8 +76,8 @@ CREATE TABLE IF NOT EXISTS observations (
     detail      TEXT
 );
 """
-KEEP_OBSERVATIONS = 50_000   # ~3.3 MB; at a 5m guard interval and 5 guards, about 35 days of rounds
-DETAIL_CHARS = 200           # an error's or no-data's detail, cut to this
+KEEP_OBSERVATIONS = 50_000  # ~3.3 MB; at a 5m guard interval and 5 guards, about 35 days of rounds
+DETAIL_CHARS = 200  # an error's or no-data's detail, cut to this
 
 
 class StateDB:
@@ -85,7 +88,7 @@ class StateDB:
         self.path = Path(state_dir) / self.FILE
         self.keep_observations = keep_observations
         self._staged: list[Observation] = []
-        self._reader: sqlite3.Connection | None = None   # history reads, off the event loop (observations())
+        self._reader: sqlite3.Connection | None = None  # history reads, off the event loop (observations())
         self._reader_lock = threading.Lock()
         self._db = open_state_file(self.path, SCHEMA, durable=durable)
 
@@ -101,8 +104,9 @@ class StateDB:
         if row is not None:
             return self._parsed(row[0], "the rollout state (table rollout, column state)", state_from_json)
         if entries := self._db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]:
-            raise StateFileError(self.path, f"has {entries} journal entries but no rollout state (table rollout "
-                                            "is empty)")
+            raise StateFileError(
+                self.path, f"has {entries} journal entries but no rollout state (table rollout is empty)"
+            )
         return None
 
     def record(self, state: RolloutState, decisions: tuple[Decision, ...], now: datetime) -> list[int]:
@@ -115,10 +119,17 @@ class StateDB:
                 cursor = self._db.execute(
                     "INSERT INTO journal (at, action, stage, percentage, reason, decision, status) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (d.at.isoformat(), d.action, d.stage, d.percentage, d.reason, json.dumps(d.to_dict()),
-                     "intent" if d.changes_flags else "done"),
+                    (
+                        d.at.isoformat(),
+                        str(d.action),
+                        d.stage,
+                        d.percentage,
+                        d.reason,
+                        json.dumps(d.to_dict()),
+                        "intent" if d.changes_flags else "done",
+                    ),
                 )
-                ids.append(int(cursor.lastrowid))
+                ids.append(int(cursor.lastrowid or 0))  # always set after an INSERT
             self._db.execute(
                 "INSERT INTO rollout (id, plan, plan_digest, state, updated_at) VALUES (1, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET plan = excluded.plan, plan_digest = excluded.plan_digest, "
@@ -139,8 +150,10 @@ class StateDB:
         marks = ",".join("?" * len(ids))
         with _transaction(self._db):
             self._db.execute(f"DELETE FROM journal WHERE seq IN ({marks})", ids)
-            self._db.execute("UPDATE rollout SET state = ?, updated_at = ? WHERE id = 1",
-                             (json.dumps(state_to_json(state)), now.isoformat()))
+            self._db.execute(
+                "UPDATE rollout SET state = ?, updated_at = ? WHERE id = 1",
+                (json.dumps(state_to_json(state)), now.isoformat()),
+            )
 
     def pending(self) -> list[tuple[int, Decision]]:
         """Intents whose flags may not have been applied (a crash between steps 1 and 3)."""
@@ -152,13 +165,18 @@ class StateDB:
         (so a follower paging with the last seq it saw never misses one), or with `before_seq`
         the newest `limit` before it (so a reader can page back to the first decision)."""
         if since_seq:
-            rows = self._db.execute("SELECT seq, decision, status FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
-                                    (since_seq, limit)).fetchall()
+            rows = self._db.execute(
+                "SELECT seq, decision, status FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (since_seq, limit)
+            ).fetchall()
         else:
-            rows = self._db.execute("SELECT seq, decision, status FROM journal WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                                    (before_seq or 2**63 - 1, limit)).fetchall()[::-1]
-        return [{"seq": seq, **self._parsed(raw, f"journal entry {seq}", dict), "status": status}
-                for seq, raw, status in rows]
+            rows = self._db.execute(
+                "SELECT seq, decision, status FROM journal WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                (before_seq or 2**63 - 1, limit),
+            ).fetchall()[::-1]
+        return [
+            {"seq": seq, **self._parsed(raw, f"journal entry {seq}", with_trigger), "status": status}
+            for seq, raw, status in rows
+        ]
 
     def _parsed(self, raw: Any, what: str, build: Callable[[dict[str, Any]], T]) -> T:
         """`build` over the JSON object in a row; anything else there is damage, said as such."""
@@ -184,8 +202,18 @@ class StateDB:
             return
         self._db.executemany(
             "INSERT INTO observations (at, guard, outcome, value, severity, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            [(iso_z(o.at), o.guard, str(o.outcome), o.value, str(o.severity) if o.severity else None,
-              o.detail[:DETAIL_CHARS] if o.detail and o.outcome is not Outcome.PASS else None) for o in observations])
+            [
+                (
+                    iso_z(o.at),
+                    o.guard,
+                    str(o.outcome),
+                    o.value,
+                    str(o.severity) if o.severity else None,
+                    o.detail[:DETAIL_CHARS] if o.detail and o.outcome is not Outcome.PASS else None,
+                )
+                for o in observations
+            ],
+        )
         # Seqs only grow, so the newest rows are a seq range: one indexed delete keeps the table bounded.
         self._db.execute("DELETE FROM observations WHERE seq <= last_insert_rowid() - ?", (self.keep_observations,))
 
@@ -193,16 +221,17 @@ class StateDB:
         """Oldest first: the `limit` observations after `since_seq` (0: from the oldest kept),
         of one guard or all; page on with the last seq seen. Safe from any thread: it reads on a
         connection of its own, which sees committed rounds only (WAL lets it run beside a write)."""
-        where, args = "seq > ?", [since_seq]
-        if guard is not None:
-            where, args = where + " AND guard = ?", [since_seq, guard]
+        where, args = ("seq > ? AND guard = ?", (since_seq, guard)) if guard is not None else ("seq > ?", (since_seq,))
         with self._reader_lock:
             if self._reader is None:
                 self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            rows = self._reader.execute(f"SELECT seq, at, guard, outcome, value, severity, detail FROM observations "
-                                        f"WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+            rows = self._reader.execute(
+                f"SELECT seq, at, guard, outcome, value, severity, detail FROM observations "
+                f"WHERE {where} ORDER BY seq LIMIT ?",
+                (*args, limit),
+            ).fetchall()
         keys = ("seq", "at", "guard", "outcome", "value", "severity", "detail")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def count(self, action: str) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM journal WHERE action = ?", (action,)).fetchone()[0])
@@ -245,21 +274,110 @@ def state_from_json(raw: dict[str, Any]) -> RolloutState:
         return datetime.fromisoformat(raw[key]) if raw.get(key) else None
 
     return RolloutState(
-        plan=raw["plan"], plan_digest=raw["plan_digest"], started_at=datetime.fromisoformat(raw["started_at"]),
-        phase=Phase(raw["phase"]), stage=raw["stage"], percentage=raw["percentage"], agents=tuple(raw["agents"]),
-        hold_reason=raw["hold_reason"], held_by_operator=raw["held_by_operator"],
-        checkpoints_done=tuple(raw["checkpoints_done"]), approved=tuple(raw["approved"]),
+        plan=raw["plan"],
+        plan_digest=raw["plan_digest"],
+        started_at=datetime.fromisoformat(raw["started_at"]),
+        phase=Phase(raw["phase"]),
+        stage=raw["stage"],
+        percentage=raw["percentage"],
+        agents=tuple(raw["agents"]),
+        hold_reason=raw["hold_reason"],
+        held_by_operator=raw["held_by_operator"],
+        checkpoints_done=tuple(raw["checkpoints_done"]),
+        approved=tuple(raw["approved"]),
         verdicts=tuple(raw.get("verdicts", raw["checkpoints_done"])),
         guards={name: GuardCounters.from_dict(c) for name, c in raw["guards"].items()},
-        warned=tuple(raw["warned"]), rollbacks=raw["rollbacks"], manual_interventions=raw["manual_interventions"],
-        last_clean_at=moment("last_clean_at"), last_evaluation_at=moment("last_evaluation_at"),
+        warned=tuple(raw["warned"]),
+        rollbacks=raw["rollbacks"],
+        manual_interventions=raw["manual_interventions"],
+        last_clean_at=moment("last_clean_at"),
+        last_evaluation_at=moment("last_evaluation_at"),
     )
 
 
 def decision_from_json(raw: dict[str, Any]) -> Decision:
+    raw = with_trigger(raw)
     return Decision(
-        at=datetime.fromisoformat(raw["at"].replace("Z", "+00:00")), action=raw["action"], stage=raw["stage"],
-        percentage=raw["percentage"], agents=tuple(raw["agents"]), reason=raw["reason"],
+        at=datetime.fromisoformat(raw["at"].replace("Z", "+00:00")),
+        action=Action(raw["action"]),
+        stage=raw["stage"],
+        percentage=raw["percentage"],
+        agents=tuple(raw["agents"]),
+        reason=raw["reason"],
         severity=Severity[raw["severity"].upper()] if raw.get("severity") else None,
-        checkpoint=raw.get("checkpoint"), guard=raw.get("guard"), recommendation=raw.get("recommendation"),
+        checkpoint=raw.get("checkpoint"),
+        guard=raw.get("guard"),
+        recommendation=raw.get("recommendation"),
+        trigger=Trigger(
+            TriggerKind(raw["trigger"]["kind"]),
+            str(raw["trigger"]["detail"]),
+            bool(raw["trigger"].get("legacy", False)),
+        ),
+        actor=str(raw["actor"]),
     )
+
+
+# -- journal rows from before decisions carried `trigger` and `actor` ------------------------------
+# The one place that reads a decision's prose: rows written by rolloutd before the trigger and
+# the actor were recorded get both, derived best-effort from their action, guard and reason (as
+# the old code wrote them: "operator: WHO: WHY", "WHO: WHY" for an emergency), and marked
+# `"legacy": true` in the trigger. Rows that carry a trigger are returned as they are.
+
+
+def with_trigger(raw: dict[str, Any]) -> dict[str, Any]:
+    """The journal row, with `trigger` and `actor` (derived and marked legacy for an old row)."""
+    if "trigger" in raw:
+        return raw
+    trigger, actor = _legacy_trigger(raw)
+    return {**raw, "trigger": trigger.to_dict(), "actor": actor}
+
+
+def _legacy_trigger(raw: dict[str, Any]) -> tuple[Trigger, str]:
+    action, reason, guard = raw["action"], str(raw.get("reason") or ""), raw.get("guard") or ""
+    kind, detail = _LEGACY_KINDS.get(action, (TriggerKind.SCHEDULE, ""))
+    if action == "warning":
+        detail = guard
+    elif action == "rollback":
+        kind, detail = (
+            (TriggerKind.FAILURE_LIMIT, guard)
+            if "failure_limit" in reason
+            else (TriggerKind.GUARD, guard)
+            if guard
+            else (TriggerKind.CHECKPOINT, "")
+            if reason.startswith("checkpoint")
+            else (TriggerKind.OPERATOR, "rollback")
+        )
+    elif action in ("hold", "resume"):
+        kind, detail = (
+            (TriggerKind.OPERATOR, action)
+            if reason.startswith("operator:")
+            else (TriggerKind.CHECKPOINT, "")
+            if reason.startswith("checkpoint")
+            else (TriggerKind.BLINDNESS, "")
+            if "blind" in reason or action == "resume"
+            else (TriggerKind.CLOCK_JUMP, "")
+        )
+    elif action == "stage_applied" and "by operator" in reason:
+        kind, detail = TriggerKind.OPERATOR, "promote"
+    return Trigger(kind, detail, legacy=True), _legacy_actor(kind, reason)
+
+
+_LEGACY_KINDS = {
+    "warning": (TriggerKind.GUARD, ""),
+    "checkpoint": (TriggerKind.SCHEDULE, ""),
+    "verdict": (TriggerKind.CHECKPOINT, ""),
+    "awaiting_approval": (TriggerKind.CHECKPOINT, ""),
+    "approved": (TriggerKind.OPERATOR, "approve"),
+    "emergency": (TriggerKind.EMERGENCY, ""),
+    "emergency_cleared": (TriggerKind.OPERATOR, "clear_emergency"),
+}
+
+
+def _legacy_actor(kind: TriggerKind, reason: str) -> str:
+    """Who the old reason names: "operator: WHO: WHY" (a command), "WHO: WHY" (an emergency)."""
+    if kind is TriggerKind.OPERATOR:
+        parts = reason.split(": ", 2)
+        return parts[1] if len(parts) == 3 and parts[0] == OPERATOR else OPERATOR
+    if kind is TriggerKind.EMERGENCY and ": " in reason:
+        return reason.split(": ", 1)[0]
+    return ROLLOUTD

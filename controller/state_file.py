@@ -10,6 +10,7 @@ as it was found, for a backup to replace or for forensics. The check is cheap: o
 file that holds the full 50k observations (2.8 MB) takes ~6 ms, quick_check included.
 
     StateFileError    controller.db exists but cannot be used: the file, the problem, the remedy
+                      (controller/errors.py; importable from here too)
 """
 
 from __future__ import annotations
@@ -21,24 +22,13 @@ import stat
 import tempfile
 from pathlib import Path
 
+from controller.errors import StateFileError
 from flags.atomic import fsync_dir
 from flags.errors import disk_nearly_full
 
 HEADER = b"SQLite format 3\x00"
-REQUIRED_TABLES = frozenset({"rollout", "journal"})   # `observations` came later: added when missing
+REQUIRED_TABLES = frozenset({"rollout", "journal"})  # `observations` came later: added when missing
 DISK_FULL = "free space in state_dir and start rolloutd again; the file is intact: do not move it aside"
-DAMAGED = ("restore it from a backup, or move it aside (with any -wal and -shm file beside it) "
-           "to begin a new rollout of the plan from hour 0")
-
-
-class StateFileError(Exception):
-    """The controller's state file exists but cannot be used; it was not changed."""
-
-    def __init__(self, path: Path | str, problem: str, remedy: str = DAMAGED) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        self.remedy = remedy
-        super().__init__(f"{self.path}: {problem}; rolloutd left it as it is — {remedy}")
 
 
 def open_state_file(path: Path, schema: str, *, durable: bool = True) -> sqlite3.Connection:
@@ -53,10 +43,10 @@ def open_state_file(path: Path, schema: str, *, durable: bool = True) -> sqlite3
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         if not tables >= _tables_of(schema):
-            db.executescript(schema)   # a file from before a table was added: only IF NOT EXISTS ones
+            db.executescript(schema)  # a file from before a table was added: only IF NOT EXISTS ones
     except sqlite3.DatabaseError as exc:
         db.close()
-        if disk_nearly_full(path.parent):   # SQLite's "disk I/O error" when its -shm file gets no space
+        if disk_nearly_full(path.parent):  # SQLite's "disk I/O error" when its -shm file gets no space
             raise StateFileError(path, f"SQLite cannot open it: {exc}: state_dir is full", DISK_FULL) from None
         raise StateFileError(path, f"SQLite cannot use it: {exc}") from None
     return db
@@ -84,8 +74,10 @@ def check_state_file(path: Path) -> set[str]:
         raise StateFileError(path, f"SQLite reports it damaged: quick_check says {verdict!r}")
     if missing := REQUIRED_TABLES - tables:
         found = ", ".join(sorted(tables)) or "none"
-        raise StateFileError(path, f"is an SQLite database but not rolloutd's: no table {', '.join(sorted(missing))} "
-                                   f"(tables found: {found})")
+        raise StateFileError(
+            path,
+            f"is an SQLite database but not rolloutd's: no table {', '.join(sorted(missing))} (tables found: {found})",
+        )
     return tables
 
 
@@ -93,15 +85,21 @@ def _check_header(path: Path) -> None:
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
-            raise StateFileError(path, "is not a regular file (a directory?)", "move it aside; rolloutd keeps "
-                                 "its rollout state in a file of that name")
+            raise StateFileError(
+                path,
+                "is not a regular file (a directory?)",
+                "move it aside; rolloutd keeps its rollout state in a file of that name",
+            )
         with path.open("rb") as handle:
             head = handle.read(len(HEADER))
     except OSError as exc:
         raise StateFileError(path, f"cannot read it: {exc.strerror}", _permissions(path)) from None
     if info.st_size == 0:
-        raise StateFileError(path, "is empty (0 bytes), which rolloutd never writes: it was truncated (by a crash "
-                                   "of the filesystem, or by `> controller.db`) and the rollout's history is lost")
+        raise StateFileError(
+            path,
+            "is empty (0 bytes), which rolloutd never writes: it was truncated (by a crash "
+            "of the filesystem, or by `> controller.db`) and the rollout's history is lost",
+        )
     if head != HEADER:
         raise StateFileError(path, f"is not an SQLite database ({info.st_size} bytes beginning {head[:16]!r})")
 
@@ -110,14 +108,17 @@ def _refuse_orphaned_wal(path: Path) -> None:
     """A WAL without its database holds the newest transactions of a file moved away."""
     wal = path.with_name(path.name + "-wal")
     if size := _size(wal):
-        raise StateFileError(path, f"is missing, but {wal.name} ({size} bytes) beside it holds its latest "
-                                   "transactions", f"put {path.name} back beside it, or move {wal.name} and "
-                                   f"{path.name}-shm aside too to begin a new rollout of the plan from hour 0")
+        raise StateFileError(
+            path,
+            f"is missing, but {wal.name} ({size} bytes) beside it holds its latest transactions",
+            f"put {path.name} back beside it, or move {wal.name} and "
+            f"{path.name}-shm aside too to begin a new rollout of the plan from hour 0",
+        )
 
 
 def _create(path: Path, schema: str, durable: bool) -> None:
     """The schema built in a temp file, made durable, then renamed into place."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp*"):   # left by a creation that was killed
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # left by a creation that was killed
         stale.unlink(missing_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -137,10 +138,10 @@ def _create(path: Path, schema: str, durable: bool) -> None:
 def _build(tmp: Path, schema: str, durable: bool) -> None:
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode=WAL")   # recorded in the file's header
+        db.execute("PRAGMA journal_mode=WAL")  # recorded in the file's header
         db.executescript(schema)
     finally:
-        db.close()                              # checkpoints the temp WAL into the file and removes it
+        db.close()  # checkpoints the temp WAL into the file and removes it
     if durable:
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -168,5 +169,7 @@ def _size(path: Path) -> int:
 
 
 def _permissions(path: Path) -> str:
-    return (f"check that rolloutd's user can read and write {path} and the directory {path.parent}, "
-            "and that the disk has space")
+    return (
+        f"check that rolloutd's user can read and write {path} and the directory {path.parent}, "
+        "and that the disk has space"
+    )

@@ -32,8 +32,9 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from deploy import rollout_cmds
 from deploy.client import AdminClient, ApiError, Unreachable, locate_socket, read_config_value
@@ -97,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="check a plan file (no daemon needed)").add_subparsers(metavar="ACTION")
     validate = plan.add_parser("validate", help="load a plan, report every problem with its line, parse its PromQL")
     validate.add_argument("file", type=Path, metavar="FILE")
-    validate.add_argument("--prometheus", metavar="URL",
-                          help="parse the queries on this Prometheus when promtool is not on PATH")
+    validate.add_argument(
+        "--prometheus", metavar="URL", help="parse the queries on this Prometheus when promtool is not on PATH"
+    )
     # SUPPRESS: a default here would overwrite a `--json` given before the command.
     validate.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
     validate.set_defaults(offline=cmd_plan_validate)
@@ -112,8 +114,10 @@ def cmd_health(client: AdminClient, args: argparse.Namespace) -> int:
     else:
         state = "ready" if health["ready"] else "NOT READY: " + "; ".join(health["problems"].values())
         kill = "ON" if health["kill_switch"] else "off"
-        print(f"rolloutd pid {health['pid']}: {state}; {health['flags']} flags; kill switch {kill}; "
-              f"listening on {health['listen']}; state in {health['state_dir']}")
+        print(
+            f"rolloutd pid {health['pid']}: {state}; {health['flags']} flags; kill switch {kill}; "
+            f"listening on {health['listen']}; state in {health['state_dir']}"
+        )
     return EXIT_OK if health["ready"] else EXIT_FAILED
 
 
@@ -122,8 +126,16 @@ def cmd_flags_list(client: AdminClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
         return EXIT_OK
-    rows = [(f["name"], "on" if f["enabled"] else "off", f["strategy"], f"{f['percentage']:g}%",
-             " AND ".join(f["constraints"]) or "-") for f in answer["flags"]]
+    rows = [
+        (
+            f["name"],
+            "on" if f["enabled"] else "off",
+            f["strategy"],
+            f"{f['percentage']:g}%",
+            " AND ".join(f["constraints"]) or "-",
+        )
+        for f in answer["flags"]
+    ]
     print_table(("FLAG", "ENABLED", "STRATEGY", "PERCENT", "CONSTRAINTS"), rows)
     if answer["kill_switch"]:
         print("\nemergency_shutdown is ON: every other flag evaluates to off.")
@@ -138,7 +150,9 @@ def cmd_flags_show(client: AdminClient, args: argparse.Namespace) -> int:
     print(json.dumps({answer["name"]: answer["stored"]}, indent=2))
     print(f"\neffective percentage now: {answer['percentage']:g}%")
     for record in answer["audit"]:
-        print(f"  {record['time']}  {record.get('event', 'change'):8} {record.get('actor', '?')}: {record.get('reason', '')}")
+        print(
+            f"  {record['time']}  {record.get('event', 'change'):8} {record.get('actor', '?')}: {record.get('reason', '')}"
+        )
     return EXIT_OK
 
 
@@ -155,23 +169,31 @@ def cmd_flags_set(client: AdminClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
     else:
-        print(f"{answer['name']}: {'on' if answer['enabled'] else 'off'}, {answer['percentage']:g}% ({answer['strategy']})")
+        print(
+            f"{answer['name']}: {'on' if answer['enabled'] else 'off'}, {answer['percentage']:g}% ({answer['strategy']})"
+        )
     return EXIT_OK
 
 
 def cmd_emergency_stop(client: AdminClient, args: argparse.Namespace) -> int:
     answer = client.post("/v1/emergency-stop", {"reason": args.reason, "actor": actor()})
-    print("emergency_shutdown is ON: every other flag now evaluates to off." if answer["kill_switch"] else "kill switch NOT on")
-    if answer.get("durable") is False:   # in force in memory; rolloutd writes it as soon as the disk allows
-        print(f"rolloutctl: not yet on disk: {answer.get('problem') or 'the write is pending'}; rolloutd keeps it in "
-              f"force and writes it as soon as the disk allows (a restart meanwhile finds it in emergency.state)",
-              file=sys.stderr)
+    print(
+        "emergency_shutdown is ON: every other flag now evaluates to off."
+        if answer["kill_switch"]
+        else "kill switch NOT on"
+    )
+    if answer.get("durable") is False:  # in force in memory; rolloutd writes it as soon as the disk allows
+        print(
+            f"rolloutctl: not yet on disk: {answer.get('problem') or 'the write is pending'}; rolloutd keeps it in "
+            f"force and writes it as soon as the disk allows (a restart meanwhile finds it in emergency.state)",
+            file=sys.stderr,
+        )
     return EXIT_OK if answer["kill_switch"] else EXIT_FAILED
 
 
 def cmd_flags_restore(client: AdminClient, args: argparse.Namespace) -> int:
     if args.backup and not args.reason:
-        print("rolloutctl: restoring needs --reason \"...\" (it goes into the audit log)", file=sys.stderr)
+        print('rolloutctl: restoring needs --reason "..." (it goes into the audit log)', file=sys.stderr)
         return EXIT_USAGE
     try:
         return _restore_via(client.get, client.post, args)
@@ -183,7 +205,9 @@ def cmd_flags_restore(client: AdminClient, args: argparse.Namespace) -> int:
         return _restore_offline(state_dir, args)
 
 
-def _restore_via(get: Callable[[str], Any], post: Callable[[str, dict[str, Any]], Any], args: argparse.Namespace) -> int:
+def _restore_via(
+    get: Callable[[str], Any], post: Callable[[str, dict[str, Any]], Any], args: argparse.Namespace
+) -> int:
     if not args.backup:
         _print_backups(get("/v1/flags-backups"), args.json)
         return EXIT_OK
@@ -193,13 +217,15 @@ def _restore_via(get: Callable[[str], Any], post: Callable[[str, dict[str, Any]]
 
 
 def _restore_offline(state_dir: Path, args: argparse.Namespace) -> int:
-    from flags.errors import FlagsError
-    from flags.store import FlagStore
+    from flags.errors import FlagsError  # noqa: PLC0415  (only the offline restore opens a store)
+    from flags.store import FlagStore  # noqa: PLC0415  (only the offline restore opens a store)
 
     try:
         with FlagStore.open(state_dir, strict=False) as store:
             if not args.backup:
-                items = [{"name": b.name, "size": b.size, "flags": b.flags, "problem": b.problem} for b in store.backups()]
+                items = [
+                    {"name": b.name, "size": b.size, "flags": b.flags, "problem": b.problem} for b in store.backups()
+                ]
                 _print_backups({"directory": str(store.backup_dir), "backups": items}, args.json)
                 if store.load_error:
                     print(f"\ncurrent flags file is invalid: {store.load_error}", file=sys.stderr)
@@ -216,8 +242,15 @@ def _print_backups(answer: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(answer)
         return
-    rows = [(b["name"], str(b["size"]), str(b["flags"]) if b["flags"] is not None else "-",
-             "ok" if not b["problem"] else "INVALID: " + b["problem"].split(" — ")[0]) for b in answer["backups"]]
+    rows = [
+        (
+            b["name"],
+            str(b["size"]),
+            str(b["flags"]) if b["flags"] is not None else "-",
+            "ok" if not b["problem"] else "INVALID: " + b["problem"].split(" — ")[0],
+        )
+        for b in answer["backups"]
+    ]
     print(f"backups in {answer['directory']} (oldest first):")
     print_table(("BACKUP", "BYTES", "FLAGS", "RESTORABLE"), rows)
     print('\nrestore one with: rolloutctl flags restore BACKUP --reason "..."')
@@ -226,7 +259,8 @@ def _print_backups(answer: dict[str, Any], as_json: bool) -> None:
 def cmd_plan_validate(args: argparse.Namespace) -> int:
     """Load FILE as the daemon would, then parse its PromQL; valid only if both pass."""
     # Imported here, not at the top: the daemon commands never need the controller.
-    from controller.plan_load import PlanError, check_promql, load_plan
+    from controller.errors import PlanError  # noqa: PLC0415  (see above)
+    from controller.plan_load import check_promql, load_plan  # noqa: PLC0415  (see above)
 
     file = str(args.file)
     try:
@@ -235,8 +269,13 @@ def cmd_plan_validate(args: argparse.Namespace) -> int:
         return _plan_verdict(file, args.json, exc.problems, None)
     promtool = shutil.which("promtool")
     try:
-        problems = check_promql(plan, promtool=promtool, prometheus_url=args.prometheus,
-                                plan_text=args.file.read_text(), use_promtool=promtool is not None)
+        problems = check_promql(
+            plan,
+            promtool=promtool,
+            prometheus_url=args.prometheus,
+            plan_text=args.file.read_text(),
+            use_promtool=promtool is not None,
+        )
     except (RuntimeError, OSError) as exc:
         message = f"{exc}; {file} was NOT validated (its queries are unchecked)"
         if args.json:
@@ -244,18 +283,28 @@ def cmd_plan_validate(args: argparse.Namespace) -> int:
         else:
             print(f"rolloutctl: {message}", file=sys.stderr)
         return EXIT_FAILED
-    checked = "no PromQL to check" if not any(g.query for g in plan.guards) else \
-        f"PromQL parsed by {'promtool' if promtool else 'Prometheus at ' + args.prometheus}"
+    checked = (
+        "no PromQL to check"
+        if not any(g.query for g in plan.guards)
+        else f"PromQL parsed by {'promtool' if promtool else 'Prometheus at ' + args.prometheus}"
+    )
     return _plan_verdict(file, args.json, problems, _plan_summary(plan), checked)
 
 
-def _plan_verdict(file: str, as_json: bool, problems: list[Any], summary: dict[str, Any] | None,
-                  checked: str = "") -> int:
+def _plan_verdict(
+    file: str, as_json: bool, problems: list[Any], summary: dict[str, Any] | None, checked: str = ""
+) -> int:
     problems = sorted(problems, key=lambda p: p.line or 0)
     if as_json:
-        print_json({"valid": not problems, "problems": [
-            {"where": p.where, "line": p.line, "message": p.message, "text": p.render(file)} for p in problems],
-            "plan": summary})
+        print_json(
+            {
+                "valid": not problems,
+                "problems": [
+                    {"where": p.where, "line": p.line, "message": p.message, "text": p.render(file)} for p in problems
+                ],
+                "plan": summary,
+            }
+        )
     elif problems:
         for problem in problems:
             print(problem.render(file))
@@ -267,7 +316,7 @@ def _plan_verdict(file: str, as_json: bool, problems: list[Any], summary: dict[s
 
 def _plan_summary(plan: Any) -> dict[str, Any]:
     """The plan as JSON-ready data; offsets in hours, as the plan file counts them."""
-    from controller.plan import format_duration
+    from controller.plan import format_duration  # noqa: PLC0415  (plan commands only)
 
     def at(delta: Any) -> dict[str, Any]:
         hours = delta.total_seconds() / 3600
@@ -277,19 +326,32 @@ def _plan_summary(plan: Any) -> dict[str, Any]:
         "name": plan.name,
         "digest": plan.digest,
         "flags": list(plan.flags),
-        "stages": [{**at(s.at), "percentage": s.percentage, "agents": list(s.agents), "name": s.name}
-                   for s in plan.stages],
-        "checkpoints": [{**at(c.at), "name": c.name, "requires_approval": c.requires_approval,
-                         "criteria": list(c.criteria)} for c in plan.checkpoints],
+        "stages": [
+            {**at(s.at), "percentage": s.percentage, "agents": list(s.agents), "name": s.name} for s in plan.stages
+        ],
+        "checkpoints": [
+            {**at(c.at), "name": c.name, "requires_approval": c.requires_approval, "criteria": list(c.criteria)}
+            for c in plan.checkpoints
+        ],
         "guard_interval": format_duration(plan.guard_interval),
         "failure_limit": plan.failure_limit,
         "failure_response": str(plan.failure_response),
-        "guards": [{"name": g.name, "direction": str(g.direction),
-                    "thresholds": {str(sev): value for sev, value in sorted(g.thresholds.items())},
-                    "responses": {str(sev): str(r) for sev, r in sorted(g.responses.items())},
-                    "window": format_duration(g.window), "sustain": format_duration(g.sustain),
-                    "checks_to_sustain": g.checks_to_sustain(plan.guard_interval), "no_data": str(g.no_data),
-                    "query": g.resolved_query(), "builtin": g.builtin, "unit": g.unit} for g in plan.guards],
+        "guards": [
+            {
+                "name": g.name,
+                "direction": str(g.direction),
+                "thresholds": {str(sev): value for sev, value in sorted(g.thresholds.items())},
+                "responses": {str(sev): str(r) for sev, r in sorted(g.responses.items())},
+                "window": format_duration(g.window),
+                "sustain": format_duration(g.sustain),
+                "checks_to_sustain": g.checks_to_sustain(plan.guard_interval),
+                "no_data": str(g.no_data),
+                "query": g.resolved_query(),
+                "builtin": g.builtin,
+                "unit": g.unit,
+            }
+            for g in plan.guards
+        ],
     }
 
 
@@ -297,15 +359,31 @@ def _print_plan(file: str, plan: dict[str, Any], checked: str) -> None:
     print(f"{file}: plan {plan['name']} is valid ({checked})")
     print(f"flags: {', '.join(plan['flags'])}")
     print("stages:")
-    print_table(("AT", "PERCENT", "AGENTS"), [(s["at"], f"{s['percentage']:g}%", ", ".join(s["agents"]) or "-")
-                                               for s in plan["stages"]], indent="  ")
+    print_table(
+        ("AT", "PERCENT", "AGENTS"),
+        [(s["at"], f"{s['percentage']:g}%", ", ".join(s["agents"]) or "-") for s in plan["stages"]],
+        indent="  ",
+    )
     print("checkpoints:")
-    print_table(("AT", "APPROVAL", "NAME"), [(c["at"], "required" if c["requires_approval"] else "-", c["name"])
-                                              for c in plan["checkpoints"]], indent="  ")
-    print(f"guards, checked every {plan['guard_interval']} ({plan['failure_limit']} failed checks in a row: "
-          f"{plan['failure_response']}):")
-    rows = [(g["name"], g["direction"], *(_threshold(g, sev) for sev in ("warning", "critical", "emergency")),
-             _sustain(g), g["no_data"]) for g in plan["guards"]]
+    print_table(
+        ("AT", "APPROVAL", "NAME"),
+        [(c["at"], "required" if c["requires_approval"] else "-", c["name"]) for c in plan["checkpoints"]],
+        indent="  ",
+    )
+    print(
+        f"guards, checked every {plan['guard_interval']} ({plan['failure_limit']} failed checks in a row: "
+        f"{plan['failure_response']}):"
+    )
+    rows = [
+        (
+            g["name"],
+            g["direction"],
+            *(_threshold(g, sev) for sev in ("warning", "critical", "emergency")),
+            _sustain(g),
+            g["no_data"],
+        )
+        for g in plan["guards"]
+    ]
     print_table(("GUARD", "DIRECTION", "WARNING", "CRITICAL", "EMERGENCY", "SUSTAIN", "NO DATA"), rows, indent="  ")
 
 

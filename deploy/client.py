@@ -20,7 +20,8 @@ DEFAULT_SOCKET = Path("/run/rolloutd/admin.sock")
 
 
 class Unreachable(Exception):
-    """The daemon did not answer on its admin socket."""
+    """A server rolloutctl talks to did not answer: the daemon on its admin socket (exit 3), or
+    Prometheus for `report --prometheus` (connection, timeout, not Prometheus at all)."""
 
 
 class ApiError(Exception):
@@ -76,11 +77,19 @@ class AdminClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, FileNotFoundError,
-                ConnectionRefusedError, PermissionError) as exc:
+        except (
+            httpx.ConnectError,
+            httpx.RemoteProtocolError,
+            httpx.ReadError,
+            FileNotFoundError,
+            ConnectionRefusedError,
+            PermissionError,
+        ) as exc:
             raise Unreachable(self._unreachable(exc)) from None
         except httpx.TimeoutException:
-            raise Unreachable(f"rolloutd at {self.location.path} ({self.location.how}) did not answer in time") from None
+            raise Unreachable(
+                f"rolloutd at {self.location.path} ({self.location.how}) did not answer in time"
+            ) from None
         try:
             body = response.json()
         except ValueError:
@@ -91,8 +100,10 @@ class AdminClient:
 
     def _unreachable(self, exc: BaseException) -> str:
         cause = str(exc) or type(exc).__name__
-        return (f"cannot reach rolloutd at {self.location.path} ({self.location.how}): {cause}. "
-                f"Is it running? Try `systemctl status rolloutd`.")
+        return (
+            f"cannot reach rolloutd at {self.location.path} ({self.location.how}): {cause}. "
+            f"Is it running? Try `systemctl status rolloutd`."
+        )
 
 
 def error_message(response: httpx.Response, body: Any) -> str:
@@ -103,5 +114,7 @@ def error_message(response: httpx.Response, body: Any) -> str:
         return body["error"]
     text = response.text.strip()
     said = f": {text[:200]}" if text and text != response.reason_phrase else ""
-    return (f"rolloutd answered {response.status_code} {response.reason_phrase}{said}; its log says why "
-            f"(`journalctl -u rolloutd -p err`)")
+    return (
+        f"rolloutd answered {response.status_code} {response.reason_phrase}{said}; its log says why "
+        f"(`journalctl -u rolloutd -p err`)"
+    )

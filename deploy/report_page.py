@@ -18,22 +18,34 @@ from urllib.parse import urlencode
 
 import httpx
 
-from deploy.client import AdminClient
 from controller.views.report_html import render_html
+from deploy.client import AdminClient, Unreachable
 from flags.atomic import atomic_write
 
 JOURNAL_PAGE = 500
 OBSERVATION_PAGE = 5000
-RANGE_POINTS = 500          # samples per Prometheus series over the whole period
+RANGE_POINTS = 500  # samples per Prometheus series over the whole period
 # The seeds' dashboard metrics, by rate over a window `{w}` sized to the query's step.
 SEED_SERIES = (
-    ("p95_latency_ms", "p95 retrieval latency", "ms",
-     "1000 * histogram_quantile(0.95, sum by (le) (rate(hybrid_rag_retrieval_latency_seconds_bucket[{w}])))"),
-    ("error_rate", "error rate", "0-1",
-     "(sum(rate(hybrid_rag_errors_total[{w}])) or vector(0)) / sum(rate(hybrid_rag_queries_total[{w}]))"),
-    ("cache_hit_rate", "cache hit rate", "0-1",
-     "sum(rate(redis_cache_hits_total[{w}])) / (sum(rate(redis_cache_hits_total[{w}])) "
-     "+ sum(rate(redis_cache_misses_total[{w}])))"),
+    (
+        "p95_latency_ms",
+        "p95 retrieval latency",
+        "ms",
+        "1000 * histogram_quantile(0.95, sum by (le) (rate(hybrid_rag_retrieval_latency_seconds_bucket[{w}])))",
+    ),
+    (
+        "error_rate",
+        "error rate",
+        "0-1",
+        "(sum(rate(hybrid_rag_errors_total[{w}])) or vector(0)) / sum(rate(hybrid_rag_queries_total[{w}]))",
+    ),
+    (
+        "cache_hit_rate",
+        "cache hit rate",
+        "0-1",
+        "sum(rate(redis_cache_hits_total[{w}])) / (sum(rate(redis_cache_hits_total[{w}])) "
+        "+ sum(rate(redis_cache_misses_total[{w}])))",
+    ),
     ("precision_at_10", "precision@10", "0-1", "min(hybrid_rag_precision_at_10)"),
 )
 
@@ -56,7 +68,8 @@ def journal(client: AdminClient, page: int = JOURNAL_PAGE) -> list[dict[str, Any
     decisions = batch
     while len(batch) == page:
         batch = client.get(f"/v1/rollout/journal?{urlencode({'limit': page, 'before': decisions[0]['seq']})}")[
-            "decisions"]
+            "decisions"
+        ]
         decisions = batch + decisions
     return decisions
 
@@ -72,8 +85,9 @@ def all_observations(client: AdminClient, page: int = OBSERVATION_PAGE) -> list[
             return out
 
 
-def prometheus_series(url: str, status: dict[str, Any], *, now: float | None = None,
-                      timeout: float = 10.0) -> dict[str, Any]:
+def prometheus_series(
+    url: str, status: dict[str, Any], *, now: float | None = None, timeout: float = 10.0
+) -> dict[str, Any]:
     """The seeds' metrics from the rollout's start to now, x in plan hours; failures are described."""
     start = datetime.fromisoformat(status["started_at"].replace("Z", "+00:00")).timestamp()
     end = max(time.time() if now is None else now, start + 1)
@@ -90,30 +104,31 @@ def prometheus_series(url: str, status: dict[str, Any], *, now: float | None = N
             except Unreachable as exc:
                 return {**result, "error": str(exc), "metrics": []}
             except QueryFailed as exc:
-                result["metrics"].append({"key": key, "title": title, "unit": unit, "query": query, "points": [],
-                                          "note": str(exc)})
+                result["metrics"].append(
+                    {"key": key, "title": title, "unit": unit, "query": query, "points": [], "note": str(exc)}
+                )
                 continue
             points = [[round((t - start) * scale / 3600, 6), v] for t, v in samples]
             note = "" if any(v is not None for _, v in points) else "no samples in Prometheus for this period"
-            result["metrics"].append({"key": key, "title": title, "unit": unit, "query": query, "points": points,
-                                      "note": note})
+            result["metrics"].append(
+                {"key": key, "title": title, "unit": unit, "query": query, "points": points, "note": note}
+            )
     return result
 
 
-class Unreachable(Exception):
-    """Prometheus did not answer (connection, timeout, not Prometheus at all)."""
-
-
 class QueryFailed(Exception):
-    """Prometheus answered, but refused this query."""
+    """Prometheus answered, but refused this query (when it did not answer: `Unreachable`)."""
 
 
-def query_range(http: httpx.Client, query: str, start: float, end: float,
-                step: int) -> list[tuple[float, float | None]]:
+def query_range(
+    http: httpx.Client, query: str, start: float, end: float, step: int
+) -> list[tuple[float, float | None]]:
     """One `/api/v1/query_range`; the first series' samples (NaN and ±Inf as None)."""
     try:
-        response = http.get("/api/v1/query_range", params={"query": query, "start": f"{start:.3f}",
-                                                             "end": f"{end:.3f}", "step": str(step)})
+        response = http.get(
+            "/api/v1/query_range",
+            params={"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(step)},
+        )
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise Unreachable(f"{http.base_url}: {type(exc).__name__}: {exc}") from None
     try:
@@ -121,8 +136,9 @@ def query_range(http: httpx.Client, query: str, start: float, end: float,
     except ValueError:
         body = None
     if not isinstance(body, dict) or "status" not in body:
-        raise Unreachable(f"{http.base_url} answered HTTP {response.status_code} with something that is not "
-                          f"Prometheus's JSON")
+        raise Unreachable(
+            f"{http.base_url} answered HTTP {response.status_code} with something that is not Prometheus's JSON"
+        )
     if body["status"] != "success":
         raise QueryFailed(f"Prometheus refused the query (HTTP {response.status_code}): {body.get('error')}")
     series = (body.get("data") or {}).get("result") or []

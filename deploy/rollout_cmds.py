@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from controller.views.journal_text import said
 from deploy.client import AdminClient
 from deploy.report_page import write_page
 from deploy.terminal import actor, print_json, print_table
@@ -44,8 +45,11 @@ def register(sub: Any) -> None:
     hold.set_defaults(run=command("hold"))
     resume = sub.add_parser("resume", help="advance again after a hold or a rollback")
     resume.add_argument("--reason", default="")
-    resume.add_argument("--clear-emergency", action="store_true",
-                        help="leave the emergency shutdown (flags stay at 0%% until the rollout advances)")
+    resume.add_argument(
+        "--clear-emergency",
+        action="store_true",
+        help="leave the emergency shutdown (flags stay at 0%% until the rollout advances)",
+    )
     resume.set_defaults(run=command("resume"))
     approve = sub.add_parser("approve", help="approve the checkpoint that waits for it")
     approve.add_argument("--reason", default="")
@@ -59,10 +63,15 @@ def register(sub: Any) -> None:
     rollback.set_defaults(run=command("rollback"))
     report = sub.add_parser("report", help="list checkpoint reports, show one, or write the whole rollout as HTML")
     report.add_argument("name", nargs="?")
-    report.add_argument("--html", type=Path, metavar="FILE",
-                        help="write one self-contained HTML page: timeline, guard charts, reports, decisions")
-    report.add_argument("--prometheus", metavar="URL",
-                        help="with --html: also chart the seeds' metrics from this Prometheus")
+    report.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write one self-contained HTML page: timeline, guard charts, reports, decisions",
+    )
+    report.add_argument(
+        "--prometheus", metavar="URL", help="with --html: also chart the seeds' metrics from this Prometheus"
+    )
     _json_flag(report)
     report.set_defaults(run=cmd_report)
 
@@ -107,20 +116,23 @@ def command(name: str) -> Any:
             print_json(answer)
             return EXIT_OK
         for d in answer["decisions"]:
-            print(f"{d['action']}: {d['reason']} (stage {d['stage']}, {d['percentage']:g}%)")
+            print(f"{d['action']}: {said(d)} (stage {d['stage']}, {d['percentage']:g}%)")
         if not answer["decisions"]:
             print("nothing changed")
         s = answer["status"]
         print(f"rollout {s['rollout']} is {s['phase']} at {s['percentage']:g}%")
         return EXIT_OK
+
     return run
 
 
 def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
     if args.html or args.prometheus:
         if args.name or not args.html:
-            print("rolloutctl: report --html FILE renders every report (no NAME); --prometheus needs --html",
-                  file=sys.stderr)
+            print(
+                "rolloutctl: report --html FILE renders every report (no NAME); --prometheus needs --html",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         try:
             print(write_page(client, args.html, args.prometheus))
@@ -142,12 +154,18 @@ def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
         print_json(report)
         return EXIT_OK
     print(f"{report['checkpoint']}: {report['recommendation']} ({report['recommendation_reason']})")
-    print(f"  at {report['checkpoint_time']} ({report['hours_elapsed']}h after {report['deployment_start']}), "
-          f"{report['current_rollout_percentage']:g}% of {', '.join(report['agents_affected']) or 'no agents'}")
-    print(f"  rollbacks {report['rollback_count']}, manual interventions {report['manual_interventions']}; "
-          f"next: {report['next_milestone']}")
-    rows = [(c["criterion"], _value(c["observed"]), c["threshold"], c["verdict"], c.get("note") or "")
-            for c in report["criteria"]]
+    print(
+        f"  at {report['checkpoint_time']} ({report['hours_elapsed']}h after {report['deployment_start']}), "
+        f"{report['current_rollout_percentage']:g}% of {', '.join(report['agents_affected']) or 'no agents'}"
+    )
+    print(
+        f"  rollbacks {report['rollback_count']}, manual interventions {report['manual_interventions']}; "
+        f"next: {report['next_milestone']}"
+    )
+    rows = [
+        (c["criterion"], _value(c["observed"]), c["threshold"], c["verdict"], c.get("note") or "")
+        for c in report["criteria"]
+    ]
     print_table(("CRITERION", "OBSERVED", "THRESHOLD", "VERDICT", "NOTE"), rows, "  ")
     print("  metrics:")
     for key, value in report["metrics"].items():
@@ -165,19 +183,31 @@ def print_status(s: dict[str, Any]) -> None:
         print(f"  why: {s['hold_reason']}")
     print(f"  agents: {', '.join(s['agents']) or '(none)'}")
     scale = f", time_scale {s['time_scale']:g}" if s["time_scale"] != 1 else ""
-    print(f"  plan time: +{s['plan_hours_elapsed']:.2f}h since {s['started_at']}{scale}; "
-          f"guards every {s['guard_interval']}")
+    print(
+        f"  plan time: +{s['plan_hours_elapsed']:.2f}h since {s['started_at']}{scale}; "
+        f"guards every {s['guard_interval']}"
+    )
     if s["next_transition"]:
         due = " (due: waits for a clean guard evaluation)" if s["next_transition_due"] else ""
         print(f"  next: {s['next_transition']} at {s['next_transition_at']}{_until(s['next_transition_at'])}{due}")
-    print(f"  kill switch: {'ON' if s['kill_switch'] else 'off'}; rollbacks {s['rollbacks']}, "
-          f"manual interventions {s['manual_interventions']}")
+    print(
+        f"  kill switch: {'ON' if s['kill_switch'] else 'off'}; rollbacks {s['rollbacks']}, "
+        f"manual interventions {s['manual_interventions']}"
+    )
     rows = []
     for g in s["guards"]:
         sign = ">" if g["direction"] == "above" else "<"
         verdict = g["verdict"] + (f" ({g['severity']})" if g["severity"] else "")
-        rows.append((g["name"], verdict, _value(g["value"]), f"{sign} {g['threshold']:g}",
-                     str(g["consecutive_breaches"]), str(g["consecutive_failures"])))
+        rows.append(
+            (
+                g["name"],
+                verdict,
+                _value(g["value"]),
+                f"{sign} {g['threshold']:g}",
+                str(g["consecutive_breaches"]),
+                str(g["consecutive_failures"]),
+            )
+        )
     print_table(("GUARD", "VERDICT", "VALUE", "THRESHOLD", "BREACHES", "FAILURES"), rows, "  ")
     for cp in s["checkpoints"]:
         mark = "done" if cp["done"] else "pending"
@@ -188,7 +218,7 @@ def print_status(s: dict[str, Any]) -> None:
 
 def _until(iso: str) -> str:
     moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    seconds = (moment - datetime.now(timezone.utc)).total_seconds()
+    seconds = (moment - datetime.now(UTC)).total_seconds()
     if seconds <= 0:
         return ""
     hours, rest = divmod(int(seconds), 3600)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "") -> None:
+def print_table(header: Sequence[object], rows: Sequence[Sequence[object]], indent: str = "") -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print(indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print(indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
 
 
 def print_json(value: Any) -> None:

@@ -29,11 +29,11 @@ import sys
 import termios
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from deploy.client import AdminClient, ApiError, Unreachable
 from controller.views.watch_view import fit, render
+from deploy.client import AdminClient, ApiError, Unreachable
 
 EXIT_OK = 0
 PIPED_DECISIONS = 10
@@ -54,20 +54,21 @@ class Snapshot:
 def fetch(client: AdminClient, decisions: int) -> Snapshot:
     status = client.get("/v1/rollout")
     journal = client.get(f"/v1/rollout/journal?limit={decisions}")["decisions"]
-    return Snapshot(status, journal, datetime.now(timezone.utc))
+    return Snapshot(status, journal, datetime.now(UTC))
 
 
-def watch(client: AdminClient, *, interval: float = 1.0, once: bool = False, color: bool = True,
-          out: TextIO | None = None) -> int:
+def watch(
+    client: AdminClient, *, interval: float = 1.0, once: bool = False, color: bool = True, out: TextIO | None = None
+) -> int:
     """Run the view until a stop signal; the first fetch's Unreachable/ApiError is the caller's."""
     out = out or sys.stdout
     live = out.isatty() and os.environ.get("TERM") != "dumb"
     color = color and live and "NO_COLOR" not in os.environ
     try:
         if once or not live:
-            return _plain(client, interval, once, color and once, out)   # piped frames are plain
+            return _plain(client, interval, once, color and once, out)  # piped frames are plain
         return _live(client, interval, color, out)
-    except KeyboardInterrupt:   # before the handlers were in place (during the first fetch)
+    except KeyboardInterrupt:  # before the handlers were in place (during the first fetch)
         return EXIT_OK
 
 
@@ -108,6 +109,7 @@ class _Signals:
 
 
 def _refresh(client: AdminClient, last: Snapshot, decisions: int, interval: float) -> tuple[Snapshot, str | None]:
+    why: Exception
     try:
         return fetch(client, decisions), None
     except Unreachable as exc:
@@ -120,8 +122,7 @@ def _refresh(client: AdminClient, last: Snapshot, decisions: int, interval: floa
 def _frame(snap: Snapshot, problem: str | None, width: int, height: int | None, color: bool) -> list[str]:
     top = [fit(problem, width, "red", color)] if problem else []
     rest = None if height is None else max(0, height - len(top))
-    return top + render(snap.status, snap.decisions, width=width, now=datetime.now(timezone.utc), color=color,
-                        height=rest)
+    return top + render(snap.status, snap.decisions, width=width, now=datetime.now(UTC), color=color, height=rest)
 
 
 def _plain(client: AdminClient, interval: float, once: bool, color: bool, out: TextIO) -> int:
@@ -140,7 +141,7 @@ def _plain(client: AdminClient, interval: float, once: bool, color: bool, out: T
                 out.write("\n")
         except KeyboardInterrupt:
             return EXIT_OK
-        except BrokenPipeError:   # `rolloutctl watch | head`: the reader is gone, and so are we
+        except BrokenPipeError:  # `rolloutctl watch | head`: the reader is gone, and so are we
             os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
             return EXIT_OK
 
@@ -176,7 +177,7 @@ class _Screen:
         self._echo: list[Any] | None = None
 
     def __enter__(self) -> _Screen:
-        if sys.stdin.isatty():   # keys typed while watching would scribble over the frame
+        if sys.stdin.isatty():  # keys typed while watching would scribble over the frame
             fd = sys.stdin.fileno()
             self._echo = termios.tcgetattr(fd)
             quiet = termios.tcgetattr(fd)
@@ -187,11 +188,11 @@ class _Screen:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.signals.stopping = self.signals.quiet = True   # a second Ctrl-C must not cut the restore short
+        self.signals.stopping = self.signals.quiet = True  # a second Ctrl-C must not cut the restore short
         try:
             self.out.write(RESET + MAIN_SCREEN + SHOW_CURSOR)
             self.out.flush()
         except OSError:
-            pass   # the terminal is gone: nothing left to restore on it
+            pass  # the terminal is gone: nothing left to restore on it
         if self._echo is not None:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, self._echo)

@@ -3,6 +3,11 @@
 After `atomic_write` returns, the new content is durable; if the process dies at
 any instant before that, the old file is still there, whole. A killed writer can
 leave a temp file behind; `remove_stale_temps` sweeps those on the next start.
+
+A shared helper, bottom layer (like `flags/clock.py`): it imports nothing of ours, and
+any part may use it — the flag store, retrieval's index files, the controller's reports
+and state, rolloutctl's HTML report. It sits in `flags` only because the top level is
+fixed and `flags` depends on nothing else of ours; it knows nothing about flags.
 """
 
 from __future__ import annotations
@@ -20,15 +25,15 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
     try:
         try:
             view = memoryview(data)
-            while view:   # os.write, not a buffered file: a full disk fails here, not in a hidden flush
-                view = view[os.write(fd, view):]
+            while view:  # os.write, not a buffered file: a full disk fails here, not in a hidden flush
+                view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)   # a full disk's temp file goes, and its blocks with it
+        _unlink_quietly(tmp)  # a full disk's temp file goes, and its blocks with it
         raise
     fsync_dir(path.parent)
 

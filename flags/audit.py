@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 _TAIL_BYTES = 256 * 1024
 
@@ -31,7 +32,7 @@ class AuditLog:
             view = memoryview(data)
             try:
                 while view:  # a short write must not leave half a record mid-log
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             except OSError:
                 os.ftruncate(fd, start)  # a full disk took part of a record: take it back

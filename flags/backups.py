@@ -1,7 +1,7 @@
 """`state_dir/backups/`: the previous flags.json, hard-linked before every change.
 
-    flags.<UTC time>.json         one per change, oldest pruned past `keep`
-    flags.<UTC time>-NNNN.json    the same clock reading twice: numbered so they still sort in order
+flags.<UTC time>.json         one per change, oldest pruned past `keep`
+flags.<UTC time>-NNNN.json    the same clock reading twice: numbered so they still sort in order
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ _BACKUP_NAME = re.compile(r"flags\.(.+?)(?:-(\d+))?\.json")
 class BackupInfo:
     name: str
     size: int
-    flags: int | None       # how many flags it holds; None when it is not a valid flags file
-    problem: str | None     # why it cannot be restored, if it cannot
+    flags: int | None  # how many flags it holds; None when it is not a valid flags file
+    problem: str | None  # why it cannot be restored, if it cannot
 
 
 class Backups:

@@ -31,10 +31,10 @@ import errno
 import json
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import structlog
 
@@ -44,9 +44,9 @@ from flags.errors import StorageError
 log = structlog.get_logger("rolloutd.flags")
 
 FILE = "emergency.state"
-SIZE = 4096                     # one page, one block of every common filesystem
+SIZE = 4096  # one page, one block of every common filesystem
 MAGIC = b"rolloutd-emergency/1 "
-_PAYLOAD_MAX = SIZE - len(MAGIC) - 8 - 1 - 1 - 1   # crc, space, newline after the JSON, last newline
+_PAYLOAD_MAX = SIZE - len(MAGIC) - 8 - 1 - 1 - 1  # crc, space, newline after the JSON, last newline
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +55,14 @@ class Marker:
     actor: str = ""
     reason: str = ""
     at: str = ""
-    problem: str | None = None   # set when a damaged record is read as engaged
+    problem: str | None = None  # set when a damaged record is read as engaged
 
 
 def encode(marker: Marker) -> bytes:
     """The SIZE bytes of `marker`; a long reason is cut to fit."""
     fields = {k: v for k, v in asdict(marker).items() if k != "problem"}
     while True:
-        payload = json.dumps(fields, sort_keys=True).encode()   # ASCII: \\u escapes even for lone surrogates
+        payload = json.dumps(fields, sort_keys=True).encode()  # ASCII: \\u escapes even for lone surrogates
         if len(payload) <= _PAYLOAD_MAX:
             break
         fields["reason"] = fields["reason"][: len(fields["reason"]) // 2]
@@ -76,10 +76,11 @@ def decode(data: bytes) -> Marker:
     problem = _damage(data)
     if problem:
         return Marker(engaged=True, problem=problem)
-    payload = data[len(MAGIC) + 9:data.index(b"\n")]
+    payload = data[len(MAGIC) + 9 : data.index(b"\n")]
     raw = json.loads(payload)
-    return Marker(bool(raw.get("engaged")), str(raw.get("actor", "")), str(raw.get("reason", "")),
-                  str(raw.get("at", "")))
+    return Marker(
+        bool(raw.get("engaged")), str(raw.get("actor", "")), str(raw.get("reason", "")), str(raw.get("at", ""))
+    )
 
 
 def _damage(data: bytes) -> str | None:
@@ -88,7 +89,7 @@ def _damage(data: bytes) -> str | None:
     if not data.startswith(MAGIC):
         return "it does not start with the emergency record's header"
     end = data.find(b"\n")
-    crc, payload = data[len(MAGIC):len(MAGIC) + 8], data[len(MAGIC) + 9:end]
+    crc, payload = data[len(MAGIC) : len(MAGIC) + 8], data[len(MAGIC) + 9 : end]
     try:
         if int(crc, 16) != zlib.crc32(payload):
             return "its checksum does not match (a write torn by a crash)"
@@ -96,7 +97,7 @@ def _damage(data: bytes) -> str | None:
             return "its record is not a JSON object"
     except ValueError:
         return "its checksum or record cannot be read (a write torn by a crash)"
-    if data[end + 1:-1].strip(b" ") or not data.endswith(b"\n"):
+    if data[end + 1 : -1].strip(b" ") or not data.endswith(b"\n"):
         return "bytes after the record are not padding (a write torn by a crash)"
     return None
 
@@ -112,7 +113,7 @@ class EmergencyFile:
         """Open (creating it, preallocated and fsynced, when missing) and read the file."""
         path = Path(state_dir) / FILE
         if not path.exists():
-            atomic_write(path, encode(Marker(engaged=False)))   # born whole: temp file, fsync, rename
+            atomic_write(path, encode(Marker(engaged=False)))  # born whole: temp file, fsync, rename
         fd = os.open(path, os.O_RDWR)
         try:
             marker = decode(os.pread(fd, SIZE + 1, 0))
@@ -128,7 +129,7 @@ class EmergencyFile:
         if written != len(data):
             raise OSError(errno.EIO, f"short write to {self.path}: {written} of {len(data)} bytes")
         if os.fstat(self._fd).st_size != SIZE:
-            os.ftruncate(self._fd, SIZE)   # a damaged, longer file: cut it back to the record
+            os.ftruncate(self._fd, SIZE)  # a damaged, longer file: cut it back to the record
         os.fdatasync(self._fd)
         self.marker = marker
 
@@ -159,15 +160,23 @@ class EmergencySwitch:
         try:
             self.ensure_open()
         except StorageError as exc:
-            log.critical("emergency.file_unavailable", error=str(exc), retry="in the background",
-                         consequence="until it exists, an emergency on a full disk lives in memory only")
+            log.critical(
+                "emergency.file_unavailable",
+                error=str(exc),
+                retry="in the background",
+                consequence="until it exists, an emergency on a full disk lives in memory only",
+            )
             return None
         assert self.file is not None
         if self.file.marker.problem:
-            log.critical("emergency.file_damaged", file=str(self.path), problem=self.file.marker.problem,
-                         reading="engaged: the kill switch is on",
-                         remedy="clear the emergency (`rolloutctl resume --clear-emergency`, or `rolloutctl flags "
-                                "set emergency_shutdown --enabled false`), which rewrites the file")
+            log.critical(
+                "emergency.file_damaged",
+                file=str(self.path),
+                problem=self.file.marker.problem,
+                reading="engaged: the kill switch is on",
+                remedy="clear the emergency (`rolloutctl resume --clear-emergency`, or `rolloutctl flags "
+                "set emergency_shutdown --enabled false`), which rewrites the file",
+            )
         return self.file.marker
 
     def ensure_open(self) -> None:
@@ -184,8 +193,11 @@ class EmergencySwitch:
         try:
             self.file.write(Marker(True, actor, reason, self._clock().isoformat()))
         except OSError as exc:
-            log.critical("emergency.file_not_written", error=str(StorageError(self.state_dir, f"writing {FILE}", exc)),
-                         kill_switch="on, in memory; flags.json is tried next")
+            log.critical(
+                "emergency.file_not_written",
+                error=str(StorageError(self.state_dir, f"writing {FILE}", exc)),
+                kill_switch="on, in memory; flags.json is tried next",
+            )
 
     def clear(self, actor: str, reason: str) -> Marker | None:
         """Say "off" (before flags.json does, so a crash between them leaves the kill switch on);
@@ -207,8 +219,12 @@ class EmergencySwitch:
         try:
             self.file.write(marker)
         except OSError as exc:
-            log.critical("emergency.file_not_restored", file=str(self.path), error=str(exc),
-                         note="it says the kill switch is off; flags.json still has it on, which wins")
+            log.critical(
+                "emergency.file_not_restored",
+                file=str(self.path),
+                error=str(exc),
+                note="it says the kill switch is off; flags.json still has it on, which wins",
+            )
 
     def close(self) -> None:
         if self.file is not None:

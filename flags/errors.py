@@ -74,9 +74,7 @@ class BackupNotFoundError(FlagsError, LookupError):
     """The named backup does not exist."""
 
     def __init__(self, name: str, directory: Path) -> None:
-        super().__init__(
-            f"no backup named {name!r} in {directory}; run `rolloutctl flags restore` to list them"
-        )
+        super().__init__(f"no backup named {name!r} in {directory}; run `rolloutctl flags restore` to list them")
 
 
 # errno → (what happened to state_dir, what to do about it)

@@ -14,21 +14,22 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from flags.bucket import in_rollout
 from flags.model import DEFAULT_STICKINESS, KILL_SWITCH, Constraint, Flag, Operator, Strategy
 
 
 class Reason(enum.StrEnum):
-    STATIC = "STATIC"                    # on/off for everyone it applies to
+    STATIC = "STATIC"  # on/off for everyone it applies to
     TARGETING_MATCH = "TARGETING_MATCH"  # on because the constraints matched
-    SPLIT = "SPLIT"                      # decided by the sticky percentage bucket
-    DEFAULT = "DEFAULT"                  # off because the constraints did not match
-    DISABLED = "DISABLED"                # off because `enabled` is false
-    KILL_SWITCH = "KILL_SWITCH"          # off because `emergency_shutdown` is on
+    SPLIT = "SPLIT"  # decided by the sticky percentage bucket
+    DEFAULT = "DEFAULT"  # off because the constraints did not match
+    DISABLED = "DISABLED"  # off because `enabled` is false
+    KILL_SWITCH = "KILL_SWITCH"  # off because `emergency_shutdown` is on
     ERROR = "ERROR"
 
 
@@ -92,16 +93,31 @@ class CompiledFlag:
         if value is None or value == "":
             return self._missing_stickiness()
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            return Resolution(self.key, False, Reason.ERROR, ErrorCode.INVALID_CONTEXT,
-                              f"context field {self._stickiness!r} must be a string or number to bucket on")
+            return Resolution(
+                self.key,
+                False,
+                Reason.ERROR,
+                ErrorCode.INVALID_CONTEXT,
+                f"context field {self._stickiness!r} must be a string or number to bucket on",
+            )
         return Resolution(self.key, in_rollout(self.flag.bucket_group, str(value), percentage), Reason.SPLIT)
 
     def _missing_stickiness(self) -> Resolution:
         if self._stickiness == DEFAULT_STICKINESS:
-            return Resolution(self.key, False, Reason.ERROR, ErrorCode.TARGETING_KEY_MISSING,
-                              f"flag {self.key!r} is rolled out by percentage and needs a targetingKey")
-        return Resolution(self.key, False, Reason.ERROR, ErrorCode.INVALID_CONTEXT,
-                          f"flag {self.key!r} is bucketed on context field {self._stickiness!r}, which is missing")
+            return Resolution(
+                self.key,
+                False,
+                Reason.ERROR,
+                ErrorCode.TARGETING_KEY_MISSING,
+                f"flag {self.key!r} is rolled out by percentage and needs a targetingKey",
+            )
+        return Resolution(
+            self.key,
+            False,
+            Reason.ERROR,
+            ErrorCode.INVALID_CONTEXT,
+            f"flag {self.key!r} is bucketed on context field {self._stickiness!r}, which is missing",
+        )
 
 
 class FlagSet:

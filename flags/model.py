@@ -17,9 +17,10 @@ Strategies:
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 KILL_SWITCH = "emergency_shutdown"
 DEFAULT_STICKINESS = "targetingKey"
@@ -146,12 +147,7 @@ class Flag:
         return out
 
 
-def utcnow() -> datetime:
-    """Now, timezone-aware, in UTC: the default clock of the flags store, the daemon and memories."""
-    return datetime.now(timezone.utc)
-
-
 def format_time(moment: datetime) -> str:
     """ISO-8601 in UTC with a `Z`, as the seeds write dates."""
-    text = moment.astimezone(timezone.utc).isoformat()
+    text = moment.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,7 +39,7 @@ from flags.request_json import RequestRejected, read_json
 Snapshot = Callable[[], FlagSet]
 Clock = Callable[[], datetime]
 POLL_INTERVAL_MS = 30_000
-MAX_BODY = 1 << 20   # an evaluation context; the same bound as one memory on /v1/memories
+MAX_BODY = 1 << 20  # an evaluation context; the same bound as one memory on /v1/memories
 
 
 class _BadRequest(Exception):
@@ -81,13 +82,16 @@ def ofrep_routes(snapshot: Snapshot, clock: Clock) -> list[Route]:
         return Response(body, 200, media_type="application/json", headers={"ETag": etag})
 
     async def configuration(request: Request) -> Response:
-        return _json({
-            "name": "rolloutd",
-            "capabilities": {
-                "cacheInvalidation": {"polling": {"enabled": True, "minPollingIntervalMs": POLL_INTERVAL_MS}},
-                "flagEvaluation": {"supportedTypes": ["boolean"]},
+        return _json(
+            {
+                "name": "rolloutd",
+                "capabilities": {
+                    "cacheInvalidation": {"polling": {"enabled": True, "minPollingIntervalMs": POLL_INTERVAL_MS}},
+                    "flagEvaluation": {"supportedTypes": ["boolean"]},
+                },
             },
-        }, 200)
+            200,
+        )
 
     return [
         Route("/ofrep/v1/evaluate/flags/{key:path}", evaluate_one, methods=["POST"]),
@@ -103,7 +107,7 @@ async def _read_context(request: Request) -> dict[str, Any]:
         code = ErrorCode.INVALID_CONTEXT if exc.field else ErrorCode.PARSE_ERROR
         raise _BadRequest(code, exc.problem, exc.status) from None
     if not isinstance(body, dict):
-        raise _BadRequest(ErrorCode.INVALID_CONTEXT, "request body must be an object like {\"context\": {...}}")
+        raise _BadRequest(ErrorCode.INVALID_CONTEXT, 'request body must be an object like {"context": {...}}')
     context = body.get("context", {})
     if context is None:
         return {}

@@ -13,9 +13,10 @@ import difflib
 import json
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flags.errors import FlagsFileError, FlagValidationError
 from flags.model import (
@@ -28,15 +29,23 @@ from flags.model import (
 )
 
 FLAG_KEYS = {
-    "enabled", "rollout_strategy", "rollout_percentage", "progressive_config",
-    "constraints", "stickiness", "group_id", "description", "audit_id",
+    "enabled",
+    "rollout_strategy",
+    "rollout_percentage",
+    "progressive_config",
+    "constraints",
+    "stickiness",
+    "group_id",
+    "description",
+    "audit_id",
 }
 PROGRESSIVE_KEYS = {"initial_percentage", "end_percentage", "start_date", "end_date", "current_percentage"}
 CONSTRAINT_KEYS = {"context_name", "operator", "values", "case_insensitive", "inverted"}
 _SHORTHAND = re.compile(r"^\s*(NOT\s+)?([A-Za-z_][\w.-]*)\s+([A-Z_]+)\s+(.+?)\s*$")
-MAX_DEPTH = 32   # objects and arrays within one another; a flag needs 4, extras of other tools a few more
-TOO_DEEP = (f"nested too deeply: objects and arrays more than {MAX_DEPTH} levels within one another "
-            "(a flags file needs 4)")
+MAX_DEPTH = 32  # objects and arrays within one another; a flag needs 4, extras of other tools a few more
+TOO_DEEP = (
+    f"nested too deeply: objects and arrays more than {MAX_DEPTH} levels within one another (a flags file needs 4)"
+)
 
 
 def parse_flags_text(text: str, path: Path | str) -> dict[str, Flag]:
@@ -49,11 +58,11 @@ def parse_flags_text(text: str, path: Path | str) -> dict[str, Flag]:
         raise FlagsFileError(path, exc.lineno, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
     except _DuplicateKey as dup:
         raise FlagsFileError(path, _duplicate_line(text), f"duplicate key {dup.key!r}") from None
-    except RecursionError:   # the parser recurses per level: thousands of levels exhaust the stack
+    except RecursionError:  # the parser recurses per level: thousands of levels exhaust the stack
         raise FlagsFileError(path, None, TOO_DEEP) from None
-    except ValueError as exc:   # e.g. a number past Python's 4300-digit limit for integers
+    except ValueError as exc:  # e.g. a number past Python's 4300-digit limit for integers
         raise FlagsFileError(path, None, f"cannot be read: {unreadable(exc)}") from None
-    if deeper_than(raw, MAX_DEPTH):   # kept extras must stay writable, and printable in messages
+    if deeper_than(raw, MAX_DEPTH):  # kept extras must stay writable, and printable in messages
         raise FlagsFileError(path, None, TOO_DEEP)
     if not isinstance(raw, dict):
         raise FlagsFileError(path, 1, f"expected a JSON object mapping flag names to flags, got {type(raw).__name__}")
@@ -95,7 +104,7 @@ def flag_from_dict(name: str, body: Any) -> Flag:
         raise FlagValidationError(name, "(flag)", f"expected an object, got {_kind(body)}")
     _check_keys(name, body, FLAG_KEYS, "")
     if "enabled" not in body:
-        raise FlagValidationError(name, "enabled", "missing; every flag needs `\"enabled\": true|false`")
+        raise FlagValidationError(name, "enabled", 'missing; every flag needs `"enabled": true|false`')
     strategy = _strategy(name, body.get("rollout_strategy", Strategy.ALL.value))
     default_pct = 100.0 if strategy is Strategy.ALL else 0.0
     progressive = None
@@ -121,7 +130,9 @@ def parse_constraint(name: str, raw: Any, where: str = "constraints") -> Constra
     if isinstance(raw, str):
         return _shorthand(name, raw, where)
     if not isinstance(raw, dict):
-        raise FlagValidationError(name, where, f"expected an object or a string like 'agent IN [Builder, QA]', got {_kind(raw)}")
+        raise FlagValidationError(
+            name, where, f"expected an object or a string like 'agent IN [Builder, QA]', got {_kind(raw)}"
+        )
     _check_keys(name, raw, CONSTRAINT_KEYS, where + ".")
     for key in ("context_name", "operator", "values"):
         if key not in raw:
@@ -161,12 +172,12 @@ def field_path(flag: str, field: str) -> tuple[str | int, ...]:
         if bracket and index.isascii() and index.isdigit():
             parts += [name, int(index)]
         else:
-            parts.append(piece)   # a key that itself holds a "[" (an unknown key is named as written)
+            parts.append(piece)  # a key that itself holds a "[" (an unknown key is named as written)
     return tuple(parts)
 
 
 def _duplicate_line(text: str) -> int | None:
-    seen: set[tuple[str | int, ...]] = set()
+    seen: set[tuple[str | int | None, ...]] = set()
     for key_path, pos in _key_positions(text):
         if key_path in seen:
             return text.count("\n", 0, pos) + 1
@@ -174,13 +185,13 @@ def _duplicate_line(text: str) -> int | None:
     return None
 
 
-def _key_positions(text: str) -> list[tuple[tuple[str | int, ...], int]]:
+def _key_positions(text: str) -> list[tuple[tuple[str | int | None, ...], int]]:
     """Every object key in a JSON text with its full path and offset.
 
     Only used to point at a line when reporting an error, so it favours being short
     over being fast; it assumes the text is syntactically valid JSON.
     """
-    out: list[tuple[tuple[str | int, ...], int]] = []
+    out: list[tuple[tuple[str | int | None, ...], int]] = []  # None: a container before its first key
     stack: list[list[str | int | None]] = []  # [container, current key or index]
     i, n = 0, len(text)
     while i < n:
@@ -193,8 +204,8 @@ def _key_positions(text: str) -> list[tuple[tuple[str | int, ...], int]]:
             while after < n and text[after] in " \t\r\n":
                 after += 1
             if stack and stack[-1][0] == "{" and after < n and text[after] == ":":
-                stack[-1][1] = json.loads(text[i:j + 1])
-                out.append((tuple(entry[1] for entry in stack), i))  # type: ignore[misc]
+                stack[-1][1] = json.loads(text[i : j + 1])
+                out.append((tuple(entry[1] for entry in stack), i))
             i = j + 1
             continue
         if ch in "{[":
@@ -235,7 +246,9 @@ def _check_keys(name: str, body: Mapping[str, Any], known: set[str], prefix: str
 def _shorthand(name: str, text: str, where: str) -> Constraint:
     match = _SHORTHAND.match(text)
     if not match:
-        raise FlagValidationError(name, where, f"cannot read constraint {text!r}; write it like 'agent IN [Builder, QA]'")
+        raise FlagValidationError(
+            name, where, f"cannot read constraint {text!r}; write it like 'agent IN [Builder, QA]'"
+        )
     negated, context_name, op, rest = match.groups()
     rest = rest.strip()
     if rest.startswith("[") and rest.endswith("]"):
@@ -272,7 +285,9 @@ def _progressive(name: str, raw: Any) -> ProgressiveConfig:
     start = _time(name, f"{where}.start_date", raw["start_date"])
     end = _time(name, f"{where}.end_date", raw["end_date"])
     if end <= start:
-        raise FlagValidationError(name, f"{where}.end_date", f"{raw['end_date']} is not after start_date {raw['start_date']}")
+        raise FlagValidationError(
+            name, f"{where}.end_date", f"{raw['end_date']} is not after start_date {raw['start_date']}"
+        )
     current = raw.get("current_percentage")
     return ProgressiveConfig(
         initial_percentage=_percentage(name, f"{where}.initial_percentage", raw["initial_percentage"]),

@@ -70,7 +70,7 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
         value = json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
         raise RequestRejected(400, f"request body is nested too deeply (more than {max_depth} levels)") from None
-    except ValueError as exc:   # JSONDecodeError, UnicodeDecodeError, the constants, >4300-digit ints
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the constants, >4300-digit ints
         raise RequestRejected(400, f"request body is not JSON: {exc}") from None
     check(value, max_depth=max_depth)
     return value
@@ -87,8 +87,11 @@ def check(value: Any, *, max_depth: int = MAX_DEPTH, path: str = "") -> None:
             continue
         elif isinstance(item, int):
             if item not in INT64:
-                raise RequestRejected(400, f"{_name(where)} is {_short(item)}, outside the 64-bit integer range; "
-                                           f"send it as a string", where or None)
+                raise RequestRejected(
+                    400,
+                    f"{_name(where)} is {_short(item)}, outside the 64-bit integer range; send it as a string",
+                    where or None,
+                )
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise RequestRejected(400, f"{_name(where)} is not a finite number", where or None)
@@ -103,7 +106,7 @@ def _children(item: dict[str, Any] | list[Any], where: str, depth: int) -> list[
         return [(v, f"{where}[{n}]", depth) for n, v in enumerate(item)]
     out = []
     for key, v in item.items():
-        if isinstance(key, str):   # always, for parsed JSON; a mapping built in code may differ
+        if isinstance(key, str):  # always, for parsed JSON; a mapping built in code may differ
             _check_string(key, where, is_key=True)
         out.append((v, f"{where}.{key}" if where else str(key), depth))
     return out
@@ -115,8 +118,12 @@ def _check_string(text: str, where: str, *, is_key: bool = False) -> None:
     bad = _SURROGATE.search(text)
     if bad is not None:
         what = f"a key of {_name(where)}" if is_key else _name(where)
-        raise RequestRejected(400, f"{what} holds a lone surrogate (\\u{ord(bad.group()):04x} at character "
-                                   f"{bad.start()}), which is not Unicode; send valid UTF-8 text", where or None)
+        raise RequestRejected(
+            400,
+            f"{what} holds a lone surrogate (\\u{ord(bad.group()):04x} at character "
+            f"{bad.start()}), which is not Unicode; send valid UTF-8 text",
+            where or None,
+        )
 
 
 def _no_constant(name: str) -> Any:

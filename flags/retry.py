@@ -10,7 +10,7 @@ once when `wake()` is called; it ends when `attempt()` reports nothing is left.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class Retrier:
@@ -21,7 +21,7 @@ class Retrier:
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
-        self._again = False     # start() was called after the running attempt began
+        self._again = False  # start() was called after the running attempt began
         self._stopped = False
         self.attempts = 0
 

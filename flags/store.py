@@ -33,16 +33,18 @@ import json
 import os
 import secrets
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import structlog
 
 from flags.atomic import atomic_write, remove_stale_temps
 from flags.audit import AuditLog
 from flags.backups import BackupInfo, Backups, backup_order
+from flags.clock import utcnow
 from flags.emergency import FILE as EMERGENCY_FILE
 from flags.emergency import EmergencySwitch, Marker
 from flags.errors import (
@@ -55,7 +57,7 @@ from flags.errors import (
     UnknownFlagError,
 )
 from flags.evaluate import FlagSet
-from flags.model import KILL_SWITCH, Flag, Strategy, utcnow
+from flags.model import KILL_SWITCH, Flag, Strategy
 from flags.parse import flag_from_dict, parse_flags_text
 from flags.retry import Retrier
 
@@ -76,16 +78,16 @@ class FlagStore:
         self._backups = Backups(self.backup_dir, keep_backups)
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
         self._clock = clock
-        self._write_lock = threading.Lock()     # one disk write at a time
-        self._memory_lock = threading.Lock()    # what is served; never held across disk I/O
+        self._write_lock = threading.Lock()  # one disk write at a time
+        self._memory_lock = threading.Lock()  # what is served; never held across disk I/O
         self._lock_fd: int | None = None
         self.snapshot = FlagSet({})
         self.load_error: FlagsFileError | None = None
         self.emergency = EmergencySwitch(self.state_dir, clock)
-        self._durable: dict[str, Flag] = {}     # what flags.json holds
-        self._held: dict[str, Flag] = {}        # in force, not yet in flags.json (the emergency's flags)
+        self._durable: dict[str, Flag] = {}  # what flags.json holds
+        self._held: dict[str, Flag] = {}  # in force, not yet in flags.json (the emergency's flags)
         self._held_by = ("rolloutd", "the emergency")
-        self.held_error: StorageError | None = None   # why the held flags are not written yet
+        self.held_error: StorageError | None = None  # why the held flags are not written yet
         self._retry = Retrier(self._write_held, name="rolloutd-flags-retry")
 
     @classmethod
@@ -109,10 +111,15 @@ class FlagStore:
     def close(self) -> None:
         self._retry.stop()
         if self._held:
-            log.critical("emergency.not_durable_at_exit", held=sorted(self._held), error=str(self.held_error),
-                         emergency_file="engaged" if self.emergency.engaged else "not written",
-                         note="a restart finds the kill switch in emergency.state" if self.emergency.engaged
-                         else "the held flags are lost with this process")
+            log.critical(
+                "emergency.not_durable_at_exit",
+                held=sorted(self._held),
+                error=str(self.held_error),
+                emergency_file="engaged" if self.emergency.engaged else "not written",
+                note="a restart finds the kill switch in emergency.state"
+                if self.emergency.engaged
+                else "the held flags are lost with this process",
+            )
         self.emergency.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
@@ -149,9 +156,13 @@ class FlagStore:
                 self._durable = flags
                 kept = self._publish()
             if kept:
-                log.warning("flags.kill_switch_kept", file=str(self.path), emergency_file=str(self.emergency.path),
-                            remedy="clear the emergency with `rolloutctl resume --clear-emergency` (or `rolloutctl "
-                                   "flags set emergency_shutdown --enabled false`), not by editing flags.json")
+                log.warning(
+                    "flags.kill_switch_kept",
+                    file=str(self.path),
+                    emergency_file=str(self.emergency.path),
+                    remedy="clear the emergency with `rolloutctl resume --clear-emergency` (or `rolloutctl "
+                    "flags set emergency_shutdown --enabled false`), not by editing flags.json",
+                )
                 self._retry.start()
             return self.snapshot
 
@@ -168,8 +179,9 @@ class FlagStore:
 
     # -- writing --------------------------------------------------------------
 
-    def set(self, name: str, *, enabled: bool | None = None, percentage: float | None = None,
-            actor: str, reason: str) -> FlagSet:
+    def set(
+        self, name: str, *, enabled: bool | None = None, percentage: float | None = None, actor: str, reason: str
+    ) -> FlagSet:
         """Change a flag's `enabled` and/or rollout percentage (the seeds' way: both fields)."""
         self._refuse_if_invalid()
         flag = self.get(name)
@@ -194,7 +206,7 @@ class FlagStore:
                 if flag.name != name:
                     raise FlagValidationError(name, "name", f"the flag stored under {name!r} is named {flag.name!r}")
                 flag_from_dict(name, flag.to_dict())  # the same rules as the file, before anything is written
-            self._flush_held()   # an emergency held in memory goes first, under its own actor
+            self._flush_held()  # an emergency held in memory goes first, under its own actor
             changed = {n: f for n, f in changes.items() if not _same_content(self._durable.get(n), f)}
             if not changed:
                 return self.snapshot
@@ -211,9 +223,10 @@ class FlagStore:
             current = {} if self.load_error else dict(self._durable)
             gone = {n: None for n in current if n not in restored}
             with self._memory_lock:
-                held = dict(self._held)   # replaced too: a restore is the whole file, as the backup has it
-            return self._commit(restored, {**restored, **gone}, actor, f"{reason} (from {backup_name})",
-                                event="restore", held=held)
+                held = dict(self._held)  # replaced too: a restore is the whole file, as the backup has it
+            return self._commit(
+                restored, {**restored, **gone}, actor, f"{reason} (from {backup_name})", event="restore", held=held
+            )
 
     # -- the emergency ----------------------------------------------------------------------
 
@@ -253,14 +266,21 @@ class FlagStore:
 
     # -- internals --------------------------------------------------------------
 
-    def _commit(self, new: Mapping[str, Flag], changed: Mapping[str, Flag | None],
-                actor: str, reason: str, event: str, held: Mapping[str, Flag] | None = None) -> FlagSet:
+    def _commit(
+        self,
+        new: Mapping[str, Flag],
+        changed: Mapping[str, Flag | None],
+        actor: str,
+        reason: str,
+        event: str,
+        held: Mapping[str, Flag] | None = None,
+    ) -> FlagSet:
         """Write `new` as flags.json, audited and backed up; `held`: the held flags it writes."""
         now = self._clock()
         audit_id = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(3)}"
         flags = {n: replace(f, audit_id=audit_id) if n in changed else f for n, f in new.items()}
         before = {} if self.load_error else self._durable
-        was = None if _kill_on(flags) else self.emergency.clear(actor, reason)   # before flags.json: see clear()
+        was = None if _kill_on(flags) else self.emergency.clear(actor, reason)  # before flags.json: see clear()
         try:
             self.audit.append(
                 _record(now, audit_id, actor, reason, event, name, before.get(name), flags.get(name))
@@ -274,7 +294,7 @@ class FlagStore:
             raise
         self._prune_backups(backups)
         if _kill_on(flags):
-            self.emergency.engage(actor, reason)   # the file follows the kill switch turned on by any route
+            self.emergency.engage(actor, reason)  # the file follows the kill switch turned on by any route
         with self._memory_lock:
             self._durable, self.load_error = flags, None
             self._held = {n: f for n, f in self._held.items() if (held or {}).get(n) is not f}
@@ -289,7 +309,7 @@ class FlagStore:
             atomic_write(self.path, data)
         except BaseException:
             if backup is not None:
-                backup.unlink(missing_ok=True)   # the file it backs up did not change
+                backup.unlink(missing_ok=True)  # the file it backs up did not change
             raise
         return sorted([*backups, backup], key=backup_order) if backup else backups
 
@@ -327,40 +347,50 @@ class FlagStore:
         nothing is left to write. Logs the first failure of a streak at crit, and its end."""
         with self._write_lock:
             if self._lock_fd is None:
-                return True   # closed: emergency.state holds the kill switch, if it could be written
+                return True  # closed: emergency.state holds the kill switch, if it could be written
             try:
                 self._flush_held()
             except StorageError as error:
                 if self.held_error is None:
-                    log.critical("emergency.not_durable", error=str(error), held=sorted(self._held),
-                                 kill_switch="on, in memory: every flag is served off, retrieval is refused",
-                                 emergency_file="engaged" if self.emergency.engaged else "NOT written",
-                                 retry="until flags.json has it")
+                    log.critical(
+                        "emergency.not_durable",
+                        error=str(error),
+                        held=sorted(self._held),
+                        kill_switch="on, in memory: every flag is served off, retrieval is refused",
+                        emergency_file="engaged" if self.emergency.engaged else "NOT written",
+                        retry="until flags.json has it",
+                    )
                 self.held_error = error
                 return False
             if self.held_error is not None:
                 log.warning("emergency.durable", file=str(self.path), attempts=self._retry.attempts, priority="notice")
                 self.held_error = None
             try:
-                self.emergency.ensure_open()   # not created at open (a full disk): created now
+                self.emergency.ensure_open()  # not created at open (a full disk): created now
             except StorageError:
                 return False
             if _kill_on(self._durable):
-                self.emergency.engage(*self._held_by)   # a file created late follows the kill switch
+                self.emergency.engage(*self._held_by)  # a file created late follows the kill switch
             return True
 
     def _open_emergency(self) -> None:
         """Open emergency.state (creating it); an engaged one holds the kill switch on."""
         marker = self.emergency.open()
         if marker is None:
-            self._retry.start()   # to create it
+            self._retry.start()  # to create it
             return
         with self._memory_lock:
             found = self._publish()
         if found:
-            log.critical("emergency.found_in_file", file=str(self.emergency.path), actor=marker.actor,
-                         reason=marker.reason, at=marker.at, kill_switch="on",
-                         note="flags.json did not have it yet: it is written there as soon as the disk allows")
+            log.critical(
+                "emergency.found_in_file",
+                file=str(self.emergency.path),
+                actor=marker.actor,
+                reason=marker.reason,
+                at=marker.at,
+                kill_switch="on",
+                note="flags.json did not have it yet: it is written there as soon as the disk allows",
+            )
             if self.load_error is None and not self._write_held():
                 self._retry.start()
 
@@ -372,8 +402,11 @@ class FlagStore:
             return
         try:
             if not self.path.exists():
-                raise FlagsFileError(self.path, None, f"the file is missing but {self.backup_dir} holds backups; "
-                                                      f"it was not recreated empty")
+                raise FlagsFileError(
+                    self.path,
+                    None,
+                    f"the file is missing but {self.backup_dir} holds backups; it was not recreated empty",
+                )
             self.snapshot = FlagSet(self._read_file())
         except FlagsFileError as exc:
             if strict:
@@ -411,7 +444,7 @@ class FlagStore:
             reason = "the process stopped before the flags file was written; the change did not happen"
             try:
                 self.audit.append([_aborted(self._clock(), last.get("id"), reason)])
-            except OSError as exc:   # a full disk must not stop the start: the next open tries again
+            except OSError as exc:  # a full disk must not stop the start: the next open tries again
                 log.warning("audit.aborted_not_recorded", file=str(self.audit.path), id=last.get("id"), error=str(exc))
 
     def _backup_current(self, now: datetime, backups: list[Path]) -> Path | None:
@@ -442,18 +475,20 @@ class FlagStore:
             os.close(fd)
             raise StoreLockedError(lock_path, f"pid {holder}") from None
         pid = f"{os.getpid()}\n".encode()
-        try:   # over the old pid, in place, then cut: a full disk has no new block to give
+        try:  # over the old pid, in place, then cut: a full disk has no new block to give
             os.pwrite(fd, pid, 0)
             os.ftruncate(fd, len(pid))
         except OSError:
-            pass   # the pid only names the holder in a "locked" message
+            pass  # the pid only names the holder in a "locked" message
         self._lock_fd = fd
 
 
 def with_percentage(flag: Flag, percentage: float) -> Flag:
     """The flag rolled out to `percentage`, written where the seeds write it."""
     if flag.name == KILL_SWITCH:
-        raise FlagValidationError(flag.name, "rollout_percentage", "the kill switch is all or nothing; use --enabled true|false")
+        raise FlagValidationError(
+            flag.name, "rollout_percentage", "the kill switch is all or nothing; use --enabled true|false"
+        )
     if not 0 <= percentage <= 100:
         raise FlagValidationError(flag.name, "rollout_percentage", f"{percentage} is outside 0-100")
     if flag.rollout_strategy is Strategy.PROGRESSIVE and flag.progressive_config is not None:
@@ -484,10 +519,22 @@ def _aborted(now: datetime, audit_id: str | None, reason: str) -> dict[str, Any]
     return {"time": now.isoformat(), "id": audit_id, "event": "aborted", "actor": "rolloutd", "reason": reason}
 
 
-def _record(now: datetime, audit_id: str, actor: str, reason: str, event: str,
-            name: str, before: Flag | None, after: Flag | None) -> dict[str, Any]:
+def _record(
+    now: datetime,
+    audit_id: str,
+    actor: str,
+    reason: str,
+    event: str,
+    name: str,
+    before: Flag | None,
+    after: Flag | None,
+) -> dict[str, Any]:
     return {
-        "time": now.isoformat(), "id": audit_id, "event": event, "actor": actor, "reason": reason,
+        "time": now.isoformat(),
+        "id": audit_id,
+        "event": event,
+        "actor": actor,
+        "reason": reason,
         "flag": name,
         "before": before.to_dict() if before else None,
         "after": after.to_dict() if after else None,

@@ -30,21 +30,49 @@ from retrieval.quality import Question
 AGENTS = ("Builder", "Deploy", "QA", "Support", "Marketing", "Analyst", "Legal", "Thon")
 _FIRST = ("Dana", "Ravi", "Mei", "Tomas", "Aisha", "Lars", "Noor", "Kenji", "Ines", "Omar", "Zofia", "Yusuf")
 _LAST = ("Okafor", "Lindqvist", "Tanaka", "Moreau", "Haddad", "Kowalski", "Silva", "Nguyen", "Brandt", "Rossi")
-_PARTS = ("ledger", "search", "billing", "router", "vault", "gateway", "catalog", "ingest", "profile", "notify",
-          "render", "audit", "quota", "session", "export", "metrics")
+_PARTS = (
+    "ledger",
+    "search",
+    "billing",
+    "router",
+    "vault",
+    "gateway",
+    "catalog",
+    "ingest",
+    "profile",
+    "notify",
+    "render",
+    "audit",
+    "quota",
+    "session",
+    "export",
+    "metrics",
+)
 _KINDS = ("sync", "api", "worker", "cache", "indexer", "bridge", "scheduler", "proxy")
-_FEATURES = ("batch retries", "a new schema", "rate limiting", "streaming pages", "cold-start tuning",
-             "a bigger pool", "stricter timeouts", "async writes", "tenant sharding", "lazy loading")
-_FILLER = ("{agent} agent summarised the standup: {a} and {b} are on track.",
-           "{agent} agent noted a flaky test in {a}; rerun passed.",
-           "{agent} agent drafted release notes mentioning {a} and {b}.",
-           "{agent} agent answered a customer question about {a} limits.",
-           "{agent} agent reviewed the dashboard for {a}; nothing unusual.")
+_FEATURES = (
+    "batch retries",
+    "a new schema",
+    "rate limiting",
+    "streaming pages",
+    "cold-start tuning",
+    "a bigger pool",
+    "stricter timeouts",
+    "async writes",
+    "tenant sharding",
+    "lazy loading",
+)
+_FILLER = (
+    "{agent} agent summarised the standup: {a} and {b} are on track.",
+    "{agent} agent noted a flaky test in {a}; rerun passed.",
+    "{agent} agent drafted release notes mentioning {a} and {b}.",
+    "{agent} agent answered a customer question about {a} limits.",
+    "{agent} agent reviewed the dashboard for {a}; nothing unusual.",
+)
 
 
 @dataclass(frozen=True)
 class Corpus:
-    memories: list[dict[str, Any]] = field(default_factory=list)    # {"id", "namespace", "text", "links", "metadata"}
+    memories: list[dict[str, Any]] = field(default_factory=list)  # {"id", "namespace", "text", "links", "metadata"}
     questions: list[Question] = field(default_factory=list)
 
 
@@ -62,19 +90,37 @@ def generate(memories: int = 1000, *, seed: int = 7, namespace: str = "default",
         release, incident = f"R-{10000 + n}", f"INC-{20000 + n}"
         agent = rng.choice(AGENTS)
         owner_id, release_id, incident_id = f"owner-{n}", f"release-{n}", f"incident-{n}"
-        out.append(_memory(owner_id, namespace, f"{person} owns {service} and signs off every change to it.", [],
-                           kind="owner"))
-        out.append(_memory(release_id, namespace,
-                           f"Release {release} of {service} shipped on 2025-10-{1 + n % 28:02d} with "
-                           f"{rng.choice(_FEATURES)}.", [owner_id], kind="release"))
-        out.append(_memory(incident_id, namespace,
-                           f"Incident {incident} was traced to release {release}; the {agent} agent paused it.",
-                           [release_id], kind="incident", agent=agent))
+        out.append(
+            _memory(owner_id, namespace, f"{person} owns {service} and signs off every change to it.", [], kind="owner")
+        )
+        out.append(
+            _memory(
+                release_id,
+                namespace,
+                f"Release {release} of {service} shipped on 2025-10-{1 + n % 28:02d} with {rng.choice(_FEATURES)}.",
+                [owner_id],
+                kind="release",
+            )
+        )
+        out.append(
+            _memory(
+                incident_id,
+                namespace,
+                f"Incident {incident} was traced to release {release}; the {agent} agent paused it.",
+                [release_id],
+                kind="incident",
+                agent=agent,
+            )
+        )
         questions += [
             Question(f"What happened in incident {incident}?", (incident_id,), namespace=namespace, hops=0),
             Question(f"Which release caused incident {incident}?", (release_id,), namespace=namespace, hops=1),
-            Question(f"Who signs off changes to the system behind incident {incident}?", (owner_id,),
-                     namespace=namespace, hops=2),
+            Question(
+                f"Who signs off changes to the system behind incident {incident}?",
+                (owner_id,),
+                namespace=namespace,
+                hops=2,
+            ),
         ]
     for n in range(max(0, memories - len(out))):
         text = rng.choice(_FILLER).format(agent=rng.choice(AGENTS), a=rng.choice(services), b=rng.choice(services))

@@ -1,4 +1,4 @@
-"""The graph store when no MongoDB is configured: SQLite under `state_dir/graph`.
+"""The graph store when no MongoDB is configured: SQLite under `state_dir/retrieval`.
 
 Same semantics as `MongoStore`, one file `graph.sqlite3` (WAL, synchronous=FULL, so a
 committed write survives power loss):
@@ -10,30 +10,24 @@ committed write survives power loss):
 X?" when X is deleted. Every write is one SQLite transaction (the link check included),
 run on a worker thread; SQLite work is serialised by a capacity-1 limiter, so the one
 connection is never used by two threads at once. The in-process `Adjacency` changes
-only after the commit returned.
+only after the commit returned (`BaseGraphStore` does that part for both stores).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import structlog
 
-from retrieval.graph_store import (
-    DEFAULT_EXPAND_LIMIT,
-    Adjacency,
-    StoreUnavailable,
-    check_batch,
-    link_targets,
-    reject_duplicate_ids,
-)
+from retrieval.adjacency import Adjacency
+from retrieval.graph_store import BaseGraphStore, StoreUnavailable, check_batch, link_targets
 from retrieval.memory import Memory
 
 log = structlog.get_logger("rolloutd.retrieval")
@@ -56,16 +50,15 @@ CREATE INDEX IF NOT EXISTS links_by_dst ON links (namespace, dst);
 _COLUMNS = "namespace, id, text, links, metadata, created_at"
 
 
-class EmbeddedStore:
+class EmbeddedStore(BaseGraphStore):
     """Memories in a local SQLite file, their links mirrored in process for `expand`."""
 
     def __init__(self, directory: Path) -> None:
+        super().__init__()
         self.directory = Path(directory)
         self.path = self.directory / FILE
-        self.adjacency = Adjacency()
         self._db: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
-        self._write_lock = anyio.Lock()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._db is None:
@@ -81,7 +74,7 @@ class EmbeddedStore:
         adjacency = Adjacency()
         for namespace, id, links in await self._run(_all_links):
             adjacency.put(namespace, id, json.loads(links))
-        self.adjacency = adjacency
+        self._adjacency = adjacency
         log.info("graph.opened", store="sqlite", path=str(self.path), memories=adjacency.count())
 
     async def close(self) -> None:
@@ -89,28 +82,12 @@ class EmbeddedStore:
         if db is not None:
             await anyio.to_thread.run_sync(db.close, limiter=self._limiter)
 
-    async def put(self, memory: Memory) -> None:
-        """Insert or replace one memory; its links must already be stored."""
-        await self.put_many([memory])
+    async def _write(self, memories: list[Memory]) -> None:
+        """One SQLite transaction: the link check, the rows, their links."""
+        await self._run(_put_many, memories)
 
-    async def put_many(self, memories: Sequence[Memory]) -> None:
-        """Insert or replace a batch atomically; links may point within the batch."""
-        memories = list(memories)
-        if not memories:
-            return
-        reject_duplicate_ids(memories)
-        self.adjacency.check_keys(memories)
-        async with self._write_lock:
-            await self._run(_put_many, memories)
-            for memory in memories:
-                self.adjacency.put(memory.namespace, memory.id, memory.links)
-
-    async def delete(self, namespace: str, id: str) -> bool:
-        """Delete a memory and every link to it; False when it did not exist."""
-        async with self._write_lock:
-            deleted = await self._run(_delete, namespace, id)
-            self.adjacency.remove(namespace, id)
-            return deleted
+    async def _remove(self, namespace: str, id: str) -> bool:
+        return await self._run(_delete, namespace, id)
 
     async def get_many(self, namespace: str, ids: Iterable[str]) -> dict[str, Memory]:
         """The stored memories among `ids`, by id (absent ids are simply missing)."""
@@ -129,18 +106,9 @@ class EmbeddedStore:
         """Raise `StoreUnavailable` unless the SQLite file answers now."""
         await self._run(_ping)
 
-    def expand(
-        self, namespace: str, seeds: Sequence[str], hops: int = 2,
-        limit: int = DEFAULT_EXPAND_LIMIT,
-    ) -> list[tuple[str, int]]:
-        """k-hop neighbours from the in-process adjacency; never touches SQLite."""
-        return self.adjacency.expand(namespace, seeds, hops, limit)
-
-    def count(self, namespace: str | None = None) -> int:
-        return self.adjacency.count(namespace)
-
 
 # Everything below runs on the worker thread, one call at a time.
+
 
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,10 +138,14 @@ def _transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
 def _stored(db: sqlite3.Connection, namespace: str, ids: list[str]) -> set[str]:
     found: set[str] = set()
     for at in range(0, len(ids), _CHUNK):
-        chunk = ids[at:at + _CHUNK]
+        chunk = ids[at : at + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        found.update(row[0] for row in db.execute(
-            f"SELECT id FROM memories WHERE namespace = ? AND id IN ({marks})", (namespace, *chunk)))
+        found.update(
+            row[0]
+            for row in db.execute(
+                f"SELECT id FROM memories WHERE namespace = ? AND id IN ({marks})", (namespace, *chunk)
+            )
+        )
     return found
 
 
@@ -182,49 +154,53 @@ def _put_many(db: sqlite3.Connection, memories: list[Memory]) -> None:
         targets = link_targets(memories)
         check_batch(memories, {ns: _stored(db, ns, sorted(ids)) for ns, ids in targets.items()})
         db.executemany(
-            f"INSERT OR REPLACE INTO memories ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            [to_row(m) for m in memories])
-        db.executemany("DELETE FROM links WHERE namespace = ? AND src = ?",
-                       [(m.namespace, m.id) for m in memories])
-        db.executemany("INSERT INTO links (namespace, src, dst) VALUES (?, ?, ?)",
-                       [(m.namespace, m.id, dst) for m in memories for dst in m.links])
+            f"INSERT OR REPLACE INTO memories ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", [to_row(m) for m in memories]
+        )
+        db.executemany("DELETE FROM links WHERE namespace = ? AND src = ?", [(m.namespace, m.id) for m in memories])
+        db.executemany(
+            "INSERT INTO links (namespace, src, dst) VALUES (?, ?, ?)",
+            [(m.namespace, m.id, dst) for m in memories for dst in m.links],
+        )
+
     _transaction(db, work)
 
 
 def _delete(db: sqlite3.Connection, namespace: str, id: str) -> bool:
     def work() -> bool:
-        if not db.execute("DELETE FROM memories WHERE namespace = ? AND id = ?",
-                          (namespace, id)).rowcount:
+        if not db.execute("DELETE FROM memories WHERE namespace = ? AND id = ?", (namespace, id)).rowcount:
             return False
-        sources = [row[0] for row in db.execute(
-            "SELECT src FROM links WHERE namespace = ? AND dst = ?", (namespace, id))]
+        sources = [
+            row[0] for row in db.execute("SELECT src FROM links WHERE namespace = ? AND dst = ?", (namespace, id))
+        ]
         for src in sources:
-            (links,) = db.execute("SELECT links FROM memories WHERE namespace = ? AND id = ?",
-                                  (namespace, src)).fetchone()
+            (links,) = db.execute(
+                "SELECT links FROM memories WHERE namespace = ? AND id = ?", (namespace, src)
+            ).fetchone()
             kept = [link for link in json.loads(links) if link != id]
-            db.execute("UPDATE memories SET links = ? WHERE namespace = ? AND id = ?",
-                       (json.dumps(kept), namespace, src))
-        db.execute("DELETE FROM links WHERE namespace = ? AND (src = ? OR dst = ?)",
-                   (namespace, id, id))
+            db.execute(
+                "UPDATE memories SET links = ? WHERE namespace = ? AND id = ?", (json.dumps(kept), namespace, src)
+            )
+        db.execute("DELETE FROM links WHERE namespace = ? AND (src = ? OR dst = ?)", (namespace, id, id))
         return True
+
     return _transaction(db, work)
 
 
 def _select_ids(db: sqlite3.Connection, namespace: str, ids: list[str]) -> list[tuple]:
     rows: list[tuple] = []
     for at in range(0, len(ids), _CHUNK):
-        chunk = ids[at:at + _CHUNK]
+        chunk = ids[at : at + _CHUNK]
         marks = ",".join("?" * len(chunk))
         rows += db.execute(
-            f"SELECT {_COLUMNS} FROM memories WHERE namespace = ? AND id IN ({marks})",
-            (namespace, *chunk)).fetchall()
+            f"SELECT {_COLUMNS} FROM memories WHERE namespace = ? AND id IN ({marks})", (namespace, *chunk)
+        ).fetchall()
     return rows
 
 
 def _page(db: sqlite3.Connection, after: tuple[str, str]) -> list[tuple]:
     return db.execute(
-        f"SELECT {_COLUMNS} FROM memories WHERE (namespace, id) > (?, ?) "
-        f"ORDER BY namespace, id LIMIT {PAGE}", after).fetchall()
+        f"SELECT {_COLUMNS} FROM memories WHERE (namespace, id) > (?, ?) ORDER BY namespace, id LIMIT {PAGE}", after
+    ).fetchall()
 
 
 def _ping(db: sqlite3.Connection) -> None:
@@ -233,14 +209,22 @@ def _ping(db: sqlite3.Connection) -> None:
 
 def to_row(memory: Memory) -> tuple[str, ...]:
     return (
-        memory.namespace, memory.id, memory.text, json.dumps(list(memory.links)),
-        json.dumps(dict(memory.metadata), ensure_ascii=False), memory.created_at.isoformat(),
+        memory.namespace,
+        memory.id,
+        memory.text,
+        json.dumps(list(memory.links)),
+        json.dumps(dict(memory.metadata), ensure_ascii=False),
+        memory.created_at.isoformat(),
     )
 
 
 def from_row(row: tuple) -> Memory:
     namespace, id, text, links, metadata, created_at = row
     return Memory.stored(
-        id=id, namespace=namespace, text=text, links=tuple(json.loads(links)),
-        metadata=json.loads(metadata), created_at=datetime.fromisoformat(created_at),
+        id=id,
+        namespace=namespace,
+        text=text,
+        links=tuple(json.loads(links)),
+        metadata=json.loads(metadata),
+        created_at=datetime.fromisoformat(created_at),
     )

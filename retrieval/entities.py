@@ -33,8 +33,11 @@ DEFAULT_MAX_DF = 64
 def terms(text: str) -> set[str]:
     """The distinct entity-like terms of `text`, casefolded (see the module docstring)."""
     # Entity-like: capitalised, or not purely letters (a digit, a joiner, an underscore).
-    return {term.casefold() for term in _TERM.findall(unicodedata.normalize("NFKC", text))
-            if term[0].isupper() or not term.isalpha()}
+    return {
+        term.casefold()
+        for term in _TERM.findall(unicodedata.normalize("NFKC", text))
+        if term[0].isupper() or not term.isalpha()
+    }
 
 
 class EntityIndex:

@@ -22,8 +22,8 @@ class InjectedFault(RuntimeError):
 
 @dataclass
 class Faults:
-    latency: float = 0.0          # seconds added to every search
-    error_ratio: float = 0.0      # share of searches that fail (0-1)
+    latency: float = 0.0  # seconds added to every search
+    error_ratio: float = 0.0  # share of searches that fail (0-1)
     rng: random.Random = field(default_factory=lambda: random.Random(1307))
 
     @property

@@ -10,8 +10,8 @@ caller can explain why it ranked where it did. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 DEFAULT_K = 60
 
@@ -20,11 +20,16 @@ DEFAULT_K = 60
 class Fused:
     id: str
     score: float
-    ranks: Mapping[str, int | None] = field(default_factory=dict)   # source → 1-based rank, None if absent
+    ranks: Mapping[str, int | None] = field(default_factory=dict)  # source → 1-based rank, None if absent
 
 
-def fuse(ranked: Mapping[str, Sequence[str]], *, weights: Mapping[str, float] | None = None,
-         k: int = DEFAULT_K, limit: int | None = None) -> list[Fused]:
+def fuse(
+    ranked: Mapping[str, Sequence[str]],
+    *,
+    weights: Mapping[str, float] | None = None,
+    k: int = DEFAULT_K,
+    limit: int | None = None,
+) -> list[Fused]:
     """Fuse `ranked` (source name → ids, best first) into one list, best first.
 
     A source's repeated id counts once, at its best rank. Ties break by the best single

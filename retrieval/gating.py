@@ -22,9 +22,10 @@ have all of them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from flags.evaluate import FlagSet
 
@@ -39,9 +40,9 @@ Path = Literal["hybrid", "vector", "graph"]
 
 @dataclass(frozen=True)
 class Route:
-    path: Path | None                 # None: no retrieval flag is on for this caller
+    path: Path | None  # None: no retrieval flag is on for this caller
     cache: bool
-    flags: Mapping[str, bool]         # what each gating flag said, for the response and logs
+    flags: Mapping[str, bool]  # what each gating flag said, for the response and logs
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -1,11 +1,14 @@
-"""The graph store contract, its errors, and the in-process adjacency both stores share.
+"""The graph store contract, its errors, and the part both stores share.
 
-A store keeps memories in a system of record (MongoDB, or SQLite when none is
-configured) and mirrors their links in an `Adjacency` in process, so k-hop expansion
-is a dictionary walk and never a database query (`$graphLookup` is one collection scan
-per hop on the test server, and a round trip per query on a real one). The mirror is
-rebuilt from the system of record on `open()` and changed only *after* a write to the
-system of record succeeded, so a failed write leaves both as they were.
+A store keeps memories in a system of record (MongoDB, or SQLite under `state_dir` when
+none is configured: `mongo_store.py`, `embedded_store.py`) and mirrors their links in an
+`Adjacency` (`retrieval.adjacency`) in process, so k-hop expansion is a dictionary walk,
+never a database query. The mirror is rebuilt from the system of record on `open()` and
+changed only *after* a write to it succeeded, so a failed write leaves both as they were.
+
+`BaseGraphStore` writes that order once -- the checks before a write (`InvalidMemory` for
+a repeated id, `KeyCollision`), the write lock, the system of record, then the mirror --
+and each backend supplies only its own I/O.
 
     GraphStoreError
      ├── UnknownLinks        links name memories that do not exist in that namespace
@@ -17,15 +20,13 @@ system of record succeeded, so a failed write leaves both as they were.
 
 from __future__ import annotations
 
-from array import array
-from bisect import bisect_left, insort
-from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from retrieval.memory import InvalidMemory, Memory, memory_vid
+import anyio
 
-DEFAULT_EXPAND_LIMIT = 100
+from retrieval.adjacency import DEFAULT_EXPAND_LIMIT, Adjacency
+from retrieval.memory import InvalidMemory, Memory
 
 
 class GraphStoreError(Exception):
@@ -67,7 +68,16 @@ class KeyCollision(GraphStoreError, ValueError):
 
 
 class GraphStore(Protocol):
-    """Memories and their links: a system of record plus an in-process adjacency."""
+    """Memories and their links: a system of record plus an in-process adjacency.
+
+    `resolve`, `expand` and `count` are synchronous reads of the adjacency: no I/O, and
+    they keep answering while the system of record is down. The retriever depends on
+    them (a vector hit's key → its memory, the k-hop walk), so the protocol names them.
+    The store, not the retriever, owns the adjacency because only the store knows what
+    its system of record holds: it checks keys against the mirror before a write, and
+    after a write whose outcome was unknown (MongoDB) it re-reads exactly those
+    memories. A second copy in the retriever could not follow either.
+    """
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -76,12 +86,16 @@ class GraphStore(Protocol):
     async def delete(self, namespace: str, id: str) -> bool: ...
     async def get_many(self, namespace: str, ids: Iterable[str]) -> dict[str, Memory]: ...
     def iter_all(self) -> AsyncIterator[Memory]: ...
+    async def ping(self) -> None: ...
+    def resolve(self, vid: int) -> tuple[str, str] | None: ...
     def expand(
-        self, namespace: str, seeds: Sequence[str], hops: int = 2,
+        self,
+        namespace: str,
+        seeds: Sequence[str],
+        hops: int = 2,
         limit: int = DEFAULT_EXPAND_LIMIT,
     ) -> list[tuple[str, int]]: ...
     def count(self, namespace: str | None = None) -> int: ...
-    async def ping(self) -> None: ...
 
 
 def check_batch(memories: Sequence[Memory], exists: Mapping[str, set[str]]) -> None:
@@ -94,7 +108,7 @@ def check_batch(memories: Sequence[Memory], exists: Mapping[str, set[str]]) -> N
         batch.setdefault(memory.namespace, set()).add(memory.id)
     for namespace, ids in batch.items():
         known = ids | exists.get(namespace, set())
-        missing = {l for m in memories if m.namespace == namespace for l in m.links} - known
+        missing = {link for m in memories if m.namespace == namespace for link in m.links} - known
         if missing:
             raise UnknownLinks(namespace, missing)
 
@@ -117,111 +131,72 @@ def reject_duplicate_ids(memories: Sequence[Memory]) -> None:
         seen.add(key)
 
 
-_EMPTY = array("q")
+class BaseGraphStore:
+    """The half of a graph store that is the same on every backend: the adjacency, and
+    the order of a write.
 
+    A write is checked before any I/O (a repeated id, a key collision), then runs under
+    one lock: the backend's hook, then the adjacency -- only if the hook returned.
+    Subclasses implement the protocol's I/O (`open`, `close`, `get_many`, `iter_all`,
+    `ping`) and two hooks, which run under the lock:
 
-class Adjacency:
-    """Links of every stored memory, keyed by `memory_vid`, for BFS in process.
+    - `_write(memories)`: check the batch's links against the system of record
+      (`check_batch`) and store the batch, atomically where the backend can;
+    - `_remove(namespace, id)`: delete a memory and every link to it; True if it existed.
 
-    Each node keeps two sorted `array('q')`s -- the keys it links to and the keys that
-    link to it -- so an upsert can drop exactly its own old out-links (A→B and B→A are
-    separate facts), and traversal visits neighbours in key order: the same order in
-    every process and after every rebuild. Keys embed the namespace, and links never
-    cross namespaces, so a walk can never leave its namespace.
+    `open()` fills `_adjacency` from the system of record (`Adjacency.put` per memory).
+    A hook may also correct the adjacency from the system of record (`MongoStore`
+    re-reads the memories of writes whose outcome was unknown); the lock covers that too.
     """
 
     def __init__(self) -> None:
-        self._keys: dict[int, tuple[str, str]] = {}   # vid -> (namespace, id), stored nodes
-        self._out: dict[int, array] = {}
-        self._in: dict[int, array] = {}
-        self._counts: Counter[str] = Counter()
+        self._adjacency = Adjacency()
+        self._write_lock = anyio.Lock()
 
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        return memory_vid(*key) in self._keys
+    async def put(self, memory: Memory) -> None:
+        """Insert or replace one memory; its links must already be stored."""
+        await self.put_many([memory])
+
+    async def put_many(self, memories: Sequence[Memory]) -> None:
+        """Insert or replace a batch; links may point to stored memories or within the batch."""
+        memories = list(memories)
+        if not memories:
+            return
+        reject_duplicate_ids(memories)
+        clash = self._adjacency.collision(memories)
+        if clash is not None:
+            raise KeyCollision(*clash)
+        async with self._write_lock:
+            await self._write(memories)
+            for memory in memories:
+                self._adjacency.put(memory.namespace, memory.id, memory.links)
+
+    async def delete(self, namespace: str, id: str) -> bool:
+        """Delete a memory and every link to it; False when it did not exist."""
+        async with self._write_lock:
+            deleted = await self._remove(namespace, id)
+            self._adjacency.remove(namespace, id)
+            return deleted
 
     def resolve(self, vid: int) -> tuple[str, str] | None:
-        """The (namespace, id) behind a key, e.g. a vector-index hit."""
-        return self._keys.get(vid)
-
-    def count(self, namespace: str | None = None) -> int:
-        return self._counts[namespace] if namespace is not None else len(self._keys)
-
-    def check_keys(self, memories: Iterable[Memory]) -> None:
-        """Raise `KeyCollision` before a write that would alias two memories."""
-        for memory in memories:
-            known = self._keys.get(memory.vid)
-            if known is not None and known != (memory.namespace, memory.id):
-                raise KeyCollision((memory.namespace, memory.id), known)
-
-    def put(self, namespace: str, id: str, links: Iterable[str]) -> None:
-        """Record a stored memory and replace its out-links."""
-        vid = memory_vid(namespace, id)
-        if vid not in self._keys:
-            self._keys[vid] = (namespace, id)
-            self._counts[namespace] += 1
-        old = self._out.get(vid, _EMPTY)
-        new = array("q", sorted({memory_vid(namespace, link) for link in links}))
-        for target in set(old) - set(new):
-            _discard(self._in, target, vid)
-        for target in set(new) - set(old):
-            insort(self._in.setdefault(target, array("q")), vid)
-        if new:
-            self._out[vid] = new
-        else:
-            self._out.pop(vid, None)
-
-    def remove(self, namespace: str, id: str) -> bool:
-        """Forget a memory and every link from or to it."""
-        vid = memory_vid(namespace, id)
-        if self._keys.pop(vid, None) is None:
-            return False
-        self._counts[namespace] -= 1
-        for target in self._out.pop(vid, _EMPTY):
-            _discard(self._in, target, vid)
-        for source in self._in.pop(vid, _EMPTY):
-            _discard(self._out, source, vid)
-        return True
+        """The (namespace, id) behind a key, e.g. a vector-index hit; None if not stored."""
+        return self._adjacency.resolve(vid)
 
     def expand(
-        self, namespace: str, seeds: Sequence[str], hops: int = 2,
+        self,
+        namespace: str,
+        seeds: Sequence[str],
+        hops: int = 2,
         limit: int = DEFAULT_EXPAND_LIMIT,
     ) -> list[tuple[str, int]]:
-        """Ids within `hops` links of the seeds (either direction), nearest first.
+        """k-hop neighbours from the in-process adjacency; never touches the system of record."""
+        return self._adjacency.expand(namespace, seeds, hops, limit)
 
-        Seeds are excluded. Within a hop, nodes come in discovery order: the seeds in the
-        order given (best vector hit first), each node's neighbours in key order.
-        """
-        keys, out, inc = self._keys, self._out, self._in
-        frontier = list(dict.fromkeys(memory_vid(namespace, s) for s in seeds))
-        seen = set(frontier)
-        frontier = [v for v in frontier if v in keys]
-        found: list[tuple[str, int]] = []
-        for hop in range(1, hops + 1):
-            following: list[int] = []
-            for vid in frontier:
-                for neighbours in (out.get(vid, _EMPTY), inc.get(vid, _EMPTY)):
-                    for n in neighbours:
-                        if n in seen:
-                            continue
-                        seen.add(n)
-                        key = keys.get(n)
-                        if key is None:  # linked, but not (yet) stored here
-                            continue
-                        found.append((key[1], hop))
-                        if len(found) >= limit:
-                            return found
-                        following.append(n)
-            frontier = following
-        return found
+    def count(self, namespace: str | None = None) -> int:
+        return self._adjacency.count(namespace)
 
+    async def _write(self, memories: list[Memory]) -> None:
+        raise NotImplementedError
 
-def _discard(index: dict[int, array], node: int, value: int) -> None:
-    """Remove one `value` from `index[node]` (sorted), dropping the entry when empty."""
-    values = index.get(node)
-    if values is None:
-        return
-    at = bisect_left(values, value)
-    if at < len(values) and values[at] == value:
-        del values[at]
-    if not values:
-        del index[node]
+    async def _remove(self, namespace: str, id: str) -> bool:
+        raise NotImplementedError

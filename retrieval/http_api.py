@@ -39,16 +39,16 @@ from flags.evaluate import FlagSet
 from flags.request_json import RequestRejected, read_json
 from retrieval.gating import route_for
 from retrieval.graph_store import KeyCollision, StoreUnavailable, UnknownLinks
-from retrieval.memory import InvalidMemory, Memory, new_memory_id, validate_id, validate_namespace
+from retrieval.memory import InvalidMemory, Memory, new_memory_id, validate_id, validate_namespace, validate_text
 from retrieval.retriever import MAX_TOP_K, NotReady, RetrievalFailed, Retriever
 
 log = structlog.get_logger("rolloutd.retrieval")
 
 MAX_QUERY_CHARS = 4096
 MAX_BATCH = 1000
-MAX_BODY = 1 << 20          # one memory: 32 KiB of text, 16 KiB of metadata, 256 links
+MAX_BODY = 1 << 20  # one memory: 32 KiB of text, 16 KiB of metadata, 256 links
 MAX_BATCH_BODY = 64 << 20
-RESERVED_NAMESPACES = ("rolloutd-validation",)   # the daemon's own ground truth (retrieval.validation)
+RESERVED_NAMESPACES = ("rolloutd-validation",)  # the daemon's own ground truth (retrieval.validation)
 RETRIEVE_FIELDS = {"agent", "query", "top_k", "namespace", "targetingKey", "context"}
 MEMORY_FIELDS = {"id", "text", "namespace", "links", "metadata"}
 Handler = Callable[[Request], Awaitable[Response]]
@@ -70,13 +70,18 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
-def retrieval_routes(retriever: Retriever, snapshot: Callable[[], FlagSet], clock: Callable[[], datetime]) -> list[Route]:
+def retrieval_routes(
+    retriever: Retriever, snapshot: Callable[[], FlagSet], clock: Callable[[], datetime]
+) -> list[Route]:
     def guarded(handler: Handler) -> Handler:
         async def wrapped(request: Request) -> Response:
             try:
                 if snapshot().kill_switch:
-                    raise ApiError(503, "emergency shutdown is on: retrieval refuses requests until an operator "
-                                        "clears it (`rolloutctl resume --clear-emergency`)")
+                    raise ApiError(
+                        503,
+                        "emergency shutdown is on: retrieval refuses requests until an operator "
+                        "clears it (`rolloutctl resume --clear-emergency`)",
+                    )
                 return await handler(request)
             except ApiError as exc:
                 return exc.response()
@@ -94,6 +99,7 @@ def retrieval_routes(retriever: Retriever, snapshot: Callable[[], FlagSet], cloc
                 return ApiError(503, str(exc), retry_after=5).response()
             except RetrievalFailed as exc:
                 return ApiError(503, f"no retrieval source answered: {exc}", retry_after=1).response()
+
         return wrapped
 
     @guarded
@@ -109,8 +115,12 @@ def retrieval_routes(retriever: Retriever, snapshot: Callable[[], FlagSet], cloc
         context = _context(body, agent)
         route = route_for(snapshot(), context, clock())
         if route.path is None:
-            raise ApiError(403, f"retrieval is not rolled out to this caller (agent {agent!r}, targetingKey "
-                                f"{context['targetingKey']!r}): every retrieval flag is off for it", flags=dict(route.flags))
+            raise ApiError(
+                403,
+                f"retrieval is not rolled out to this caller (agent {agent!r}, targetingKey "
+                f"{context['targetingKey']!r}): every retrieval flag is off for it",
+                flags=dict(route.flags),
+            )
         answer = await retriever.retrieve(query, namespace, top_k, route)
         return JSONResponse(answer.to_dict())
 
@@ -176,8 +186,9 @@ def _string(body: dict[str, Any], field: str, *, required: bool, limit: int) -> 
 
 def _context(body: dict[str, Any], agent: str) -> dict[str, Any]:
     extra = body.get("context", {})
-    if not isinstance(extra, dict) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
-                                              for v in extra.values()):
+    if not isinstance(extra, dict) or not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in extra.values()
+    ):
         raise ApiError(400, "context must be an object of string or number attributes", "context")
     key = body.get("targetingKey", agent)
     if not isinstance(key, str) or not key:
@@ -187,8 +198,12 @@ def _context(body: dict[str, Any], agent: str) -> dict[str, Any]:
 
 def _writable(namespace: str, field: str) -> str:
     if namespace in RESERVED_NAMESPACES:
-        raise ApiError(403, f"namespace {namespace!r} is reserved for the daemon's ground-truth validation set; "
-                            "write your memories to another namespace", field)
+        raise ApiError(
+            403,
+            f"namespace {namespace!r} is reserved for the daemon's ground-truth validation set; "
+            "write your memories to another namespace",
+            field,
+        )
     return namespace
 
 
@@ -202,7 +217,12 @@ def _memory(raw: Any, prefix: str) -> Memory:
     metadata = raw.get("metadata", {})
     try:
         namespace = _writable(validate_namespace(raw.get("namespace", "default")), prefix + "namespace")
-        return Memory(id=raw["id"] if "id" in raw else new_memory_id(), namespace=namespace,
-                      text=raw.get("text"), links=tuple(links), metadata=metadata)
+        return Memory(
+            id=raw["id"] if "id" in raw else new_memory_id(),
+            namespace=namespace,
+            text=validate_text(raw.get("text")),
+            links=tuple(links),
+            metadata=metadata,
+        )
     except InvalidMemory as exc:
         raise ApiError(400, exc.problem, prefix + exc.field) from None

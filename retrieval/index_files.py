@@ -32,7 +32,7 @@ def index_path(directory: Path, namespace: str) -> Path:
 
 def fingerprint(text: str) -> int:
     """A signed 64-bit digest of a memory's text."""
-    return mmh3.hash64(text.encode("utf-8", "surrogatepass"), signed=True)[0]   # bytes: see flags/bucket.py
+    return mmh3.hash64(text.encode("utf-8", "surrogatepass"), signed=True)[0]  # bytes: see flags/bucket.py
 
 
 def pack(fingerprints: dict[int, int]) -> bytes:
@@ -45,7 +45,7 @@ def unpack(blob: bytes) -> dict[int, int]:
     pairs = np.frombuffer(blob, dtype="<i8")
     if pairs.size % 2:
         raise ValueError(f"fingerprint table of {len(blob)} bytes is not whole (key, fingerprint) pairs")
-    return dict(zip(pairs[0::2].tolist(), pairs[1::2].tolist()))
+    return dict(zip(pairs[0::2].tolist(), pairs[1::2].tolist(), strict=False))
 
 
 @dataclass

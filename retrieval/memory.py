@@ -17,13 +17,13 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
 import mmh3
 
-from flags.model import utcnow
+from flags.clock import utcnow
 from flags.request_json import RequestRejected, check
 
 MAX_TEXT_BYTES = 32 * 1024
@@ -61,8 +61,8 @@ def validate_id(value: object, field: str = "id") -> str:
         raise InvalidMemory(field, f"must be a string, got {type(value).__name__}")
     if not ID_PATTERN.fullmatch(value):
         raise InvalidMemory(
-            field, f"{value[:40]!r} is not 1-128 characters of A-Z a-z 0-9 . _ : @ - "
-            f"starting with a letter or digit",
+            field,
+            f"{value[:40]!r} is not 1-128 characters of A-Z a-z 0-9 . _ : @ - starting with a letter or digit",
         )
     return value
 
@@ -73,8 +73,8 @@ def validate_namespace(value: object) -> str:
         raise InvalidMemory("namespace", f"must be a string, got {type(value).__name__}")
     if not NAMESPACE_PATTERN.fullmatch(value):
         raise InvalidMemory(
-            "namespace", f"{value[:40]!r} is not 1-64 characters of A-Z a-z 0-9 . _ - "
-            f"starting with a letter or digit",
+            "namespace",
+            f"{value[:40]!r} is not 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
         )
     return value
 
@@ -88,12 +88,13 @@ def validate_text(value: object) -> str:
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidMemory("text", f"holds a lone surrogate (\\u{ord(value[exc.start]):04x} at character {exc.start}), "
-                                    "which is not Unicode; send valid UTF-8 text") from None
-    if size > MAX_TEXT_BYTES:
         raise InvalidMemory(
-            "text", f"{size:,} bytes > limit {MAX_TEXT_BYTES:,} bytes; split it into linked memories"
-        )
+            "text",
+            f"holds a lone surrogate (\\u{ord(value[exc.start]):04x} at character {exc.start}), "
+            "which is not Unicode; send valid UTF-8 text",
+        ) from None
+    if size > MAX_TEXT_BYTES:
+        raise InvalidMemory("text", f"{size:,} bytes > limit {MAX_TEXT_BYTES:,} bytes; split it into linked memories")
     return value
 
 
@@ -102,7 +103,7 @@ def validate_links(value: Iterable[object], own_id: str) -> tuple[str, ...]:
     if isinstance(value, (str, bytes)):
         raise InvalidMemory("links", "must be a list of ids, got a single string")
     value = list(value)
-    if len(value) > MAX_LINKS:   # before de-duplicating: 100,000 copies of one id are not one link's work
+    if len(value) > MAX_LINKS:  # before de-duplicating: 100,000 copies of one id are not one link's work
         raise InvalidMemory("links", f"{len(value)} links > limit {MAX_LINKS}")
     links = tuple(dict.fromkeys(validate_id(link, "links") for link in value))
     if len(links) > MAX_LINKS:
@@ -117,7 +118,7 @@ def validate_metadata(value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidMemory("metadata", f"must be an object, got {type(value).__name__}")
     try:
-        check(dict(value), path="metadata")   # lone surrogates, 64-bit integers, depth
+        check(dict(value), path="metadata")  # lone surrogates, 64-bit integers, depth
     except RequestRejected as exc:
         raise InvalidMemory(exc.field or "metadata", exc.problem) from None
     try:
@@ -126,8 +127,7 @@ def validate_metadata(value: object) -> Mapping[str, Any]:
     except (TypeError, ValueError) as exc:
         raise InvalidMemory("metadata", f"is not plain JSON ({exc})") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
-        raise InvalidMemory("metadata", f"{len(encoded.encode()):,} bytes of JSON > limit "
-                            f"{MAX_METADATA_BYTES:,} bytes")
+        raise InvalidMemory("metadata", f"{len(encoded.encode()):,} bytes of JSON > limit {MAX_METADATA_BYTES:,} bytes")
     if any(key.startswith("$") or "." in key or "\0" in key for key in _keys(value)):
         raise InvalidMemory("metadata", "keys may not start with '$' or contain '.' or NUL (MongoDB)")
     return MappingProxyType(json.loads(encoded))
@@ -147,7 +147,7 @@ def normalise_time(value: object) -> datetime:
     """An aware datetime in UTC, truncated to the millisecond MongoDB stores."""
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise InvalidMemory("created_at", f"must be a timezone-aware datetime, got {value!r}")
-    value = value.astimezone(timezone.utc)
+    value = value.astimezone(UTC)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
@@ -172,13 +172,26 @@ class Memory:
         set_(self, "created_at", normalise_time(self.created_at))
 
     @classmethod
-    def stored(cls, id: str, namespace: str, text: str, links: tuple[str, ...], metadata: Mapping[str, Any],
-               created_at: datetime) -> Memory:
+    def stored(
+        cls,
+        id: str,
+        namespace: str,
+        text: str,
+        links: tuple[str, ...],
+        metadata: Mapping[str, Any],
+        created_at: datetime,
+    ) -> Memory:
         """A memory read back from a store, which validated it when it was written: built
         without validating again (a restart reads every memory; validation was ~45% of it)."""
         memory = object.__new__(cls)
-        for name, value in (("id", id), ("namespace", namespace), ("text", text), ("links", links),
-                            ("metadata", metadata), ("created_at", created_at)):
+        for name, value in (
+            ("id", id),
+            ("namespace", namespace),
+            ("text", text),
+            ("links", links),
+            ("metadata", metadata),
+            ("created_at", created_at),
+        ):
             object.__setattr__(memory, name, value)
         return memory
 

@@ -22,8 +22,30 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1,
-                   0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 STAGES = ("embed", "vector", "graph", "fuse", "cache")
 
 
@@ -31,24 +53,37 @@ class RetrievalMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
-        self.latency = Histogram("hybrid_rag_retrieval_latency_seconds", "Retrieval latency, request to answer.",
-                                 ["path", "cache"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stage = Histogram("hybrid_rag_stage_latency_seconds", "Latency of one retrieval stage.",
-                               ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "hybrid_rag_retrieval_latency_seconds",
+            "Retrieval latency, request to answer.",
+            ["path", "cache"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "hybrid_rag_stage_latency_seconds",
+            "Latency of one retrieval stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queries = Counter("hybrid_rag_queries", "Retrievals, answered or failed.", ["path"], registry=r)
         self.errors = Counter("hybrid_rag_errors", "Retrievals that failed.", ["path", "reason"], registry=r)
-        self.degraded = Counter("hybrid_rag_degraded", "Retrievals answered without one of their sources.",
-                                ["reason"], registry=r)
+        self.degraded = Counter(
+            "hybrid_rag_degraded", "Retrievals answered without one of their sources.", ["reason"], registry=r
+        )
         self.cache_hits = Counter("redis_cache_hits", "Retrieval cache hits.", registry=r)
         self.cache_misses = Counter("redis_cache_misses", "Retrieval cache misses.", registry=r)
-        self.cache_bypassed = Counter("redis_cache_bypassed",
-                                      "Cache lookups skipped: backend down or an invalidate pending.", registry=r)
+        self.cache_bypassed = Counter(
+            "redis_cache_bypassed", "Cache lookups skipped: backend down or an invalidate pending.", registry=r
+        )
         self.vector_searches = Counter("vector_db_searches", "Vector index searches.", registry=r)
         self.graph_queries = Counter("graph_db_queries", "Graph expansions.", registry=r)
         self.memories = Gauge("hybrid_rag_memories", "Memories stored, by namespace.", ["namespace"], registry=r)
-        self.store_up = Gauge("hybrid_rag_graph_store_up", "1 while the graph store (MongoDB or SQLite) answers.",
-                              registry=r)
-        for path in ("hybrid", "vector", "graph"):   # zero series exist before the first query
+        self.store_up = Gauge(
+            "hybrid_rag_graph_store_up", "1 while the graph store (MongoDB or SQLite) answers.", registry=r
+        )
+        for path in ("hybrid", "vector", "graph"):  # zero series exist before the first query
             self.queries.labels(path)
         for stage in STAGES:
             self.stage.labels(stage)

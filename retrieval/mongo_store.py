@@ -26,67 +26,68 @@ transactions, including abort; no adaptation was needed for the commands used he
 from __future__ import annotations
 
 import contextlib
-from datetime import timezone
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
+from collections.abc import Set as AbstractSet
+from datetime import UTC
 from typing import Any
 
-import anyio
 import structlog
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from retrieval.graph_store import (
-    DEFAULT_EXPAND_LIMIT,
-    Adjacency,
-    GraphStoreError,
-    StoreUnavailable,
-    check_batch,
-    link_targets,
-    reject_duplicate_ids,
-)
+from retrieval.adjacency import Adjacency
+from retrieval.graph_store import BaseGraphStore, GraphStoreError, StoreUnavailable, check_batch, link_targets
 from retrieval.memory import Memory
 
 log = structlog.get_logger("rolloutd.retrieval")
 
 COLLECTION = "memories"
-_FIELDS = {"_id": 0, "namespace": 1, "id": 1, "text": 1, "links": 1, "metadata": 1,
-           "created_at": 1}
+_FIELDS = {"_id": 0, "namespace": 1, "id": 1, "text": 1, "links": 1, "metadata": 1, "created_at": 1}
 
 
-class MongoStore:
+class MongoStore(BaseGraphStore):
     """Memories in MongoDB, their links mirrored in process for `expand`."""
 
     def __init__(self, uri: str, *, timeout: float = 3.0, database: str = "rolloutd") -> None:
+        super().__init__()
         self.uri = uri
         self.timeout = timeout
         self.default_database = database
-        self.adjacency = Adjacency()
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._transactions = False
-        self._write_lock = anyio.Lock()
         self._dirty: set[tuple[str, str]] = set()
 
     @property
-    def _collection(self) -> Any:
+    def _open_client(self) -> AsyncMongoClient[dict[str, Any]]:
         if self._client is None:
             raise RuntimeError("MongoStore is not open; call `await store.open()` first")
-        return self._client.get_default_database(self.default_database)[COLLECTION]
+        return self._client
+
+    @property
+    def _collection(self) -> Any:
+        return self._open_client.get_default_database(self.default_database)[COLLECTION]
 
     async def open(self) -> None:
         """Connect, create the indexes, and rebuild the adjacency from the collection."""
         ms = int(self.timeout * 1000)
         self._client = AsyncMongoClient(
-            self.uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms,
-            tz_aware=True, appname="rolloutd",
+            self.uri,
+            serverSelectionTimeoutMS=ms,
+            connectTimeoutMS=ms,
+            socketTimeoutMS=ms,
+            tz_aware=True,
+            appname="rolloutd",
         )
         try:
             async with self._translate("open"):
                 hello = await self._client.admin.command("hello")
                 self._transactions = "setName" in hello or hello.get("msg") == "isdbgrid"
                 await self._collection.create_index(
-                    [("namespace", ASCENDING), ("id", ASCENDING)], unique=True, name="namespace_id")
+                    [("namespace", ASCENDING), ("id", ASCENDING)], unique=True, name="namespace_id"
+                )
                 await self._collection.create_index(
-                    [("namespace", ASCENDING), ("links", ASCENDING)], name="namespace_links")
+                    [("namespace", ASCENDING), ("links", ASCENDING)], name="namespace_links"
+                )
                 adjacency = Adjacency()
                 cursor = self._collection.find({}, {"_id": 0, "namespace": 1, "id": 1, "links": 1})
                 async for doc in cursor.batch_size(5000):
@@ -94,52 +95,36 @@ class MongoStore:
         except BaseException:
             await self.close()
             raise
-        self.adjacency = adjacency
-        log.info("graph.opened", store="mongodb", memories=adjacency.count(),
-                 transactions=self._transactions)
+        self._adjacency = adjacency
+        log.info("graph.opened", store="mongodb", memories=adjacency.count(), transactions=self._transactions)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
 
-    async def put(self, memory: Memory) -> None:
-        """Insert or replace one memory; its links must already be stored."""
-        await self.put_many([memory])
-
-    async def put_many(self, memories: Sequence[Memory]) -> None:
-        """Insert or replace a batch; links may point to stored memories or within the batch."""
-        memories = list(memories)
-        if not memories:
-            return
-        reject_duplicate_ids(memories)
-        self.adjacency.check_keys(memories)
+    async def _write(self, memories: list[Memory]) -> None:
+        """The link check and the upserts, in one transaction when the server has them."""
+        await self._resync()
         keys = {(m.namespace, m.id) for m in memories}
-        async with self._write_lock:
-            await self._resync()
-            async with self._translate("put", keys), self._session() as session:
-                check_batch(memories, await self._existing(link_targets(memories), session))
-                await self._collection.bulk_write(
-                    [ReplaceOne({"namespace": m.namespace, "id": m.id}, to_doc(m), upsert=True)
-                     for m in memories],
-                    ordered=True, session=session,
-                )
-            for memory in memories:
-                self.adjacency.put(memory.namespace, memory.id, memory.links)
+        async with self._translate("put", keys), self._session() as session:
+            check_batch(memories, await self._existing(link_targets(memories), session))
+            await self._collection.bulk_write(
+                [ReplaceOne({"namespace": m.namespace, "id": m.id}, to_doc(m), upsert=True) for m in memories],
+                ordered=True,
+                session=session,
+            )
 
-    async def delete(self, namespace: str, id: str) -> bool:
-        """Delete a memory and every link to it; False when it did not exist."""
-        async with self._write_lock:
-            await self._resync()
-            async with self._translate("delete", {(namespace, id)}), self._session() as session:
-                result = await self._collection.delete_one(
-                    {"namespace": namespace, "id": id}, session=session)
-                if result.deleted_count:
-                    await self._collection.update_many(
-                        {"namespace": namespace, "links": id}, {"$pull": {"links": id}},
-                        session=session)
-            self.adjacency.remove(namespace, id)
-            return bool(result.deleted_count)
+    async def _remove(self, namespace: str, id: str) -> bool:
+        """The delete and the `$pull` of links to it, in one transaction when the server has them."""
+        await self._resync()
+        async with self._translate("delete", {(namespace, id)}), self._session() as session:
+            result = await self._collection.delete_one({"namespace": namespace, "id": id}, session=session)
+            if result.deleted_count:
+                await self._collection.update_many(
+                    {"namespace": namespace, "links": id}, {"$pull": {"links": id}}, session=session
+                )
+        return bool(result.deleted_count)
 
     async def get_many(self, namespace: str, ids: Iterable[str]) -> dict[str, Memory]:
         """The stored memories among `ids`, by id (absent ids are simply missing)."""
@@ -156,16 +141,6 @@ class MongoStore:
             async for doc in self._collection.find({}, _FIELDS).batch_size(1000):
                 yield from_doc(doc)
 
-    def expand(
-        self, namespace: str, seeds: Sequence[str], hops: int = 2,
-        limit: int = DEFAULT_EXPAND_LIMIT,
-    ) -> list[tuple[str, int]]:
-        """k-hop neighbours from the in-process adjacency; never touches MongoDB."""
-        return self.adjacency.expand(namespace, seeds, hops, limit)
-
-    def count(self, namespace: str | None = None) -> int:
-        return self.adjacency.count(namespace)
-
     async def ping(self) -> None:
         """Raise `StoreUnavailable` unless MongoDB answers now."""
         if self._client is None:
@@ -178,8 +153,8 @@ class MongoStore:
         for namespace, ids in targets.items():
             if ids:
                 cursor = self._collection.find(
-                    {"namespace": namespace, "id": {"$in": sorted(ids)}}, {"_id": 0, "id": 1},
-                    session=session)
+                    {"namespace": namespace, "id": {"$in": sorted(ids)}}, {"_id": 0, "id": 1}, session=session
+                )
                 found[namespace] = {doc["id"] async for doc in cursor}
         return found
 
@@ -193,13 +168,14 @@ class MongoStore:
             for namespace in {ns for ns, _ in dirty}:
                 ids = sorted(id for ns, id in dirty if ns == namespace)
                 cursor = self._collection.find(
-                    {"namespace": namespace, "id": {"$in": ids}}, {"_id": 0, "id": 1, "links": 1})
+                    {"namespace": namespace, "id": {"$in": ids}}, {"_id": 0, "id": 1, "links": 1}
+                )
                 stored.update({(namespace, d["id"]): d.get("links", []) async for d in cursor})
         for key in dirty:
             if key in stored:
-                self.adjacency.put(*key, stored[key])
+                self._adjacency.put(*key, stored[key])
             else:
-                self.adjacency.remove(*key)
+                self._adjacency.remove(*key)
         self._dirty -= dirty
         log.info("graph.resynced", store="mongodb", memories=len(dirty))
 
@@ -208,14 +184,12 @@ class MongoStore:
         if not self._transactions:
             yield None
             return
-        async with self._client.start_session() as session:
+        async with self._open_client.start_session() as session:
             async with await session.start_transaction():
                 yield session
 
     @contextlib.asynccontextmanager
-    async def _translate(
-        self, operation: str, keys: set[tuple[str, str]] = frozenset()
-    ) -> AsyncIterator[None]:
+    async def _translate(self, operation: str, keys: AbstractSet[tuple[str, str]] = frozenset()) -> AsyncIterator[None]:
         """Map PyMongo errors to ours; remember keys whose write may or may not have landed."""
         try:
             yield
@@ -235,18 +209,24 @@ class MongoStore:
 
 def to_doc(memory: Memory) -> dict[str, Any]:
     return {
-        "namespace": memory.namespace, "id": memory.id, "text": memory.text,
-        "links": list(memory.links), "metadata": dict(memory.metadata),
+        "namespace": memory.namespace,
+        "id": memory.id,
+        "text": memory.text,
+        "links": list(memory.links),
+        "metadata": dict(memory.metadata),
         "created_at": memory.created_at,
     }
 
 
 def from_doc(doc: dict[str, Any]) -> Memory:
     created = doc["created_at"]
-    if created.tzinfo is None:   # tz_aware=True makes this UTC-aware already; a foreign writer may not
-        created = created.replace(tzinfo=timezone.utc)
+    if created.tzinfo is None:  # tz_aware=True makes this UTC-aware already; a foreign writer may not
+        created = created.replace(tzinfo=UTC)
     return Memory.stored(
-        id=doc["id"], namespace=doc["namespace"], text=doc["text"],
-        links=tuple(doc.get("links", ())), metadata=doc.get("metadata", {}),
+        id=doc["id"],
+        namespace=doc["namespace"],
+        text=doc["text"],
+        links=tuple(doc.get("links", ())),
+        metadata=doc.get("metadata", {}),
         created_at=created,
     )

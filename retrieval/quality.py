@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 K = 10
 
@@ -61,19 +61,24 @@ class Scores:
     ndcg_at_10: float
 
     def to_dict(self) -> dict[str, float]:
-        return {"precision_at_10": self.precision_at_10, "recall_at_10": self.recall_at_10, "top3": self.top3,
-                "mrr": self.mrr, "ndcg_at_10": self.ndcg_at_10}
+        return {
+            "precision_at_10": self.precision_at_10,
+            "recall_at_10": self.recall_at_10,
+            "top3": self.top3,
+            "mrr": self.mrr,
+            "ndcg_at_10": self.ndcg_at_10,
+        }
 
 
 def score(question: Question, retrieved: Sequence[str]) -> Scores:
     """How well `retrieved` (ids, best first) answers `question`."""
     relevant = set(question.relevant)
-    top = list(dict.fromkeys(retrieved))[:K]        # a repeated id counts once
+    top = list(dict.fromkeys(retrieved))[:K]  # a repeated id counts once
     hits = [i for i in top if i in relevant]
     first = next((rank for rank, i in enumerate(top, start=1) if i in relevant), None)
     dcg = sum((2 ** question.grade(i) - 1) / math.log2(rank + 1) for rank, i in enumerate(top, start=1))
     ideal = sorted((question.grade(i) for i in relevant), reverse=True)[:K]
-    idcg = sum((2 ** g - 1) / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
+    idcg = sum((2**g - 1) / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
     return Scores(
         precision_at_10=len(hits) / min(K, len(relevant)) if relevant else 0.0,
         recall_at_10=len(hits) / len(relevant) if relevant else 0.0,
@@ -88,8 +93,12 @@ def mean(scores: Iterable[Scores]) -> Scores:
     if not items:
         raise ValueError("no scores to average: the labelled set is empty")
     n = len(items)
-    return Scores(*(sum(getattr(s, f) for s in items) / n
-                    for f in ("precision_at_10", "recall_at_10", "top3", "mrr", "ndcg_at_10")))
+    return Scores(
+        *(
+            sum(getattr(s, f) for s in items) / n
+            for f in ("precision_at_10", "recall_at_10", "top3", "mrr", "ndcg_at_10")
+        )
+    )
 
 
 def load_labelled_set(path: Path | str) -> list[Question]:
@@ -98,8 +107,7 @@ def load_labelled_set(path: Path | str) -> list[Question]:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelledSetError(f"{path}: cannot read it: {exc}") from None
-    questions = [parse_question(line, f"{path}:{number}") for number, line in enumerate(lines, start=1)
-                 if line.strip()]
+    questions = [parse_question(line, f"{path}:{number}") for number, line in enumerate(lines, start=1) if line.strip()]
     if not questions:
         raise LabelledSetError(f"{path}: no questions (one JSON object a line)")
     return questions
@@ -110,7 +118,7 @@ def parse_question(line: str, where: str = "<line>") -> Question:
         raw = json.loads(line)
     except ValueError as exc:
         raise LabelledSetError(f"{where}: not JSON: {exc}") from None
-    except RecursionError:   # the JSON parser recurses per level of nesting
+    except RecursionError:  # the JSON parser recurses per level of nesting
         raise LabelledSetError(f"{where}: nested too deeply; one flat JSON object a line") from None
     if not isinstance(raw, dict):
         raise LabelledSetError(f"{where}: expected a JSON object, got {type(raw).__name__}")
@@ -123,8 +131,9 @@ def parse_question(line: str, where: str = "<line>") -> Question:
     if not isinstance(relevant, list) or not relevant or not all(isinstance(i, str) and i for i in relevant):
         raise LabelledSetError(f"{where}: relevant must be a non-empty list of memory ids")
     grades = raw.get("grades", {})
-    if not isinstance(grades, dict) or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0
-                                               for g in grades.values()):
+    if not isinstance(grades, dict) or not all(
+        isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in grades.values()
+    ):
         raise LabelledSetError(f"{where}: grades must map memory ids to whole numbers >= 0")
     namespace, hops = raw.get("namespace", "default"), raw.get("hops", 0)
     if not isinstance(namespace, str) or not namespace:

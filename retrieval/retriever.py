@@ -10,10 +10,11 @@
       └─ texts from the in-process mirror; the answer cached unless degraded
 
 What the process holds, rebuilt from the system of record on `open()` and changed only
-after a write to it succeeded: the store's adjacency, a text mirror (vid → text, so an
-answer needs no database round trip and survives a MongoDB outage), the entity index,
-and one vector index per namespace (so a namespace's search never sees another's
-vectors, and its k results are all its own).
+after a write to it succeeded: the store's adjacency (the store owns it and the
+`GraphStore` protocol names the reads of it, `resolve`, `expand` and `count`, which do
+no I/O), a text mirror (vid → text, so an answer needs no database round trip and
+survives a MongoDB outage), the entity index, and one vector index per namespace (so a
+namespace's search never sees another's vectors, and its k results are all its own).
 
 Degraded answers (`degraded: true`, with `reasons`): a source that timed out or failed
 is left out and the rest is served; while the graph store does not answer (`ping` every
@@ -52,7 +53,7 @@ from retrieval.graph_store import GraphStore, StoreUnavailable
 from retrieval.index_files import fingerprint, index_path, pack, reconcile, unpack
 from retrieval.memory import Memory, memory_vid
 from retrieval.metrics import RetrievalMetrics
-from retrieval.vector_index import IndexFileError, VectorIndex
+from retrieval.vector_index import IndexFileError, Kind, VectorIndex
 
 log = structlog.get_logger("rolloutd.retrieval")
 
@@ -70,16 +71,16 @@ class NotReady(RuntimeError):
 
 @dataclass(frozen=True)
 class RetrieverSettings:
-    index_kind: str = "flat"            # "flat" (exact) or "hnsw"
+    index_kind: Kind = "flat"  # "flat" (exact), "ivf" or "hnsw"
     rrf_k: int = DEFAULT_K
     weights: Mapping[str, float] = field(default_factory=lambda: {"vector": 1.0, "graph": 1.5})
     hops: int = 2
-    graph_seeds: int = 3                # entry points of the walk
-    expand_limit: int = 100             # neighbours gathered per retrieval at most
-    vector_timeout: float = 0.5         # seconds, per source
+    graph_seeds: int = 3  # entry points of the walk
+    expand_limit: int = 100  # neighbours gathered per retrieval at most
+    vector_timeout: float = 0.5  # seconds, per source
     graph_timeout: float = 0.5
-    save_interval: float = 30.0         # write changed index files this often
-    health_interval: float = 2.0        # ping the graph store this often
+    save_interval: float = 30.0  # write changed index files this often
+    health_interval: float = 2.0  # ping the graph store this often
 
 
 @dataclass(frozen=True)
@@ -97,38 +98,51 @@ class Result:
 class Answer:
     results: list[Result]
     path: str
-    cache: str                          # "hit" | "miss" | "bypass"
+    cache: str  # "hit" | "miss" | "bypass"
     degraded: bool
     reasons: tuple[str, ...]
     latency_ms: float
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"results": [r.to_dict() for r in self.results], "path": self.path, "cache": self.cache,
-               "degraded": self.degraded, "latency_ms": round(self.latency_ms, 3)}
+        out = {
+            "results": [r.to_dict() for r in self.results],
+            "path": self.path,
+            "cache": self.cache,
+            "degraded": self.degraded,
+            "latency_ms": round(self.latency_ms, 3),
+        }
         if self.reasons:
             out["reasons"] = list(self.reasons)
         return out
 
 
 class Retriever:
-    def __init__(self, store: GraphStore, cache: RetrievalCache, embedder: Embedder, directory: Path,
-                 settings: RetrieverSettings | None = None, metrics: RetrievalMetrics | None = None,
-                 timer: Callable[[], float] = time.perf_counter, faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        store: GraphStore,
+        cache: RetrievalCache,
+        embedder: Embedder,
+        directory: Path,
+        settings: RetrieverSettings | None = None,
+        metrics: RetrievalMetrics | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+        faults: Faults | None = None,
+    ) -> None:
         self.store, self.cache, self.embedder = store, cache, embedder
-        self.faults = faults   # injected on purpose (the demo); None in production
+        self.faults = faults  # injected on purpose (the demo); None in production
         self.directory = Path(directory)
         self.settings = settings or RetrieverSettings()
         self.metrics = metrics or RetrievalMetrics()
-        self._quiet = RetrievalMetrics()   # a private registry nobody scrapes: `retrieve(quiet=True)`
+        self._quiet = RetrievalMetrics()  # a private registry nobody scrapes: `retrieve(quiet=True)`
         self._timer = timer
         self._indexes: dict[str, VectorIndex] = {}
-        self._fingerprints: dict[str, dict[int, int]] = defaultdict(dict)   # what each index was built from
+        self._fingerprints: dict[str, dict[int, int]] = defaultdict(dict)  # what each index was built from
         self._texts: dict[int, str] = {}
         self._entities = EntityIndex()
         self._dirty: set[str] = set()
         self._write_lock = anyio.Lock()
-        self.problem: str | None = "the retriever is loading"   # None once open and serving
-        self.store_problem: str | None = None                   # why the graph store is considered down
+        self.problem: str | None = "the retriever is loading"  # None once open and serving
+        self.store_problem: str | None = None  # why the graph store is considered down
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -140,16 +154,16 @@ class Retriever:
         """Open the store, rebuild the in-process mirror and bring every index up to date."""
         started = time.monotonic()
         self._indexes, self._texts, self._entities, self._dirty = {}, {}, EntityIndex(), set()
-        self._fingerprints.clear()   # open() may be a retry after a failed one
+        self._fingerprints.clear()  # open() may be a retry after a failed one
         self.problem = "the retriever is loading: checking the embedder"
-        await self.embedder.embed(["rolloutd"])   # loads a model, learns an HTTP endpoint's dimension
+        await self.embedder.embed(["rolloutd"])  # loads a model, learns an HTTP endpoint's dimension
         self.problem = "the retriever is loading: opening the graph store"
         await self.store.open()
         try:
             await self._load(started)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.store.close()   # a retry opens it afresh
+                await self.store.close()  # a retry opens it afresh
             raise
 
     async def _load(self, started: float) -> None:
@@ -178,9 +192,15 @@ class Retriever:
             await self.cache.invalidate(namespace)
         self.metrics.store_up.set(1)
         self.problem = None
-        log.info("retrieval.opened", memories=len(self._texts), namespaces=len(current), embedded=embedded,
-                 index=self.settings.index_kind, embedder=getattr(self.embedder, "name", "?"),
-                 seconds=round(time.monotonic() - started, 3))
+        log.info(
+            "retrieval.opened",
+            memories=len(self._texts),
+            namespaces=len(current),
+            embedded=embedded,
+            index=self.settings.index_kind,
+            embedder=getattr(self.embedder, "name", "?"),
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     async def _load_index(self, namespace: str, prints: dict[int, int]) -> int:
         """Load `namespace`'s file if usable, re-embed what differs; return how many were embedded."""
@@ -216,8 +236,9 @@ class Retriever:
                 self._fingerprints[namespace][key] = prints[key]
         if todo:
             self._dirty.add(namespace)
-            log.info("retrieval.index.reconciled", namespace=namespace, embedded=len(todo.embed),
-                     removed=len(todo.remove))
+            log.info(
+                "retrieval.index.reconciled", namespace=namespace, embedded=len(todo.embed), removed=len(todo.remove)
+            )
         return len(todo.embed)
 
     @property
@@ -225,21 +246,24 @@ class Retriever:
         return getattr(self.embedder, "name", type(self.embedder).__name__)
 
     def _new_index(self) -> VectorIndex:
-        return VectorIndex(self.embedder.dim, self.settings.index_kind)  # type: ignore[arg-type]
+        return VectorIndex(self.embedder.dim, self.settings.index_kind)
 
     async def save(self) -> int:
         """Write the index file of every namespace changed since the last save; return how many."""
         saved = 0
         for namespace in sorted(self._dirty):
-            async with self._write_lock:   # the fingerprints must describe exactly these vectors
+            async with self._write_lock:  # the fingerprints must describe exactly these vectors
                 self._dirty.discard(namespace)
                 index = self._indexes.get(namespace)
                 if index is None:
                     continue
                 meta = {"namespace": namespace, "embedder": self._embedder_name, "kind": self.settings.index_kind}
                 try:
-                    await index.save(index_path(self.directory / "vectors", namespace), meta=meta,
-                                     extra=pack(self._fingerprints[namespace]))
+                    await index.save(
+                        index_path(self.directory / "vectors", namespace),
+                        meta=meta,
+                        extra=pack(self._fingerprints[namespace]),
+                    )
                 except BaseException:
                     self._dirty.add(namespace)
                     raise
@@ -277,8 +301,11 @@ class Retriever:
 
     def _store_down(self, why: str) -> None:
         if self.store_problem is None:
-            log.error("retrieval.graph_store.down", problem=why,
-                      effect="graph source skipped (answers marked degraded), writes refused with 503")
+            log.error(
+                "retrieval.graph_store.down",
+                problem=why,
+                effect="graph source skipped (answers marked degraded), writes refused with 503",
+            )
         self.store_problem = why
         self.metrics.store_up.set(0)
 
@@ -300,7 +327,7 @@ class Retriever:
         """id → fingerprint of the text of every memory indexed in `namespace`."""
         out = {}
         for key, fp in self._fingerprints.get(namespace, {}).items():
-            resolved = self.store.adjacency.resolve(key)  # type: ignore[attr-defined]
+            resolved = self.store.resolve(key)
             if resolved is not None:
                 out[resolved[1]] = fp
         return out
@@ -319,7 +346,7 @@ class Retriever:
         started = self._timer()
         sources, reasons = route.sources, []
         if "graph" in sources and self.store_problem is not None:
-            if sources == ("graph",):   # never serve a path the flags did not grant
+            if sources == ("graph",):  # never serve a path the flags did not grant
                 m.queries.labels("graph").inc()
                 m.errors.labels("graph", "store_unavailable").inc()
                 raise RetrievalFailed(f"graph: graph store unavailable: {self.store_problem}")
@@ -327,7 +354,7 @@ class Retriever:
             reasons.append(f"graph store unavailable: {self.store_problem}")
         path = _path_of(sources)
         if self.faults is not None:
-            await self._injected(m, path)
+            await self._injected(self.faults, m, path)
         key = _cache_key(path, top_k, query) if route.cache else None
         outcome = "bypass"
         if key is not None:
@@ -350,17 +377,18 @@ class Retriever:
             await self.cache.set(namespace, key, json.dumps([r.to_dict() for r in results]).encode())
         return self._answered(m, results, _path_of(ran), outcome, reasons, started)
 
-    async def _injected(self, m: RetrievalMetrics, path: str) -> None:
+    async def _injected(self, faults: Faults, m: RetrievalMetrics, path: str) -> None:
         """The demo's fault, before anything else: it delays or fails cache hits too."""
         try:
-            await self.faults.before_search()  # type: ignore[union-attr]
+            await faults.before_search()
         except InjectedFault as exc:
             m.queries.labels(path).inc()
             m.errors.labels(path, "injected").inc()
             raise RetrievalFailed(str(exc)) from None
 
-    def _answered(self, m: RetrievalMetrics, results: list[Result], path: str, cache: str, reasons: list[str],
-                  started: float) -> Answer:
+    def _answered(
+        self, m: RetrievalMetrics, results: list[Result], path: str, cache: str, reasons: list[str], started: float
+    ) -> Answer:
         elapsed = self._timer() - started
         m.queries.labels(path).inc()
         m.latency.labels(path, cache).observe(elapsed)
@@ -368,8 +396,9 @@ class Retriever:
             m.degraded.labels(reason.split(":")[0]).inc()
         return Answer(results, path, cache, bool(reasons), tuple(reasons), elapsed * 1000)
 
-    async def _search(self, m: RetrievalMetrics, query: str, namespace: str, top_k: int,
-                      sources: Sequence[str]) -> tuple[list[Result], tuple[str, ...], list[str]]:
+    async def _search(
+        self, m: RetrievalMetrics, query: str, namespace: str, top_k: int, sources: Sequence[str]
+    ) -> tuple[list[Result], tuple[str, ...], list[str]]:
         """Run the sources concurrently; return the results, the sources that answered, and
         why any source was left out."""
         lists: dict[str, list[int]] = {}
@@ -408,7 +437,7 @@ class Retriever:
                     lists["graph"] = self._walk(m, namespace, seeds)
                 if scope.cancelled_caught:
                     failed.append(f"graph: timed out after {s.graph_timeout * 1000:g} ms")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001  (a failed source is left out and named; the other answers)
                 failed.append(f"graph: {type(exc).__name__}: {exc}")
                 log.error("retrieval.source_failed", source="graph", error=repr(exc))
 
@@ -421,20 +450,28 @@ class Retriever:
             raise RetrievalFailed("; ".join(failed) or "no source ran")
         t = self._timer()
         if len(lists) == 1 and "vector" in lists:
-            results = [self._result(k, cosine[k], {"vector": rank, "graph": None})
-                       for rank, k in enumerate(lists["vector"][:top_k], start=1)]
+            results = [
+                self._result(k, cosine[k], {"vector": rank, "graph": None})
+                for rank, k in enumerate(lists["vector"][:top_k], start=1)
+            ]
         else:
-            fused = fuse({name: [str(k) for k in keys] for name, keys in lists.items()},
-                         weights=s.weights, k=s.rrf_k, limit=top_k)
-            results = [self._result(int(f.id), f.score, {"vector": f.ranks.get("vector"), "graph": f.ranks.get("graph")})
-                       for f in fused]
+            fused = fuse(
+                {name: [str(k) for k in keys] for name, keys in lists.items()},
+                weights=s.weights,
+                k=s.rrf_k,
+                limit=top_k,
+            )
+            results = [
+                self._result(int(f.id), f.score, {"vector": f.ranks.get("vector"), "graph": f.ranks.get("graph")})
+                for f in fused
+            ]
         m.stage.labels("fuse").observe(self._timer() - t)
         ran = tuple(name for name in ("vector", "graph") if name in lists)
         return [r for r in results if r.id], ran, failed
 
     def _result(self, key: int, score: float, ranks: Mapping[str, int | None]) -> Result:
         """The result for a key; its id is "" if it was deleted meanwhile (the caller drops it)."""
-        resolved = self.store.adjacency.resolve(key)  # type: ignore[attr-defined]
+        resolved = self.store.resolve(key)
         text = self._texts.get(key)
         if resolved is None or text is None:
             return Result("", score, "", ranks)
@@ -456,15 +493,14 @@ class Retriever:
     def _walk(self, m: RetrievalMetrics, namespace: str, seeds: Sequence[int]) -> list[int]:
         """Each seed followed by its neighbourhood (nearest first), best seed first."""
         t = self._timer()
-        adjacency = self.store.adjacency  # type: ignore[attr-defined]
         s = self.settings
         out: dict[int, None] = {}
         for seed in seeds:
-            resolved = adjacency.resolve(seed)
+            resolved = self.store.resolve(seed)
             if resolved is None:
                 continue
             out.setdefault(seed, None)
-            for neighbour, _hop in adjacency.expand(namespace, [resolved[1]], s.hops, s.expand_limit):
+            for neighbour, _hop in self.store.expand(namespace, [resolved[1]], s.hops, s.expand_limit):
                 out.setdefault(memory_vid(namespace, neighbour), None)
             if len(out) >= s.expand_limit:
                 break

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +39,18 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from retrieval.corpus import generate
-from retrieval.index_files import fingerprint
 from retrieval.gating import GRAPH, HYBRID, VECTOR, Route, choose_route
 from retrieval.graph_store import StoreUnavailable
+from retrieval.index_files import fingerprint
 from retrieval.memory import Memory
 from retrieval.quality import K, Question, Scores, load_labelled_set, mean, score
 from retrieval.retriever import NotReady, RetrievalFailed, Retriever
 
 log = structlog.get_logger("rolloutd.retrieval")
 
-VALIDATION_NAMESPACE = "rolloutd-validation"   # reserved: the synthetic corpus lives here
+VALIDATION_NAMESPACE = "rolloutd-validation"  # reserved: the synthetic corpus lives here
 PATHS = ("hybrid", "vector", "graph")
-ROUTES: Mapping[str, Route] = {            # cache off: a cached answer measures the cache
+ROUTES: Mapping[str, Route] = {  # cache off: a cached answer measures the cache
     "hybrid": choose_route({VECTOR: True, GRAPH: True, HYBRID: True}),
     "vector": choose_route({VECTOR: True}),
     "graph": choose_route({GRAPH: True}),
@@ -59,13 +59,10 @@ METRICS = ("precision_at_10", "recall_at_10", "top3", "mrr", "ndcg_at_10")
 Predicate = Callable[[], bool]
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     MEASURED = "measured"
-    OFF = "off"                       # its predicate said no: nothing ran, nothing exported
-    NOT_MEASURED = "not_measured"     # on, but the round could not measure (the reason says why)
-
-    def __str__(self) -> str:
-        return self.value
+    OFF = "off"  # its predicate said no: nothing ran, nothing exported
+    NOT_MEASURED = "not_measured"  # on, but the round could not measure (the reason says why)
 
 
 @dataclass(frozen=True)
@@ -85,12 +82,11 @@ class ValidationSet:
     """The questions to ask, and the memories to seed first (synthetic set only)."""
 
     questions: tuple[Question, ...]
-    source: str                                   # "synthetic" or the labelled set's path
+    source: str  # "synthetic" or the labelled set's path
     memories: tuple[Mapping[str, Any], ...] = ()  # seeded into an empty namespace; () = query only
 
     @classmethod
-    def synthetic(cls, memories: int = 300, *, seed: int = 7,
-                  namespace: str = VALIDATION_NAMESPACE) -> ValidationSet:
+    def synthetic(cls, memories: int = 300, *, seed: int = 7, namespace: str = VALIDATION_NAMESPACE) -> ValidationSet:
         corpus = generate(memories, seed=seed, namespace=namespace)
         return cls(tuple(corpus.questions), "synthetic", tuple(corpus.memories))
 
@@ -123,8 +119,13 @@ class ValidationSet:
             for stale in sorted(set(stored) - set(expected)):
                 await retriever.delete(namespace, stale)
             written += len(wanted)
-            log.info("validation.seeded", namespace=namespace, memories=len(wanted),
-                     removed=len(set(stored) - set(expected)), was=len(stored))
+            log.info(
+                "validation.seeded",
+                namespace=namespace,
+                memories=len(wanted),
+                removed=len(set(stored) - set(expected)),
+                was=len(stored),
+            )
         return written
 
 
@@ -133,13 +134,12 @@ class ValidationSet:
 
 @dataclass(frozen=True)
 class Measurement:
-    scores: Mapping[str, Scores]                        # path -> mean over every question
-    by_hops: Mapping[str, Mapping[int, Scores]]         # path -> hops -> mean
-    degraded: int                                       # answers that left a source out
+    scores: Mapping[str, Scores]  # path -> mean over every question
+    by_hops: Mapping[str, Mapping[int, Scores]]  # path -> hops -> mean
+    degraded: int  # answers that left a source out
 
 
-async def measure(retriever: Retriever, questions: Sequence[Question],
-                  paths: Sequence[str] = PATHS) -> Measurement:
+async def measure(retriever: Retriever, questions: Sequence[Question], paths: Sequence[str] = PATHS) -> Measurement:
     """Ask every question along every path (quietly) and score the answers."""
     scores: dict[str, Scores] = {}
     by_hops: dict[str, dict[int, Scores]] = {}
@@ -155,15 +155,16 @@ async def measure(retriever: Retriever, questions: Sequence[Question],
     return Measurement(scores, by_hops, degraded)
 
 
-async def validate(retriever: Retriever, questions: Sequence[Question],
-                   paths: Sequence[str] = PATHS) -> dict[str, Scores]:
+async def validate(
+    retriever: Retriever, questions: Sequence[Question], paths: Sequence[str] = PATHS
+) -> dict[str, Scores]:
     """The mean scores per path (see `measure` for the split by hops)."""
     return dict((await measure(retriever, questions, paths)).scores)
 
 
 @dataclass(frozen=True)
 class Latency:
-    p50: float          # seconds
+    p50: float  # seconds
     p95: float
     queries: int
     degraded: int
@@ -184,8 +185,9 @@ def probe_questions(questions: Sequence[Question], n: int, offset: int = 0) -> l
     return [questions[(offset + i) % len(questions)] for i in range(n)]
 
 
-async def probe(retriever: Retriever, questions: Sequence[Question],
-                timer: Callable[[], float] = time.perf_counter) -> Latency:
+async def probe(
+    retriever: Retriever, questions: Sequence[Question], timer: Callable[[], float] = time.perf_counter
+) -> Latency:
     """Time each question along the hybrid route, one at a time, wall clock."""
     if not questions:
         raise ValueError("the probe needs at least one question")
@@ -209,8 +211,9 @@ class ValidationGauges(Collector):
     dropped, so turning the flag back on shows nothing until a fresh measurement.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, validation_on: Predicate | None = None,
-                 probe_on: Predicate | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, validation_on: Predicate | None = None, probe_on: Predicate | None = None
+    ) -> None:
         self._validation_on = validation_on or (lambda: True)
         self._probe_on = probe_on or (lambda: True)
         self._scores: tuple[Mapping[str, Scores], float] | None = None
@@ -238,7 +241,7 @@ class ValidationGauges(Collector):
             self._scores = None
         if not self._probe_on():
             self._latency = None
-        scores, latency = self._scores, self._latency   # one read: the job may publish meanwhile
+        scores, latency = self._scores, self._latency  # one read: the job may publish meanwhile
         if scores is not None:
             yield from self._score_families(*scores)
         if latency is not None:
@@ -248,24 +251,35 @@ class ValidationGauges(Collector):
     def _score_families(scores: Mapping[str, Scores], at: float | None) -> Iterator[Metric]:
         hybrid = scores.get("hybrid")
         for name, doc, field, scale in (
-            ("hybrid_rag_top3_accuracy_percent", "Ground-truth questions with a right answer in the hybrid "
-             "top 3 (0-100).", "top3", 100.0),
-            ("hybrid_rag_precision_at_10", "Hybrid Precision@10 over the ground-truth set (0-1).",
-             "precision_at_10", 1.0),
+            (
+                "hybrid_rag_top3_accuracy_percent",
+                "Ground-truth questions with a right answer in the hybrid top 3 (0-100).",
+                "top3",
+                100.0,
+            ),
+            (
+                "hybrid_rag_precision_at_10",
+                "Hybrid Precision@10 over the ground-truth set (0-1).",
+                "precision_at_10",
+                1.0,
+            ),
             ("hybrid_rag_recall_at_10", "Hybrid Recall@10 over the ground-truth set (0-1).", "recall_at_10", 1.0),
         ):
             family = GaugeMetricFamily(name, doc)
             if hybrid is not None:
                 family.add_metric([], getattr(hybrid, field) * scale)
             yield family
-        family = GaugeMetricFamily("hybrid_rag_validation_score", "Mean ground-truth score by path and metric.",
-                                   labels=["path", "metric"])
+        family = GaugeMetricFamily(
+            "hybrid_rag_validation_score", "Mean ground-truth score by path and metric.", labels=["path", "metric"]
+        )
         for path, s in sorted(scores.items()):
             for metric, value in s.to_dict().items():
                 family.add_metric([path, metric], value)
         yield family
-        last = GaugeMetricFamily("hybrid_rag_validation_last_run_timestamp_seconds",
-                                 "When the last ground-truth validation was measured (Unix time).")
+        last = GaugeMetricFamily(
+            "hybrid_rag_validation_last_run_timestamp_seconds",
+            "When the last ground-truth validation was measured (Unix time).",
+        )
         if at is not None:
             last.add_metric([], at)
         yield last
@@ -273,8 +287,10 @@ class ValidationGauges(Collector):
     @staticmethod
     def _latency_families(latency: Latency | None) -> Iterator[Metric]:
         for name, q in (("p50", 0.50), ("p95", 0.95)):
-            family = GaugeMetricFamily(f"hybrid_rag_benchmark_{name}_latency_seconds",
-                                       f"Synthetic probe: {q:.0%} of hybrid retrievals answered within (seconds).")
+            family = GaugeMetricFamily(
+                f"hybrid_rag_benchmark_{name}_latency_seconds",
+                f"Synthetic probe: {q:.0%} of hybrid retrievals answered within (seconds).",
+            )
             if latency is not None:
                 family.add_metric([], latency.p50 if name == "p50" else latency.p95)
             yield family
@@ -286,10 +302,20 @@ class ValidationGauges(Collector):
 class ValidationJob:
     """Validation and the probe, every `interval` seconds while their predicates hold."""
 
-    def __init__(self, retriever: Retriever, validation_set: ValidationSet, gauges: ValidationGauges, *,
-                 validation_on: Predicate, probe_on: Predicate, interval: float = 300.0,
-                 probe_queries: int = 50, paths: Sequence[str] = PATHS,
-                 clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        validation_set: ValidationSet,
+        gauges: ValidationGauges,
+        *,
+        validation_on: Predicate,
+        probe_on: Predicate,
+        interval: float = 300.0,
+        probe_queries: int = 50,
+        paths: Sequence[str] = PATHS,
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.retriever, self.set, self.gauges = retriever, validation_set, gauges
         self.validation_on, self.probe_on = validation_on, probe_on
         self.interval, self.probe_queries, self.paths = interval, probe_queries, tuple(paths)
@@ -342,17 +368,23 @@ class ValidationJob:
             return f"cannot seed the validation corpus: {exc}"
         empty = [ns for ns in self.set.namespaces if r.count(ns) == 0]
         if empty:
-            return (f"namespace(s) {', '.join(empty)} hold no memories; store the memories the labelled set "
-                    f"{self.set.source} points at")
+            return (
+                f"namespace(s) {', '.join(empty)} hold no memories; store the memories the labelled set "
+                f"{self.set.source} points at"
+            )
         return None
 
     def _not_measured(self, validation: bool, probe: bool, reason: str) -> Round:
         self.gauges.clear_scores()
         self.gauges.clear_latency()
-        log.warning("validation.not_measured", reason=reason, validation=validation, probe=probe,
-                    effect=f"no gauge values; retried in {self.interval:g}s")
-        off_or = lambda on: Status.NOT_MEASURED if on else Status.OFF  # noqa: E731
-        return Round(off_or(validation), off_or(probe), reason)
+        log.warning(
+            "validation.not_measured",
+            reason=reason,
+            validation=validation,
+            probe=probe,
+            effect=f"no gauge values; retried in {self.interval:g}s",
+        )
+        return Round(_off_or(validation), _off_or(probe), reason)
 
     async def _validate(self) -> tuple[Status, str | None]:
         if self.retriever.store_problem is not None:
@@ -365,10 +397,15 @@ class ValidationJob:
             else:
                 self.gauges.publish_scores(m.scores, self._clock())
                 hybrid = m.scores.get("hybrid")
-                log.info("validation.measured", source=self.set.source, questions=len(self.set.questions),
-                         degraded=m.degraded, **_rounded(hybrid.to_dict() if hybrid else {}),
-                         top3_by_hops={h: round(s.top3, 4) for h, s in m.by_hops.get("hybrid", {}).items()},
-                         paths={p: _rounded(s.to_dict()) for p, s in m.scores.items()})
+                log.info(
+                    "validation.measured",
+                    source=self.set.source,
+                    questions=len(self.set.questions),
+                    degraded=m.degraded,
+                    **_rounded(hybrid.to_dict() if hybrid else {}),
+                    top3_by_hops={h: round(s.top3, 4) for h, s in m.by_hops.get("hybrid", {}).items()},
+                    paths={p: _rounded(s.to_dict()) for p, s in m.scores.items()},
+                )
                 return Status.MEASURED, None
         self.gauges.clear_scores()
         log.warning("validation.not_measured", reason=reason, effect=f"no gauge values; retried in {self.interval:g}s")
@@ -384,10 +421,20 @@ class ValidationJob:
             log.warning("probe.not_measured", reason=str(exc), effect=f"no gauge values; retried in {self.interval:g}s")
             return Status.NOT_MEASURED, f"the probe failed: {exc}"
         self.gauges.publish_latency(latency)
-        log.info("probe.measured", p95=round(latency.p95, 6), p50=round(latency.p50, 6), queries=latency.queries,
-                 degraded=latency.degraded)
+        log.info(
+            "probe.measured",
+            p95=round(latency.p95, 6),
+            p50=round(latency.p50, 6),
+            queries=latency.queries,
+            degraded=latency.degraded,
+        )
         return Status.MEASURED, None
 
 
 def _rounded(values: Mapping[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in values.items()}
+
+
+def _off_or(on: bool) -> Status:
+    """What a round that could not measure reports for a measurement: not measured if it was on."""
+    return Status.NOT_MEASURED if on else Status.OFF

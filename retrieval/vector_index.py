@@ -57,10 +57,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import faiss
@@ -69,6 +69,7 @@ import numpy as np
 from flags.atomic import atomic_write
 
 faiss.omp_set_num_threads(1)
+_FAISS: Any = faiss  # for what its stubs lack (SearchParametersHNSW exists at run time)
 
 FORMAT = "rolloutd-vector-index/1"
 _MAGIC = b"RVIX1 "
@@ -76,10 +77,11 @@ _CORES = max(1, os.cpu_count() or 1)
 _DEAD = -1
 
 Kind = Literal["flat", "ivf", "hnsw"]
+T = TypeVar("T")
 KINDS = ("flat", "ivf", "hnsw")
-_EXACT_LIKE = ("flat", "ivf")   # id == label, removal by id
+_EXACT_LIKE = ("flat", "ivf")  # id == label, removal by id
 IVF_RETRAIN_GROWTH = 4
-IVF_MIN_NPROBE, IVF_PROBE_SHARE = 48, 6   # default nprobe: max(48, nlist / 6)
+IVF_MIN_NPROBE, IVF_PROBE_SHARE = 48, 6  # default nprobe: max(48, nlist / 6)
 Hits = list[list[tuple[int, float]]]
 
 
@@ -163,18 +165,19 @@ class VectorIndex:
         self.hnsw_m, self.ef_search, self.ef_construction = hnsw_m, ef_search, ef_construction
         self.rebuild_fraction = rebuild_fraction
         self.nprobe, self.ivf_train_at = nprobe, ivf_train_at
-        self._ivf_trained_on = 0   # vectors the IVF lists were trained with (0: not trained)
+        self._ivf_trained_on = 0  # vectors the IVF lists were trained with (0: not trained)
         self.epoch = 0  # +1 on every mutation; caches key on it
         self._live: dict[int, int] = {}  # id → label (flat: label == id)
         self._label_ids = np.empty(0, dtype=np.int64)  # hnsw: label → id, _DEAD if tombstoned
         self._tombstones = 0
         self._selector: tuple[faiss.IDSelector, ...] | None = None
-        self._index = self._new_faiss_index()
+        # Any: faiss-cpu's stubs miss what SWIG adds at run time (IndexIDMap2.id_map, IndexIVF.nlist, ...)
+        self._index: Any = self._new_faiss_index()
         self._rw = ReadWriteLock()
         self._mutating = anyio.Lock()
         self._saving = anyio.Lock()
         self._limiter: anyio.CapacityLimiter | None = None  # made in the loop that uses it
-        self.saved_meta: dict = {}      # what `save(meta=, extra=)` stored, after `load`
+        self.saved_meta: dict = {}  # what `save(meta=, extra=)` stored, after `load`
         self.saved_extra: bytes = b""
 
     @property
@@ -198,7 +201,7 @@ class VectorIndex:
         index.hnsw.efConstruction = self.ef_construction
         return index
 
-    async def _in_thread(self, func, *args):  # type: ignore[no-untyped-def]
+    async def _in_thread(self, func: Callable[..., T], *args: object) -> T:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(_CORES)
         return await anyio.to_thread.run_sync(_single_threaded, func, *args, limiter=self._limiter)
@@ -254,12 +257,12 @@ class VectorIndex:
             self._remove_sync(replaced)
         if self.kind in _EXACT_LIKE:
             self._index.add_with_ids(vecs, ids)
-            self._live.update(zip(ids.tolist(), ids.tolist()))
+            self._live.update(zip(ids.tolist(), ids.tolist(), strict=False))
             return
         first = self._index.ntotal
         self._index.add(vecs)
         self._label_ids = np.concatenate([self._label_ids, ids])
-        self._live.update(zip(ids.tolist(), range(first, first + len(ids))))
+        self._live.update(zip(ids.tolist(), range(first, first + len(ids)), strict=False))
 
     def _remove_sync(self, ids: list[int]) -> None:
         labels = [self._live.pop(i) for i in ids]
@@ -276,15 +279,15 @@ class VectorIndex:
         if not isinstance(index, faiss.IndexIVF):
             ids = faiss.vector_to_array(index.id_map).astype(np.int64)
             return ids, faiss.downcast_index(index.index).reconstruct_n(0, index.ntotal)
-        lists = index.invlists
-        ids, vectors = [np.empty(0, np.int64)], [np.empty((0, self.dim), np.float32)]
+        lists: Any = index.invlists  # never None on a built IndexIVF (the stubs say Optional)
+        id_parts, vector_parts = [np.empty(0, np.int64)], [np.empty((0, self.dim), np.float32)]
         for i in range(index.nlist):
             size = lists.list_size(i)
-            if size:   # IVFFlat codes are the raw float32 vectors
-                ids.append(faiss.rev_swig_ptr(lists.get_ids(i), size).astype(np.int64))
+            if size:  # IVFFlat codes are the raw float32 vectors
+                id_parts.append(faiss.rev_swig_ptr(lists.get_ids(i), size).astype(np.int64))
                 codes = faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size)
-                vectors.append(np.frombuffer(bytes(codes), dtype=np.float32).reshape(size, self.dim))
-        return np.concatenate(ids), np.concatenate(vectors)
+                vector_parts.append(np.frombuffer(bytes(codes), dtype=np.float32).reshape(size, self.dim))
+        return np.concatenate(id_parts), np.concatenate(vector_parts)
 
     def _trained_ivf(self) -> faiss.Index:
         """A fresh IndexIVFFlat trained on, and holding, everything the index holds now."""
@@ -293,7 +296,9 @@ class VectorIndex:
         nlist = int(min(4096, max(1, round(np.sqrt(n)))))
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = vectors if n <= 256 * nlist else vectors[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)]
+        sample = (
+            vectors if n <= 256 * nlist else vectors[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)]
+        )
         ivf.train(sample)
         ivf.add_with_ids(vectors, ids)
         return ivf
@@ -327,7 +332,7 @@ class VectorIndex:
         if self.kind == "ivf":
             if not self.needs_rebuild():
                 return
-            async with self._rw.read():   # searches go on meanwhile; `_mutating` freezes the contents
+            async with self._rw.read():  # searches go on meanwhile; `_mutating` freezes the contents
                 fresh = await self._in_thread(self._trained_ivf)
             async with self._rw.write():
                 self._index, self._ivf_trained_on = fresh, fresh.ntotal
@@ -340,7 +345,7 @@ class VectorIndex:
             fresh, label_ids = await self._in_thread(self._build_from_live)
         async with self._rw.write():
             self._index, self._label_ids = fresh, label_ids
-            self._live = dict(zip(label_ids.tolist(), range(len(label_ids))))
+            self._live = dict(zip(label_ids.tolist(), range(len(label_ids)), strict=False))
             self._tombstones = 0
             self._selector = None
 
@@ -374,15 +379,15 @@ class VectorIndex:
         elif self.kind in _EXACT_LIKE:
             scores, ids = self._index.search(queries, k)
         else:
-            params = faiss.SearchParametersHNSW()
+            params = _FAISS.SearchParametersHNSW()
             params.efSearch = max(self.ef_search, k)
             if self._selector is not None:
                 params.sel = self._selector[0]
             scores, labels = self._index.search(queries, k, params=params)
             ids = np.where(labels >= 0, self._label_ids[labels], -1)
         return [
-            [(i, s) for i, s in zip(row_ids.tolist(), row_scores.tolist()) if i != -1]
-            for row_ids, row_scores in zip(ids, scores)
+            [(i, s) for i, s in zip(row_ids.tolist(), row_scores.tolist(), strict=False) if i != -1]
+            for row_ids, row_scores in zip(ids, scores, strict=False)
         ]
 
     # --- validation ---------------------------------------------------------------
@@ -469,9 +474,12 @@ class VectorIndex:
 
     @classmethod
     def _from_parts(cls, path: Path, header: dict, payload: bytes) -> VectorIndex:
-        index = cls(header["dim"], header["kind"],
-                    **dict(zip(("hnsw_m", "ef_search", "ef_construction", "rebuild_fraction"), header["hnsw"])),
-                    **dict(zip(("nprobe", "ivf_train_at"), header.get("ivf", ())[:2])))
+        index = cls(
+            header["dim"],
+            header["kind"],
+            **dict(zip(("hnsw_m", "ef_search", "ef_construction", "rebuild_fraction"), header["hnsw"], strict=False)),
+            **dict(zip(("nprobe", "ivf_train_at"), header.get("ivf", ())[:2], strict=False)),
+        )
         if header["kind"] == "ivf":
             index._ivf_trained_on = header["ivf"][2]
         try:
@@ -488,25 +496,25 @@ class VectorIndex:
     def _restore_ids(self, path: Path, tail: bytes, count: int) -> None:
         if self.kind == "flat":
             ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-            self._live = dict(zip(ids.tolist(), ids.tolist()))
+            self._live = dict(zip(ids.tolist(), ids.tolist(), strict=False))
         elif self.kind == "ivf":
             ids = np.frombuffer(tail, dtype="<i8").astype(np.int64)
             if ids.size != self._index.ntotal:
                 raise IndexFileError(path, f"{ids.size} ids for {self._index.ntotal} vectors")
-            self._live = dict(zip(ids.tolist(), ids.tolist()))
+            self._live = dict(zip(ids.tolist(), ids.tolist(), strict=False))
         else:
             self._label_ids = np.frombuffer(tail, dtype="<i8").astype(np.int64)
             if self._label_ids.size != self._index.ntotal:
                 raise IndexFileError(path, f"{self._label_ids.size} labels for {self._index.ntotal} vectors")
             live = np.flatnonzero(self._label_ids != _DEAD)
-            self._live = dict(zip(self._label_ids[live].tolist(), live.tolist()))
+            self._live = dict(zip(self._label_ids[live].tolist(), live.tolist(), strict=False))
             self._tombstones = int(self._label_ids.size - live.size)
             self._refresh_selector()
         if len(self._live) != count:
             raise IndexFileError(path, f"{len(self._live)} ids inside, header says {count}")
 
 
-def _single_threaded(func, *args):  # type: ignore[no-untyped-def]
+def _single_threaded(func: Callable[..., T], *args: object) -> T:
     # OpenMP's thread count is per thread: the import-time setting covers only the importing
     # thread, and a worker thread would otherwise run every search with an OpenMP team of
     # one per core (measured: flat search p95 16 ms instead of 1.2 ms at 10,000 vectors).
@@ -524,7 +532,9 @@ def _split(path: Path, data: bytes) -> tuple[dict, bytes]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise IndexFileError(path, f"unreadable header: {exc}") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise IndexFileError(path, f"format {header.get('format') if isinstance(header, dict) else header!r} != {FORMAT}")
+        raise IndexFileError(
+            path, f"format {header.get('format') if isinstance(header, dict) else header!r} != {FORMAT}"
+        )
     payload = data[line_end + 1 :]
     if len(payload) != header["payload_bytes"]:
         raise IndexFileError(path, f"torn: {len(payload)} payload bytes, header says {header['payload_bytes']}")

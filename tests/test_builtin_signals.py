@@ -13,9 +13,15 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
+from starlette.applications import Starlette
 
+from controller.guards import Outcome
+from controller.host.signals_api import signal_routes
+from controller.plan import Severity
+from controller.plan_load import PlanError, load_plan
 from controller.sources.builtin_signals import (
     BuiltinSource,
     History,
@@ -25,11 +31,8 @@ from controller.sources.builtin_signals import (
     missing_builtins,
     window_value,
 )
-from controller.guards import Outcome
-from controller.plan import Severity
-from controller.plan_load import PlanError, load_plan
-from controller.host.signals_api import signal_routes
 from retrieval.metrics import LATENCY_BUCKETS, RetrievalMetrics
+from retrieval.quality import Scores
 from retrieval.validation import ValidationGauges
 from tests.support.daemon_harness import free_port
 from tests.support.realservers import PrometheusServer
@@ -52,8 +55,9 @@ class WallClock:
         self.now += timedelta(seconds=seconds)
 
 
-def record(metrics: RetrievalMetrics, latencies: list[float], *, errors: int = 0, hits: int = 0,
-           misses: int = 0) -> None:
+def record(
+    metrics: RetrievalMetrics, latencies: list[float], *, errors: int = 0, hits: int = 0, misses: int = 0
+) -> None:
     for seconds in latencies:
         metrics.queries.labels("hybrid").inc()
         metrics.latency.labels("hybrid", "miss").observe(seconds)
@@ -97,7 +101,7 @@ def test_quantiles_and_ratios_agree_with_prometheus(name: str, tmp_path: Path) -
             "p99_latency_seconds": "histogram_quantile(0.99, sum by (le) (hybrid_rag_retrieval_latency_seconds_bucket))",
             "error_ratio": "sum(hybrid_rag_errors_total) / sum(hybrid_rag_queries_total)",
             "cache_hit_ratio": "sum(redis_cache_hits_total) / (sum(redis_cache_hits_total) + "
-                               "sum(redis_cache_misses_total))",
+            "sum(redis_cache_misses_total))",
         }.items():
             expected = float(prometheus.query(promql)[0]["value"][1])
             assert window_value(signal, sample, empty) == pytest.approx(expected, rel=1e-9), signal
@@ -111,7 +115,7 @@ def test_quantiles_and_ratios_agree_with_prometheus(name: str, tmp_path: Path) -
 def test_histogram_quantile_edges() -> None:
     assert histogram_quantile(0.95, ()) is None
     assert histogram_quantile(0.95, (0.0,) * (len(LATENCY_BUCKETS) + 1)) is None
-    counts = tuple([0.0] * 3 + [10.0] * (len(LATENCY_BUCKETS) - 2))   # all ten in the (0.001, 0.0025] bucket
+    counts = tuple([0.0] * 3 + [10.0] * (len(LATENCY_BUCKETS) - 2))  # all ten in the (0.001, 0.0025] bucket
     assert histogram_quantile(0.5, counts) == pytest.approx(0.001 + 0.0015 * 0.5)
 
 
@@ -131,14 +135,14 @@ async def test_a_guard_reads_only_its_window(rig: tuple[BuiltinSource, Retrieval
     """At 60x a 5-minute window is 5 wall seconds: slow queries 6 s ago are out of it."""
     source, metrics, clock = rig
     p95 = load_plan(PHASE5).guard("p95_latency")
-    record(metrics, [0.45] * 50)                 # a slow spell: past the critical 300 ms
+    record(metrics, [0.45] * 50)  # a slow spell: past the critical 300 ms
     clock.advance(1)
     observation = await source.observe(p95, clock())
     assert observation.outcome is Outcome.BREACH and observation.severity is Severity.CRITICAL
     assert observation.query == "builtin:p95_latency_seconds[5m]"
     clock.advance(6)
-    source.take_sample()                         # the sampler's tick (its loop is not running here)
-    record(metrics, [0.02] * 50)                 # then fast again, within the window
+    source.take_sample()  # the sampler's tick (its loop is not running here)
+    record(metrics, [0.02] * 50)  # then fast again, within the window
     clock.advance(1)
     observation = await source.observe(p95, clock())
     assert observation.outcome is Outcome.PASS and observation.value < 0.05
@@ -149,7 +153,7 @@ async def test_no_traffic_in_the_window_is_no_data(rig: tuple[BuiltinSource, Ret
     source, metrics, clock = rig
     plan = load_plan(PHASE5)
     record(metrics, [0.01] * 20, hits=5, misses=5)
-    clock.advance(10)                            # two windows later, nothing new
+    clock.advance(10)  # two windows later, nothing new
     for name in ("p95_latency", "error_rate", "cache_hit_rate"):
         observation = await source.observe(plan.guard(name), clock())
         assert observation.outcome is Outcome.NO_DATA, name
@@ -175,7 +179,7 @@ async def test_validation_gauges_follow_their_flag(rig: tuple[BuiltinSource, Ret
     _, metrics, clock = rig
     flag = {"on": True}
     gauges = ValidationGauges(CollectorRegistry(), validation_on=lambda: flag["on"])
-    from retrieval.quality import Scores
+
     gauges.publish_scores({"hybrid": Scores(0.42, 0.9, 0.8, 0.5, 0.6)}, at=0.0)
     source = BuiltinSource(Sampler(metrics, gauges, clock), load_plan(PHASE5), time_scale=60.0)
     precision = load_plan(PHASE5).guard("retrieval_precision")
@@ -186,8 +190,9 @@ async def test_validation_gauges_follow_their_flag(rig: tuple[BuiltinSource, Ret
 
 
 @pytest.mark.anyio
-async def test_a_pushed_value_goes_stale_after_the_window(rig: tuple[BuiltinSource, RetrievalMetrics,
-                                                                      WallClock]) -> None:
+async def test_a_pushed_value_goes_stale_after_the_window(
+    rig: tuple[BuiltinSource, RetrievalMetrics, WallClock],
+) -> None:
     source, _, clock = rig
     guard = load_plan(PHASE5).guard("test_pass_rate")
     assert (await source.observe(guard, clock())).outcome is Outcome.NO_DATA
@@ -196,7 +201,7 @@ async def test_a_pushed_value_goes_stale_after_the_window(rig: tuple[BuiltinSour
     assert observation.value == 96.5 and observation.severity is Severity.WARNING
     clock.advance(14)
     assert (await source.observe(guard, clock())).value == 96.5
-    clock.advance(2)                             # 16 s = 16 plan minutes at 60x: past three 5m windows
+    clock.advance(2)  # 16 s = 16 plan minutes at 60x: past three 5m windows
     assert (await source.observe(guard, clock())).outcome is Outcome.NO_DATA
     with pytest.raises(KeyError, match="pushable signals: regression_pass_rate"):
         source.push("precision_at_10", 0.9)
@@ -205,13 +210,14 @@ async def test_a_pushed_value_goes_stale_after_the_window(rig: tuple[BuiltinSour
 
 
 @pytest.mark.anyio
-async def test_report_measures_the_worst_over_the_period(rig: tuple[BuiltinSource, RetrievalMetrics,
-                                                                    WallClock]) -> None:
+async def test_report_measures_the_worst_over_the_period(
+    rig: tuple[BuiltinSource, RetrievalMetrics, WallClock],
+) -> None:
     """A checkpoint criterion is the worst windowed value through the period, as the PromQL
     subquery `max_over_time((q)[period:step])` gives; seed metrics cover the whole period."""
     source, metrics, clock = rig
     plan = load_plan(PHASE5)
-    for minute in range(60):                     # one plan hour = 60 wall seconds at 60x
+    for minute in range(60):  # one plan hour = 60 wall seconds at 60x
         record(metrics, [0.35 if minute == 30 else 0.01] * 10, hits=7, misses=3)
         clock.advance(1)
         source.take_sample()
@@ -220,7 +226,7 @@ async def test_report_measures_the_worst_over_the_period(rig: tuple[BuiltinSourc
     hit = await source.seed_metric("cache_hit_rate", window=60, at=clock())
     assert hit.value == pytest.approx(0.7)
     p95_ms = await source.seed_metric("p95_latency_ms", window=60, at=clock())
-    assert 1 < p95_ms.value < 10                 # one slow minute in sixty is below the 95th percentile
+    assert 1 < p95_ms.value < 10  # one slow minute in sixty is below the 95th percentile
     cost = await source.seed_metric("cost_reduction_percentage", window=60, at=clock())
     assert cost.value is None and "billing" in cost.reason
     precision = await source.seed_metric("retrieval_accuracy_precision_at_10", window=60, at=clock())
@@ -232,7 +238,7 @@ def test_history_keeps_its_retention_and_order() -> None:
     for t in range(1000):
         history.add(Sample(t=float(t)))
     assert len(history) < 200 and history.first_from(0.0).t >= 1000 - 10 - 200
-    history.add(Sample(t=5.0))                   # a clock stepping back is skipped
+    history.add(Sample(t=5.0))  # a clock stepping back is skipped
     assert history.at(2000.0).t == 999.0
     assert history.at(-1.0) is None
     assert [s.t for s in history.between(995, 997)] == [995.0, 996.0, 997.0]
@@ -255,8 +261,6 @@ def test_an_unknown_builtin_is_a_plan_error(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_push_route(rig: tuple[BuiltinSource, RetrievalMetrics, WallClock]) -> None:
-    import httpx
-    from starlette.applications import Starlette
 
     source, _, _ = rig
 
@@ -278,15 +282,16 @@ async def test_push_route(rig: tuple[BuiltinSource, RetrievalMetrics, WallClock]
 
 
 @pytest.mark.anyio
-async def test_a_criterion_is_the_worst_the_guard_observed(rig: tuple[BuiltinSource, RetrievalMetrics,
-                                                                      WallClock]) -> None:
+async def test_a_criterion_is_the_worst_the_guard_observed(
+    rig: tuple[BuiltinSource, RetrievalMetrics, WallClock],
+) -> None:
     """With evaluations in the period, the report's criterion is the worst of them: the value
     the journal's warnings were about, not a sparser window between two evaluations."""
     source, metrics, clock = rig
     plan = load_plan(PHASE5)
     guard = plan.guard("cache_hit_rate")
     seen = []
-    for hits in (9, 6, 8):                       # 90%, 60%, 80% hit ratio in three 5 s windows
+    for hits in (9, 6, 8):  # 90%, 60%, 80% hit ratio in three 5 s windows
         source.take_sample()
         record(metrics, [], hits=hits, misses=10 - hits)
         clock.advance(5)
@@ -295,12 +300,11 @@ async def test_a_criterion_is_the_worst_the_guard_observed(rig: tuple[BuiltinSou
     measured = await source.criterion(plan, guard, window=15, step=5, at=clock())
     assert measured.value == pytest.approx(0.6) and "worst of 3 evaluations" in measured.query
     earlier = await source.criterion(plan, guard, window=4, step=5, at=clock() - timedelta(seconds=20))
-    assert "worst over" in earlier.query         # no evaluation in that period: stepped through the history
+    assert "worst over" in earlier.query  # no evaluation in that period: stepped through the history
 
 
 @pytest.mark.anyio
-async def test_min_samples_makes_a_tiny_window_no_data(rig: tuple[BuiltinSource, RetrievalMetrics,
-                                                                  WallClock]) -> None:
+async def test_min_samples_makes_a_tiny_window_no_data(rig: tuple[BuiltinSource, RetrievalMetrics, WallClock]) -> None:
     """phase5's traffic guards need 10 events: two misses in a window are no data, not a 0% hit ratio."""
     source, metrics, clock = rig
     guard = load_plan(PHASE5).guard("cache_hit_rate")
@@ -314,6 +318,8 @@ async def test_min_samples_makes_a_tiny_window_no_data(rig: tuple[BuiltinSource,
     record(metrics, [0.01] * 10, hits=2, misses=8)
     clock.advance(1)
     observation = await source.observe(guard, clock())
-    assert observation.value == pytest.approx(2 / 12) and observation.severity is Severity.CRITICAL  # both in the 5 s window
+    assert (
+        observation.value == pytest.approx(2 / 12) and observation.severity is Severity.CRITICAL
+    )  # both in the 5 s window
     p95 = load_plan(PHASE5).guard("p95_latency")
-    assert (await source.observe(p95, clock())).outcome is Outcome.PASS      # 12 retrievals in the window
+    assert (await source.observe(p95, clock())).outcome is Outcome.PASS  # 12 retrievals in the window

@@ -17,9 +17,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from structlog.testing import capture_logs
 
-from retrieval.cache import LocalCache, RedisCache, build_cache
-from tests.support.realservers import RedisServer
+from retrieval.backends import build_cache
+from retrieval.cache_memory import LocalCache
+from retrieval.cache_redis import RedisCache
 from tests.support.clocks import FakeClock
+from tests.support.realservers import RedisServer
 
 STEP = 5.0  # bound on any single awaited step; every call here should take milliseconds
 
@@ -261,9 +263,7 @@ async def test_cache_recovers_on_its_own_and_logs_sparingly(redis_server, rcache
 
 
 @pytest.mark.anyio
-async def test_invalidate_during_outage_keeps_old_entry_unserved_after_return(
-    redis_server, raw, rcache, clock
-):
+async def test_invalidate_during_outage_keeps_old_entry_unserved_after_return(redis_server, raw, rcache, clock):
     """An invalidate Redis never received bypasses the cache until its INCR lands, so an entry
     that survives the outage (as with persistence) is never served again."""
     with anyio.fail_after(STEP):

@@ -57,29 +57,34 @@ redis_url = "redis://127.0.0.1:6379/0"
 
 def test_notifications_section(tmp_path: Path) -> None:
     """Webhooks and an Alertmanager are optional; both are read as given."""
-    text = ("[notifications]\nwebhook_urls = ['https://hooks.example/a', 'http://127.0.0.1:9/b']\n"
-            "alertmanager_url = 'http://127.0.0.1:9093'\n[prometheus]\ntimeout_seconds = 2.5\n")
+    text = (
+        "[notifications]\nwebhook_urls = ['https://hooks.example/a', 'http://127.0.0.1:9/b']\n"
+        "alertmanager_url = 'http://127.0.0.1:9093'\n[prometheus]\ntimeout_seconds = 2.5\n"
+    )
     config = load_config(write(tmp_path, text))
     assert config.webhook_urls == ("https://hooks.example/a", "http://127.0.0.1:9/b")
     assert config.alertmanager_url == "http://127.0.0.1:9093" and config.prometheus_timeout == 2.5
     assert load_config(write(tmp_path, "")).webhook_urls == ()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("[daemon]\nstat_dir = 'x'\n", "did you mean 'state_dir'"),
-    ("[deamon]\n", "did you mean 'daemon'"),
-    ("[daemon]\nlisten = '8787'\n", "HOST:PORT"),
-    ("[daemon]\nlisten = '127.0.0.1:99999'\n", "0 to 65535"),
-    ("[daemon]\ntime_scale = 0\n", "greater than 0"),
-    ("[daemon]\ndrain_seconds = true\n", "greater than 0"),
-    ("[prometheus]\nurl = ''\n", "non-empty string"),
-    ("[prometheus]\ntimeout_seconds = -1\n", "[prometheus] timeout_seconds"),
-    ("[notifications]\nwebhook_urls = 'https://x'\n", "expected a list of URLs"),
-    ("[notifications]\nwebhook_urls = ['ftp://x']\n", "not an http(s) URL"),
-    ("[notifications]\nwebhook_url = []\n", "did you mean 'webhook_urls'"),
-    ("[notifications]\nalertmanager_url = 5\n", "non-empty string"),
-    ("[daemon\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[daemon]\nstat_dir = 'x'\n", "did you mean 'state_dir'"),
+        ("[deamon]\n", "did you mean 'daemon'"),
+        ("[daemon]\nlisten = '8787'\n", "HOST:PORT"),
+        ("[daemon]\nlisten = '127.0.0.1:99999'\n", "0 to 65535"),
+        ("[daemon]\ntime_scale = 0\n", "greater than 0"),
+        ("[daemon]\ndrain_seconds = true\n", "greater than 0"),
+        ("[prometheus]\nurl = ''\n", "non-empty string"),
+        ("[prometheus]\ntimeout_seconds = -1\n", "[prometheus] timeout_seconds"),
+        ("[notifications]\nwebhook_urls = 'https://x'\n", "expected a list of URLs"),
+        ("[notifications]\nwebhook_urls = ['ftp://x']\n", "not an http(s) URL"),
+        ("[notifications]\nwebhook_url = []\n", "did you mean 'webhook_urls'"),
+        ("[notifications]\nalertmanager_url = 5\n", "non-empty string"),
+        ("[daemon\n", "not valid TOML"),
+    ],
+)
 def test_bad_config_is_rejected_with_what_to_fix(tmp_path: Path, text: str, expected: str) -> None:
     """Each mistake gets a ConfigError naming the file and the fix."""
     path = write(tmp_path, text)
@@ -102,17 +107,20 @@ def test_restart_only_settings_are_reported_on_reload(tmp_path: Path) -> None:
     assert old.restart_needed_for(new) == ["listen_port"]
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("not a url", "no http:// or https:// scheme"),
-    ("127.0.0.1:9090", "no http:// or https:// scheme"),
-    ("localhost:9090", "no http:// or https:// scheme"),
-    ("ftp://127.0.0.1:9090", "no http:// or https:// scheme"),
-    ("http://", "no host"),
-    ("http:///api", "no host"),
-    ("http://127.0.0.1:port", "port"),
-    ("http://127.0.0.1:99999", "port"),
-    ("http://prom etheus:9090", "white space"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("not a url", "no http:// or https:// scheme"),
+        ("127.0.0.1:9090", "no http:// or https:// scheme"),
+        ("localhost:9090", "no http:// or https:// scheme"),
+        ("ftp://127.0.0.1:9090", "no http:// or https:// scheme"),
+        ("http://", "no host"),
+        ("http:///api", "no host"),
+        ("http://127.0.0.1:port", "port"),
+        ("http://127.0.0.1:99999", "port"),
+        ("http://prom etheus:9090", "white space"),
+    ],
+)
 def test_a_prometheus_url_that_cannot_work_is_rejected(tmp_path: Path, url: str, expected: str) -> None:
     """[prometheus] url must be an http(s) URL with a host and a valid port; the message shows a good one."""
     path = write(tmp_path, f"[prometheus]\nurl = {url!r}\n")
@@ -123,17 +131,22 @@ def test_a_prometheus_url_that_cannot_work_is_rejected(tmp_path: Path, url: str,
     assert "http://127.0.0.1:9090" in message, "the message shows what a good value looks like"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9090", "https://prometheus.example.com/prometheus",
-                                 "http://[::1]:9090", "http://prometheus"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9090", "https://prometheus.example.com/prometheus", "http://[::1]:9090", "http://prometheus"],
+)
 def test_a_working_prometheus_url_is_accepted(tmp_path: Path, url: str) -> None:
     """Host names, IPv6 literals, https and a path prefix are all usable Prometheus URLs."""
     assert load_config(write(tmp_path, f"[prometheus]\nurl = {url!r}\n")).prometheus_url == url
 
 
-@pytest.mark.parametrize("text", [
-    "[notifications]\nalertmanager_url = 'alertmanager:9093'\n",
-    "[notifications]\nwebhook_urls = ['https://']\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[notifications]\nalertmanager_url = 'alertmanager:9093'\n",
+        "[notifications]\nwebhook_urls = ['https://']\n",
+    ],
+)
 def test_notification_urls_are_checked_like_the_prometheus_url(tmp_path: Path, text: str) -> None:
     """A webhook or Alertmanager URL without a scheme or a host is rejected at start, not at the first alert."""
     with pytest.raises(ConfigError, match="not an http\\(s\\) URL rolloutd can use"):

@@ -37,4 +37,4 @@ def test_two_hop_answers_share_no_identifying_word_with_the_question() -> None:
         assert not identifying & tokens(q.query), (q.query, answer["text"])
         incident = by_id[q.relevant[0].replace("owner", "incident")]
         release = by_id[incident["links"][0]]
-        assert release["links"] == [answer["id"]]          # reachable in exactly two hops
+        assert release["links"] == [answer["id"]]  # reachable in exactly two hops

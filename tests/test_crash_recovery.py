@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from controller.commit import commit, recover
@@ -25,15 +25,20 @@ from controller.state_db import StateDB
 from flags.store import FlagStore
 
 PLAN = load_plan(Path(__file__).resolve().parent.parent / "deploy" / "plans" / "phase5.toml")
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)
 END = T0 + timedelta(hours=40)
 KILLS = 40
 
 
 def value(guard: str, at: datetime) -> float:
     hours = (at - T0).total_seconds() / 3600
-    return {"error_rate": 0.0, "p95_latency": 0.05 if hours < 30 else 0.4, "test_pass_rate": 99.0,
-            "cache_hit_rate": 0.9, "retrieval_precision": 0.8}[guard]
+    return {
+        "error_rate": 0.0,
+        "p95_latency": 0.05 if hours < 30 else 0.4,
+        "test_pass_rate": 99.0,
+        "cache_hit_rate": 0.9,
+        "retrieval_precision": 0.8,
+    }[guard]
 
 
 def run(state_dir: Path) -> None:

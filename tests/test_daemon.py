@@ -113,8 +113,10 @@ def test_sigterm_drains_an_in_flight_request_then_exits_0(daemon: Daemon) -> Non
     host, port = daemon.base_url.removeprefix("http://").split(":")
     body = json.dumps({"context": {"targetingKey": "t-1"}}).encode()
     conn = socket.create_connection((host, int(port)), timeout=10)
-    head = (f"POST /ofrep/v1/evaluate/flags HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /ofrep/v1/evaluate/flags HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     conn.sendall(head + body[:5])  # the request is now in flight
     time.sleep(0.3)
     daemon.signal(signal.SIGTERM)

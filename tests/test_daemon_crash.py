@@ -26,24 +26,26 @@ import random
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Callable
 
 from tests.support.daemon_harness import Daemon
 from tests.support.realservers import PrometheusServer
-from tests.support.rehearsal import (
+from tests.support.rehearsal import (  # noqa: F401  (fixtures)
     CheckpointSpec,
     Rehearsal,
     Stage,
     applied_stages,
+    daemons,
+    exporter,
     log_tail,
     rollout_view,
+    scraped,
     wait_until,
     write_plan,
     write_rehearsal_config,
 )
-from tests.support.rehearsal import daemons, exporter, scraped  # noqa: F401  (fixtures)
 
 # 6 plan hours in 18 s of wall time; the 5m guard interval is 0.25 s. (It was 12 s until the
 # daemon began loading the retriever's libraries -- faiss, numpy, the drivers, ~0.3 s a start --
@@ -84,6 +86,7 @@ def wait_for_event(daemon: Daemon, event: str, timeout: float = 15.0) -> None:
         lines = daemon.lines[seen:]
         seen += len(lines)
         return any(needle in line for line in lines)
+
     wait_until(logged, timeout, f"{event} in the log", daemon, poll=0.002)
 
 
@@ -120,7 +123,8 @@ def outcome(r: Rehearsal) -> tuple[str, dict, list[dict]]:
 
 
 def test_sigkilled_rehearsal_converges_to_the_uninterrupted_run(
-        tmp_path: Path, scraped: PrometheusServer, daemons: Callable[[Path], Daemon]) -> None:
+    tmp_path: Path, scraped: PrometheusServer, daemons: Callable[[Path], Daemon]
+) -> None:
     """25+ SIGKILLs at random moments of a live rehearsal, each followed by a restart, end with the
     uninterrupted run's phase, flags and journal."""
     configs = {}
@@ -150,8 +154,10 @@ def test_sigkilled_rehearsal_converges_to_the_uninterrupted_run(
     for r in (crashed, reference):
         r.wait_status(lambda s: s["phase"] == "completed", "the rollout to complete", timeout=30.0)
     recovered += sum('"event":"rollout.intent_recovered"' in line for line in crashed.daemon.lines)
-    print(f"{len(lives)} kills ({dict(kinds)}; landed {dict(where)}), {mid_rollout} before completion; "
-          f"{recovered} half-applied intents recovered on restart")
+    print(
+        f"{len(lives)} kills ({dict(kinds)}; landed {dict(where)}), {mid_rollout} before completion; "
+        f"{recovered} half-applied intents recovered on restart"
+    )
     # Lives last ~0.7 s and the plan 18 s, so most kills land mid-rollout; the rest hit a
     # completed rollout, which must stay completed.
     assert mid_rollout >= MID_ROLLOUT, f"only {mid_rollout} kills landed before the rollout completed"
@@ -166,5 +172,6 @@ def test_sigkilled_rehearsal_converges_to_the_uninterrupted_run(
     assert sequence == [(d["action"], d["stage"]) for d in ref_journal if d["action"] in COMPARED]
     verdicts = [d["recommendation"] for d in journal if d["action"] == "verdict"]
     assert verdicts == ["GO"], journal
-    assert Counter(d["action"] for d in journal) == Counter(d["action"] for d in ref_journal), \
+    assert Counter(d["action"] for d in journal) == Counter(d["action"] for d in ref_journal), (
         "healthy guards: the crashes must add no hold, warning or rollback"
+    )

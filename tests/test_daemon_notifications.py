@@ -3,26 +3,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tests.support.daemon_harness import Daemon
 from tests.support.realservers import PrometheusServer
-from tests.support.rehearsal import P95, Exporter, Rehearsal, Stage, write_plan, write_rehearsal_config
-from tests.support.rehearsal import daemons, exporter, scraped  # noqa: F401  (fixtures)
+from tests.support.rehearsal import (  # noqa: F401  (fixtures)
+    P95,
+    Exporter,
+    Rehearsal,
+    Stage,
+    daemons,
+    exporter,
+    scraped,
+    write_plan,
+    write_rehearsal_config,
+)
 from tests.test_notify import Receiver, receiver  # noqa: F401  (fixture)
 from tests.test_rehearsal import COHORT_1, COHORT_2, FAR, PULSE_SCRAPES, SCALE, SUSTAIN_3
 
 
 def test_a_rollback_is_announced_to_webhooks_and_alertmanager(
-        tmp_path: Path, scraped: PrometheusServer, exporter: Exporter,
-        daemons: Callable[[Path], Daemon], receiver: Callable[..., Receiver]) -> None:
+    tmp_path: Path,
+    scraped: PrometheusServer,
+    exporter: Exporter,
+    daemons: Callable[[Path], Daemon],
+    receiver: Callable[..., Receiver],
+) -> None:
     hook, alertmanager = receiver(), receiver()
-    plan = write_plan(tmp_path / "plan.toml", [Stage("0m", 0), Stage("10m", 5, COHORT_1),
-                                               Stage("20m", 10, COHORT_2), FAR], guards=SUSTAIN_3)
+    plan = write_plan(
+        tmp_path / "plan.toml",
+        [Stage("0m", 0), Stage("10m", 5, COHORT_1), Stage("20m", 10, COHORT_2), FAR],
+        guards=SUSTAIN_3,
+    )
     config = write_rehearsal_config(tmp_path, plan, scraped.url, SCALE)
-    config.write_text(config.read_text() + f'\n[notifications]\nwebhook_urls = ["{hook.url}/hooks/rollouts"]\n'
-                                           f'alertmanager_url = "{alertmanager.url}"\n')
+    config.write_text(
+        config.read_text() + f'\n[notifications]\nwebhook_urls = ["{hook.url}/hooks/rollouts"]\n'
+        f'alertmanager_url = "{alertmanager.url}"\n'
+    )
     r = Rehearsal(daemons(config), plan)
     r.wait_stage(2)
     exporter.pulse(P95, 0.35, scrapes=PULSE_SCRAPES)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import pytest
@@ -16,9 +16,15 @@ from tests.support.daemon_harness import Daemon, write_config
 from tests.support.flagfiles import FIRST_COHORTS, PHASE5_FLAGS, write_seed_flags
 from tests.support.realservers import MongoServer, RedisServer
 
-ALL_ON = {name: {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0,
-                 "constraints": [{"context_name": "agent", "operator": "IN", "values": FIRST_COHORTS}]}
-          for name in PHASE5_FLAGS}
+ALL_ON = {
+    name: {
+        "enabled": True,
+        "rollout_strategy": "all",
+        "rollout_percentage": 100.0,
+        "constraints": [{"context_name": "agent", "operator": "IN", "values": FIRST_COHORTS}],
+    }
+    for name in PHASE5_FLAGS
+}
 MEMORIES = [
     {"id": "owner", "text": "Dana Okafor owns ledger-sync and signs off every change to it."},
     {"id": "release", "text": "Release R-4821 of ledger-sync shipped with batch retries.", "links": ["owner"]},
@@ -38,16 +44,19 @@ def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 def _daemon(tmp_path: Path, mongo: MongoServer, redis: RedisServer) -> Daemon:
     config = write_config(tmp_path)
-    config.write_text(config.read_text() + "\n[retrieval]\n"
-                      f'mongodb_uri = "mongodb://127.0.0.1:{mongo.port}/rolloutd_daemon"\n'
-                      f'redis_url = "redis://127.0.0.1:{redis.port}/0"\n')
+    config.write_text(
+        config.read_text() + "\n[retrieval]\n"
+        f'mongodb_uri = "mongodb://127.0.0.1:{mongo.port}/rolloutd_daemon"\n'
+        f'redis_url = "redis://127.0.0.1:{redis.port}/0"\n'
+    )
     write_seed_flags(tmp_path, ALL_ON)
     return Daemon(config)
 
 
 @pytest.mark.slow
 def test_serves_restarts_without_reembedding_and_refuses_in_an_emergency(
-        tmp_path: Path, mongo_server: MongoServer, redis_server: RedisServer) -> None:
+    tmp_path: Path, mongo_server: MongoServer, redis_server: RedisServer
+) -> None:
     daemon = _daemon(tmp_path, mongo_server, redis_server).start()
     try:
         url = daemon.base_url
@@ -58,9 +67,15 @@ def test_serves_restarts_without_reembedding_and_refuses_in_an_emergency(
         assert sorted(r["id"] for r in first["results"]) == ["incident", "owner", "release"]
         assert httpx.post(url + "/v1/retrieve", json=QUERY, timeout=10).json()["cache"] == "hit"
         metrics = httpx.get(url + "/metrics").text
-        for name in ("hybrid_rag_retrieval_latency_seconds_bucket", "hybrid_rag_queries_total",
-                     "redis_cache_hits_total", "redis_cache_misses_total", "vector_db_searches_total",
-                     "graph_db_queries_total", "hybrid_rag_stage_latency_seconds_bucket"):
+        for name in (
+            "hybrid_rag_retrieval_latency_seconds_bucket",
+            "hybrid_rag_queries_total",
+            "redis_cache_hits_total",
+            "redis_cache_misses_total",
+            "vector_db_searches_total",
+            "graph_db_queries_total",
+            "hybrid_rag_stage_latency_seconds_bucket",
+        ):
             assert name in metrics, name
         assert 'hybrid_rag_queries_total{path="hybrid"} 2.0' in metrics
         assert 'hybrid_rag_retrieval_latency_seconds_count{cache="hit",path="hybrid"} 1.0' in metrics
@@ -85,10 +100,12 @@ def test_serves_restarts_without_reembedding_and_refuses_in_an_emergency(
 
 @pytest.mark.slow
 def test_waits_for_mongodb_at_start_up_then_becomes_ready(
-        tmp_path: Path, mongo_server: MongoServer, redis_server: RedisServer) -> None:
+    tmp_path: Path, mongo_server: MongoServer, redis_server: RedisServer
+) -> None:
     mongo_server.stop()
     daemon = _daemon(tmp_path, mongo_server, redis_server).start(wait=False)
     try:
+
         def not_ready_for_retrieval() -> bool:
             try:
                 response = httpx.get(daemon.base_url + "/readyz", timeout=1)
@@ -98,8 +115,11 @@ def test_waits_for_mongodb_at_start_up_then_becomes_ready(
 
         _until(not_ready_for_retrieval)
         # Flags are served meanwhile: OFREP does not wait for MongoDB.
-        ofrep = httpx.post(daemon.base_url + "/ofrep/v1/evaluate/flags/hybrid_rag_enabled",
-                           json={"context": {"targetingKey": "t", "agent": "QA"}}, timeout=5)
+        ofrep = httpx.post(
+            daemon.base_url + "/ofrep/v1/evaluate/flags/hybrid_rag_enabled",
+            json={"context": {"targetingKey": "t", "agent": "QA"}},
+            timeout=5,
+        )
         assert ofrep.status_code == 200 and ofrep.json()["value"] is True
         waiting = httpx.post(daemon.base_url + "/v1/retrieve", json=QUERY, timeout=5)
         assert waiting.status_code == 503 and "retry-after" in waiting.headers
@@ -131,14 +151,22 @@ def test_validation_and_probe_gauges_follow_their_flags(tmp_path: Path) -> None:
     daemon = Daemon(config).start()
     try:
         url = daemon.base_url + "/metrics"
-        _until(lambda: None not in [_gauge(httpx.get(url).text, name) for name in (
-            "hybrid_rag_precision_at_10", "hybrid_rag_benchmark_p95_latency_seconds")], timeout=30)
+        _until(
+            lambda: (
+                None
+                not in [
+                    _gauge(httpx.get(url).text, name)
+                    for name in ("hybrid_rag_precision_at_10", "hybrid_rag_benchmark_p95_latency_seconds")
+                ]
+            ),
+            timeout=30,
+        )
         text = httpx.get(url).text
-        assert _gauge(text, "hybrid_rag_precision_at_10") >= 0.7            # the plan's guard threshold
-        assert _gauge(text, "hybrid_rag_top3_accuracy_percent") >= 90       # the seeds' target
+        assert _gauge(text, "hybrid_rag_precision_at_10") >= 0.7  # the plan's guard threshold
+        assert _gauge(text, "hybrid_rag_top3_accuracy_percent") >= 90  # the seeds' target
         assert 'hybrid_rag_validation_score{metric="mrr",path="vector"}' in text
         assert (_gauge(text, "hybrid_rag_benchmark_p95_latency_seconds") or 0) > 0
-        assert 'hybrid_rag_queries_total{path="hybrid"} 0.0' in text       # synthetic queries are not traffic
+        assert 'hybrid_rag_queries_total{path="hybrid"} 0.0' in text  # synthetic queries are not traffic
         seeded = [e for e in daemon.events() if e["event"] == "validation.measured"]
         assert seeded
         daemon.signal(signal.SIGUSR1)

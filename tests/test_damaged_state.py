@@ -13,10 +13,10 @@ import os
 import shutil
 import signal
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import pytest
@@ -26,43 +26,26 @@ from controller.plan_load import load_plan
 from controller.state_db import SCHEMA, StateDB, state_to_json
 from controller.state_file import StateFileError, open_state_file
 from tests.support.daemon_harness import Daemon, write_config
+from tests.support.plans import ERROR_RATIO, plan_toml, stage
 from tests.support.rehearsal import Admin, wait_until
 
 FLAG = "damage_search_enabled"
 # 1 plan hour = 1 s: stage 1 falls due a second after the first start, stage 2 never does. One
 # built-in guard with silence as a pass, so rounds are clean without traffic.
-PLAN = f"""\
-[plan]
-name = "damage"
-flags = ["{FLAG}"]
-guard_interval = "5m"
-
-[[stages]]
-at = "0m"
-percentage = 0
-agents = []
-
-[[stages]]
-at = "1h"
-percentage = 5
-agents = ["Builder", "Deploy", "QA"]
-
-[[stages]]
-at = "10000h"
-percentage = 10
-agents = ["Builder", "Deploy", "QA"]
-
-[[guards]]
-name = "errors"
-builtin = "error_ratio"
-warning = 0.05
-critical = 0.1
-no_data = "pass"
-"""
+PLAN = plan_toml(
+    name="damage",
+    flags=[FLAG],
+    guards=[ERROR_RATIO],
+    stages=[
+        stage("0m", 0),
+        stage("1h", 5, ["Builder", "Deploy", "QA"]),
+        stage("10000h", 10, ["Builder", "Deploy", "QA"]),
+    ],
+)
 DB = "controller.db"
 DEEP_TOML = "[" * 3000 + "]" * 3000
 DEEP_JSON = '{"f": ' + "[" * 5000 + "]" * 5000 + "}"
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)
 
 
 def set_up(directory: Path) -> Path:
@@ -98,8 +81,11 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
     """Every file under `root` (or `root` itself) and its bytes; flags.lock, rewritten with the pid, aside."""
     if root.is_file():
         return {root.name: root.read_bytes()}
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else "(dir)"
-            for p in sorted(root.rglob("*")) if p.name != "flags.lock"}
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else "(dir)"
+        for p in sorted(root.rglob("*"))
+        if p.name != "flags.lock"
+    }
 
 
 def assert_refused(daemon: Daemon, event: str, *fragments: str) -> None:
@@ -107,11 +93,11 @@ def assert_refused(daemon: Daemon, event: str, *fragments: str) -> None:
     try:
         status = daemon.wait(timeout=30)
     finally:
-        daemon.stop()   # one that did not refuse must not outlive the test
+        daemon.stop()  # one that did not refuse must not outlive the test
     assert status == 78, daemon.output
     critical = [e for e in daemon.events() if e["_priority"] <= 2]
     assert [e["event"] for e in critical] == [event], daemon.output
-    said = [line for line in daemon.output.splitlines() if not line.startswith("<")]   # stderr: not a log event
+    said = [line for line in daemon.output.splitlines() if not line.startswith("<")]  # stderr: not a log event
     assert said and said[0].startswith("rolloutd: ") and sum(line.startswith("rolloutd: ") for line in said) == 1
     for fragment in fragments:
         assert fragment in "\n".join(said), said
@@ -123,6 +109,7 @@ def sql(statement: str) -> Callable[[Path], None]:
         with closing(sqlite3.connect(state / DB)) as db:
             db.execute(statement)
             db.commit()
+
     return damage
 
 
@@ -167,6 +154,7 @@ def _append(name: str, text: str) -> Callable[[Path], None]:
     def damage(directory: Path) -> None:
         with (directory / name).open("a") as handle:
             handle.write(text)
+
     return damage
 
 
@@ -183,17 +171,32 @@ def _deep_labelled_set(directory: Path) -> None:
 START_FAILURES = {
     "flags.json is a directory": (_flags_dir, "flags.invalid", ("flags.json", "is a directory")),
     "state_dir is a file": (_state_dir_file, "state_dir.unusable", ("state_dir", "is a file, not a directory")),
-    "deeply nested config": (_append("rolloutd.toml", f"[retrieval]\nhops = {DEEP_TOML}\n"), "config.invalid",
-                             ("rolloutd.toml", "nested too deeply")),
+    "deeply nested config": (
+        _append("rolloutd.toml", f"[retrieval]\nhops = {DEEP_TOML}\n"),
+        "config.invalid",
+        ("rolloutd.toml", "nested too deeply"),
+    ),
     "deeply nested plan": (_deep_plan, "rollout.cannot_start", ("plan.toml", "nested too deeply")),
-    "deeply nested flags.json": (lambda d: (d / "state" / "flags.json").write_text(DEEP_JSON), "flags.invalid",
-                                 ("flags.json", "nested too deeply")),
-    "prometheus url not a url": (_append("rolloutd.toml", '[prometheus]\nurl = "not a url"\n'), "config.invalid",
-                                 ("[prometheus] url", "http://127.0.0.1:9090")),
-    "deeply nested labelled set": (_deep_labelled_set, "retrieval.labelled_set_invalid",
-                                   ("set.jsonl:1", "nested too deeply")),
-    "admin socket's directory is a file": (lambda d: (d / "run").write_text("x\n"), "listen.failed",
-                                           ("admin socket's directory", "[daemon] admin_socket")),
+    "deeply nested flags.json": (
+        lambda d: (d / "state" / "flags.json").write_text(DEEP_JSON),
+        "flags.invalid",
+        ("flags.json", "nested too deeply"),
+    ),
+    "prometheus url not a url": (
+        _append("rolloutd.toml", '[prometheus]\nurl = "not a url"\n'),
+        "config.invalid",
+        ("[prometheus] url", "http://127.0.0.1:9090"),
+    ),
+    "deeply nested labelled set": (
+        _deep_labelled_set,
+        "retrieval.labelled_set_invalid",
+        ("set.jsonl:1", "nested too deeply"),
+    ),
+    "admin socket's directory is a file": (
+        lambda d: (d / "run").write_text("x\n"),
+        "listen.failed",
+        ("admin socket's directory", "[daemon] admin_socket"),
+    ),
 }
 
 
@@ -227,13 +230,20 @@ def test_sighup_rejects_deeply_nested_files_and_keeps_the_old_ones(rolled: Path,
         (tmp_path / "state" / "flags.json").write_bytes(flags)
         config.write_text(good_config + '[prometheus]\nurl = "localhost:9090"\n')
         daemon.signal(signal.SIGHUP)
-        wait_until(lambda: sum(e["event"] == "config.reload_rejected" for e in daemon.events()) == 2, 30,
-                   "the bad prometheus url rejected", daemon)
+        wait_until(
+            lambda: sum(e["event"] == "config.reload_rejected" for e in daemon.events()) == 2,
+            30,
+            "the bad prometheus url rejected",
+            daemon,
+        )
         assert httpx.get(daemon.base_url + "/readyz", timeout=10).status_code == 200
         assert (admin.status()["stage"], admin.status()["percentage"]) == (1, 5.0)
         assert admin.status()["guard_interval"] == "5m", "the running plan is kept"
-        response = httpx.post(f"{daemon.base_url}/ofrep/v1/evaluate/flags/{FLAG}", timeout=10,
-                              json={"context": {"targetingKey": "k", "agent": "Builder"}})
+        response = httpx.post(
+            f"{daemon.base_url}/ofrep/v1/evaluate/flags/{FLAG}",
+            timeout=10,
+            json={"context": {"targetingKey": "k", "agent": "Builder"}},
+        )
         assert response.status_code == 200, "the old flags stay in force"
     finally:
         output = daemon.stop()
@@ -261,8 +271,10 @@ def test_a_database_created_the_way_older_rolloutd_did_opens(tmp_path: Path) -> 
     with closing(sqlite3.connect(live / DB, isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(legacy_schema)
-        db.execute("INSERT INTO rollout VALUES (1, 'phase5_hybrid_rag', 'x', ?, ?)", (started_state_json(), T0.isoformat()))
-        for name in (DB, DB + "-wal"):   # what a SIGKILL leaves: nothing checkpointed yet
+        db.execute(
+            "INSERT INTO rollout VALUES (1, 'phase5_hybrid_rag', 'x', ?, ?)", (started_state_json(), T0.isoformat())
+        )
+        for name in (DB, DB + "-wal"):  # what a SIGKILL leaves: nothing checkpointed yet
             shutil.copy(live / name, copy / name)
     assert (copy / (DB + "-wal")).stat().st_size > 0
     state_db = StateDB(copy)
@@ -282,8 +294,10 @@ def _foreign(state: Path) -> None:
 
 def _journal_without_state(state: Path) -> None:
     StateDB(state).close()
-    sql("INSERT INTO journal (at, action, stage, percentage, reason, decision, status) "
-        "VALUES ('2025-10-23T09:00:00+00:00', 'stage_applied', 1, 5, 'r', '{}', 'done')")(state)
+    sql(
+        "INSERT INTO journal (at, action, stage, percentage, reason, decision, status) "
+        "VALUES ('2025-10-23T09:00:00+00:00', 'stage_applied', 1, 5, 'r', '{}', 'done')"
+    )(state)
 
 
 def _state_lacking(field: str) -> Callable[[Path], None]:
@@ -294,13 +308,16 @@ def _state_lacking(field: str) -> Callable[[Path], None]:
         with closing(sqlite3.connect(state / DB)) as db:
             db.execute("INSERT INTO rollout VALUES (1, 'p', 'd', ?, 'now')", (json.dumps(raw),))
             db.commit()
+
     return damage
 
 
 def _intent_garbage(state: Path) -> None:
-    _state_lacking("verdicts")(state)   # an optional field: the state itself is fine
-    sql("INSERT INTO journal (at, action, stage, percentage, reason, decision, status) "
-        "VALUES ('2025-10-23T09:00:00+00:00', 'stage_applied', 1, 5, 'r', '[1, 2]', 'intent')")(state)
+    _state_lacking("verdicts")(state)  # an optional field: the state itself is fine
+    sql(
+        "INSERT INTO journal (at, action, stage, percentage, reason, decision, status) "
+        "VALUES ('2025-10-23T09:00:00+00:00', 'stage_applied', 1, 5, 'r', '[1, 2]', 'intent')"
+    )(state)
 
 
 def _orphaned_wal(state: Path) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import functools
 import random
-import string
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -34,68 +33,33 @@ from controller.decide import (
 )
 from controller.guards import Observation, Outcome, assess
 from controller.plan import Direction, NoData, Plan, Response, Severity
-from controller.plan_load import PlanError, load_plan, parse_plan
+from controller.plan_load import PlanError, load_plan
+from tests.support.plans import compact_plan, latency_guard, pass_rate_guard
 from tests.support.service_rig import healthy
 
 PHASE5 = load_plan(Path(__file__).resolve().parent.parent / "deploy" / "plans" / "phase5.toml")
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)   # the seeds' hour 0
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)  # the seeds' hour 0
 FIVE_MIN = timedelta(minutes=5)
 OUTAGE = "Prometheus answered 503 Service Unavailable"
 
-COMPACT = string.Template('''
-[plan]
-name = "compact"
-flags = ["new_ranker"]
-guard_interval = "5m"
-failure_limit = $failure_limit
-failure_response = "$failure_response"
 
-[[stages]]
-at = 0
-percentage = 0
-agents = []
-
-[[stages]]
-at = 1
-percentage = 10
-agents = ["Builder"]
-
-[[stages]]
-at = 2
-percentage = 50
-agents = ["Builder", "QA"]
-
-[[checkpoints]]
-name = "mid-point review"
-at = "1h30m"
-requires_approval = $requires_approval
-
-[[guards]]
-name = "latency"
-query = "histogram_quantile(0.95, sum by (le) (rate(latency_bucket[{{window}}])))"
-direction = "above"
-warning = 0.2
-critical = 0.3
-emergency = 0.5
-sustain = "$sustain"
-no_data = "pass"
-on_warning = "$on_warning"
-
-[[guards]]
-name = "pass_rate"
-query = "min(pass_rate)"
-direction = "below"
-warning = 98
-critical = 95
-no_data = "$no_data"
-''')
-COMPACT_DEFAULTS = dict(failure_limit=3, failure_response="rollback_zero", requires_approval="false",
-                        sustain="5m", no_data="hold", on_warning="notify")
-
-
-def plan(**overrides) -> Plan:
-    """A 3-stage plan (0% at 0h, 10% at 1h, 50% at 2h), a checkpoint at 1h30, guards latency and pass_rate."""
-    return parse_plan(COMPACT.substitute({**COMPACT_DEFAULTS, **overrides}), "compact.toml")
+def plan(
+    *,
+    failure_limit: int = 3,
+    failure_response: str = "rollback_zero",
+    requires_approval: bool = False,
+    sustain: str = "5m",
+    no_data: str = "hold",
+    on_warning: str = "notify",
+) -> Plan:
+    """The compact plan (0% at 0h, 10% at 1h, 50% at 2h, a checkpoint at 1h30), guards latency
+    (with emergency 0.5) and pass_rate."""
+    return compact_plan(
+        failure_limit=failure_limit,
+        failure_response=failure_response,
+        requires_approval=requires_approval,
+        guards=(latency_guard(emergency=0.5, sustain=sustain, on_warning=on_warning), pass_rate_guard(no_data=no_data)),
+    )
 
 
 def at(hours: float, minutes: int = 0) -> datetime:
@@ -103,22 +67,33 @@ def at(hours: float, minutes: int = 0) -> datetime:
     return T0 + timedelta(hours=hours, minutes=minutes)
 
 
-Values = Callable[[float], dict]   # hours since T0 -> {guard: value | None (no data) | str (provider error)}
+Values = Callable[[float], dict]  # hours since T0 -> {guard: value | None (no data) | str (provider error)}
 
 
 def observe(p: Plan, values: dict, now: datetime) -> list[Observation]:
     """One evaluation of every guard of `p`: healthy unless `values` says otherwise."""
     merged = {**healthy(p), **values}
-    return [assess(g, None, now, error=merged[g.name]) if isinstance(merged[g.name], str)
-            else assess(g, merged[g.name], now) for g in p.guards]
+    return [
+        assess(g, None, now, error=merged[g.name])
+        if isinstance(merged[g.name], str)
+        else assess(g, merged[g.name], now)
+        for g in p.guards
+    ]
 
 
 Operator = Callable[[RolloutState, datetime], Transition | None]
 
 
-def run(p: Plan, state: RolloutState, values: Values = lambda h: {}, frm: datetime = T0,
-        to: datetime = T0, step: timedelta = FIVE_MIN, operator: Operator | None = None,
-        judge: str | None = "GO") -> tuple[RolloutState, list[Decision]]:
+def run(
+    p: Plan,
+    state: RolloutState,
+    values: Values = lambda h: {},
+    frm: datetime = T0,
+    to: datetime = T0,
+    step: timedelta = FIVE_MIN,
+    operator: Operator | None = None,
+    judge: str | None = "GO",
+) -> tuple[RolloutState, list[Decision]]:
     """Evaluate the guards and `decide` every `step` from `frm` to `to` inclusive; collect every decision.
 
     `operator(state, now)` runs before each evaluation and may return a command's Transition.
@@ -152,6 +127,7 @@ def once_at(moment: datetime, command: Callable[[RolloutState, datetime], Transi
             done.append(now)
             return command(state, now)
         return None
+
     return operate
 
 
@@ -170,8 +146,9 @@ def applied(decisions: list[Decision]) -> list[tuple[datetime, int]]:
     return [(d.at, d.stage) for d in actions(decisions, "stage_applied")]
 
 
-def phase5_until(hours: float, values: Values = lambda h: {}, operator: Operator | None = None,
-                 judge: str | None = "GO") -> tuple[RolloutState, list[Decision]]:
+def phase5_until(
+    hours: float, values: Values = lambda h: {}, operator: Operator | None = None, judge: str | None = "GO"
+) -> tuple[RolloutState, list[Decision]]:
     """The phase5 rollout from hour 0 to `hours`, every 5 minutes."""
     return run(PHASE5, start(PHASE5, T0), values, T0, at(hours), operator=operator, judge=judge)
 
@@ -185,21 +162,34 @@ def healthy_phase5() -> tuple[RolloutState, tuple[Decision, ...]]:
 
 # -- the seeds' timeline, healthy ----------------------------------------------------------------
 
+
 def test_healthy_rollout_applies_each_stage_at_its_seed_hour():
     """With clean guards the stages apply at exactly hours 0, 4, 12, 49, 52 and 56, each once."""
     state, decisions = healthy_phase5()
     assert applied(list(decisions)) == [(at(0), 0), (at(4), 1), (at(12), 2), (at(49), 3), (at(52), 4), (at(56), 5)]
     assert [d.percentage for d in actions(list(decisions), "stage_applied")] == [0, 5, 10, 15, 20, 25]
     assert actions(list(decisions), "stage_applied")[-1].agents == (
-        "Builder", "Deploy", "QA", "Support", "Marketing", "Analyst", "Legal", "Thon")
+        "Builder",
+        "Deploy",
+        "QA",
+        "Support",
+        "Marketing",
+        "Analyst",
+        "Legal",
+        "Thon",
+    )
 
 
 def test_healthy_rollout_records_checkpoints_in_order_then_completes():
     """The 24h, 48h and 72h checkpoints are recorded in order, and the 72h one completes the rollout."""
     state, decisions = healthy_phase5()
     marks = [(d.at, d.action, d.checkpoint) for d in actions(list(decisions), "checkpoint", "completed")]
-    assert marks == [(at(24), "checkpoint", 0), (at(48), "checkpoint", 1), (at(72), "checkpoint", 2),
-                     (at(72), "completed", None)]
+    assert marks == [
+        (at(24), "checkpoint", 0),
+        (at(48), "checkpoint", 1),
+        (at(72), "checkpoint", 2),
+        (at(72), "completed", None),
+    ]
     assert state.phase is Phase.COMPLETED and state.phase.is_terminal
     assert (state.stage, state.percentage, state.rollbacks, state.manual_interventions) == (5, 25, 0, 0)
     assert not actions(list(decisions), "rollback", "hold", "warning")
@@ -241,6 +231,7 @@ def test_decide_after_completion_changes_nothing():
 
 # -- breaches -------------------------------------------------------------------------------------
 
+
 def during(first: float, end: float, values: dict) -> Values:
     """`values` at evaluations from hour `first` (inclusive) to hour `end` (exclusive); healthy otherwise."""
     return lambda h: values if first - 1e-9 <= h < end - 1e-9 else {}
@@ -255,7 +246,12 @@ def test_sustained_critical_latency_warns_then_rolls_back_one_stage():
     """P95 0.4s from hour 30 warns at once, and 5 minutes later (2 checks) rolls back from 10% to 5%."""
     state, decisions = phase5_until(30.1, p95_from(30, 0.4, until=30.1))
     warning, roll = actions(decisions, "warning", "rollback")
-    assert (warning.at, warning.guard, warning.severity, warning.percentage) == (at(30), "p95_latency", Severity.CRITICAL, 10)
+    assert (warning.at, warning.guard, warning.severity, warning.percentage) == (
+        at(30),
+        "p95_latency",
+        Severity.CRITICAL,
+        10,
+    )
     assert (roll.at, roll.stage, roll.percentage, roll.severity) == (at(30, 5), 1, 5, Severity.CRITICAL)
     assert roll.agents == ("Builder", "Deploy", "QA")
     assert "0.4 > critical 0.3" in roll.reason and "2 consecutive" in roll.reason
@@ -267,7 +263,7 @@ def test_rolled_back_rollout_does_not_advance_until_resumed():
     state, decisions = phase5_until(60, p95_from(30, 0.4, until=30.1))
     assert applied(decisions)[-1] == (at(12), 2)
     assert state.phase is Phase.ROLLED_BACK and state.percentage == 5
-    assert not actions(decisions, "checkpoint")[1:]          # the 48h checkpoint waits too
+    assert not actions(decisions, "checkpoint")[1:]  # the 48h checkpoint waits too
     t = resume(state, at(60, 1), "latency fixed")
     assert t.state.phase is Phase.RUNNING and t.state.manual_interventions == 1
     state, later = run(PHASE5, t.state, frm=at(60, 5), to=at(60, 10))
@@ -293,7 +289,10 @@ def test_emergency_latency_rolls_back_to_zero():
 
 def test_warning_notifies_once_per_episode_and_blocks_the_due_stage():
     """A 2-hour warning episode across the 12h stage notifies once and delays the stage until it clears."""
-    values = lambda h: during(11, 13, {"p95_latency": 0.25})(h) or during(20, 20.5, {"p95_latency": 0.25})(h)
+
+    def values(h: float) -> dict:
+        return during(11, 13, {"p95_latency": 0.25})(h) or during(20, 20.5, {"p95_latency": 0.25})(h)
+
     state, decisions = phase5_until(21, values)
     assert [d.at for d in actions(decisions, "warning")] == [at(11), at(20)]
     assert "p95_latency 0.25 > warning 0.2" in actions(decisions, "warning")[0].reason
@@ -302,6 +301,7 @@ def test_warning_notifies_once_per_episode_and_blocks_the_due_stage():
 
 
 # -- blindness ------------------------------------------------------------------------------------
+
 
 def test_metrics_outage_holds_and_resumes_by_itself_when_data_returns():
     """Provider errors from 11h50 hold the rollout through the 12h stage; at 12h10 it resumes and applies it."""
@@ -326,7 +326,7 @@ def test_failure_limit_consecutive_errors_roll_back_to_zero():
     """Five consecutive failed checks (failure_limit) roll back to 0% and stay there when data returns."""
     state, decisions = phase5_until(21, during(20, 20.5, {"p95_latency": OUTAGE}))
     (roll,) = actions(decisions, "rollback")
-    assert roll.at == at(20, 20)                      # the 5th error: 20h00 .. 20h20
+    assert roll.at == at(20, 20)  # the 5th error: 20h00 .. 20h20
     assert (roll.stage, roll.percentage, roll.guard) == (0, 0, "p95_latency")
     assert "5 consecutive failed checks (errors) >= failure_limit 5" in roll.reason
     assert state.phase is Phase.ROLLED_BACK
@@ -366,6 +366,7 @@ def test_failure_response_rollback_stage_goes_back_one_stage():
 
 # -- downtime ---------------------------------------------------------------------------------------
 
+
 def test_stage_that_fell_due_during_downtime_applies_at_the_first_clean_evaluation():
     """Last evaluated at 3h55 and next at 6h, the 4h stage applies at 6h."""
     state, _ = phase5_until(3 + 55 / 60)
@@ -388,8 +389,12 @@ def test_checkpoint_missed_during_downtime_is_recorded_before_the_later_stage():
     state, _ = run(p, start(p, T0), to=at(0, 55))
     state, decisions = run(p, state, frm=at(2, 40), to=at(2, 50))
     order = [(d.at, d.action, d.stage) for d in actions(decisions, "stage_applied", "checkpoint", "completed")]
-    assert order == [(at(2, 40), "stage_applied", 1), (at(2, 45), "checkpoint", 1), (at(2, 45), "stage_applied", 2),
-                     (at(2, 50), "completed", 2)]
+    assert order == [
+        (at(2, 40), "stage_applied", 1),
+        (at(2, 45), "checkpoint", 1),
+        (at(2, 45), "stage_applied", 2),
+        (at(2, 50), "completed", 2),
+    ]
 
 
 def test_overdue_stage_waits_while_the_first_evaluation_after_downtime_breaches():
@@ -402,7 +407,7 @@ def test_overdue_stage_waits_while_the_first_evaluation_after_downtime_breaches(
 
 def test_downtime_past_an_approval_checkpoint_still_stops_for_approval():
     """Coming back after a checkpoint that needs approval, the rollout records it and waits."""
-    p = plan(requires_approval="true")
+    p = plan(requires_approval=True)
     state, _ = run(p, start(p, T0), to=at(1, 5))
     state, decisions = run(p, state, frm=at(3), to=at(3, 30))
     assert state.phase is Phase.AWAITING_APPROVAL
@@ -411,6 +416,7 @@ def test_downtime_past_an_approval_checkpoint_still_stops_for_approval():
 
 
 # -- operator commands -------------------------------------------------------------------------------
+
 
 def running_at_10_percent() -> RolloutState:
     """The phase5 rollout at 20h: RUNNING at stage 2 (10%)."""
@@ -435,12 +441,15 @@ def test_operator_hold_stops_advancing_and_does_not_resume_by_itself():
     assert state.manual_interventions == 2
 
 
-@pytest.mark.parametrize(("phase", "message"), [
-    (Phase.RUNNING, "nothing to resume: the rollout is running"),
-    (Phase.COMPLETED, "nothing to resume: the rollout is completed"),
-    (Phase.AWAITING_APPROVAL, "rolloutctl approve"),
-    (Phase.EMERGENCY, "--clear-emergency"),
-])
+@pytest.mark.parametrize(
+    ("phase", "message"),
+    [
+        (Phase.RUNNING, "nothing to resume: the rollout is running"),
+        (Phase.COMPLETED, "nothing to resume: the rollout is completed"),
+        (Phase.AWAITING_APPROVAL, "rolloutctl approve"),
+        (Phase.EMERGENCY, "--clear-emergency"),
+    ],
+)
 def test_resume_is_refused_where_it_does_not_apply(phase, message):
     """`resume` refuses in RUNNING, COMPLETED, AWAITING_APPROVAL and EMERGENCY, saying what to do instead."""
     state = RolloutState(plan="p", plan_digest="d", started_at=T0, phase=phase)
@@ -461,7 +470,7 @@ def test_promote_applies_the_next_stage_now_as_a_manual_intervention():
     t = promote(PHASE5, running_at_10_percent(), at(20, 1), "load test passed")
     (d,) = t.decisions
     assert (d.action, d.stage, d.percentage, d.at) == ("stage_applied", 3, 15, at(20, 1))
-    assert "promoted by operator" in d.reason and "load test passed" in d.reason
+    assert d.reason == "promoted to Hour 49: 15%: load test passed" and d.trigger.detail == "promote"
     assert t.state.manual_interventions == 1 and t.state.phase is Phase.RUNNING
 
 
@@ -482,7 +491,13 @@ def test_operator_rollback_to_an_earlier_stage():
     """`rollback --to 1` from 10% goes to 5%, counts a rollback and a manual intervention, and needs resume."""
     t = rollback(PHASE5, running_at_10_percent(), at(20, 1), 1, "support tickets")
     (d,) = t.decisions
-    assert (d.action, d.stage, d.percentage, d.reason) == ("rollback", 1, 5, "operator: support tickets")
+    assert (d.action, d.stage, d.percentage, d.reason) == ("rollback", 1, 5, "support tickets")
+    assert (d.trigger.kind, d.trigger.detail, d.actor, d.said) == (
+        "operator",
+        "rollback",
+        "operator",
+        "operator: support tickets",
+    )
     assert t.state.phase is Phase.ROLLED_BACK
     assert (t.state.rollbacks, t.state.manual_interventions) == (1, 1)
 
@@ -493,11 +508,14 @@ def test_operator_rollback_to_the_current_stage_is_allowed():
     assert t.state.phase is Phase.ROLLED_BACK and t.state.percentage == 10 and t.state.rollbacks == 1
 
 
-@pytest.mark.parametrize(("to_stage", "message"), [
-    (3, "ahead of the applied stage 2; use `promote`"),
-    (6, "no stage 6: stages are 0-5"),
-    (-2, "no stage -2"),
-])
+@pytest.mark.parametrize(
+    ("to_stage", "message"),
+    [
+        (3, "ahead of the applied stage 2; use `promote`"),
+        (6, "no stage 6: stages are 0-5"),
+        (-2, "no stage -2"),
+    ],
+)
 def test_operator_rollback_refuses_later_or_unknown_stages(to_stage, message):
     """`rollback --to` refuses a stage ahead of the applied one or outside the plan."""
     with pytest.raises(CommandRefused, match=message):
@@ -521,11 +539,14 @@ def test_emergency_stops_everything_until_cleared():
     assert cleared.state.phase is Phase.ROLLED_BACK and cleared.state.stage == -1
 
 
-@pytest.mark.parametrize("command", [
-    lambda s, now: hold(s, now, "x"),
-    lambda s, now: promote(PHASE5, s, now),
-    lambda s, now: rollback(PHASE5, s, now, 0, "x"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda s, now: hold(s, now, "x"),
+        lambda s, now: promote(PHASE5, s, now),
+        lambda s, now: rollback(PHASE5, s, now, 0, "x"),
+    ],
+)
 def test_commands_are_refused_during_an_emergency(command):
     """Hold, promote and rollback are refused while the kill switch is on."""
     state = emergency(running_at_10_percent(), at(20, 1), "kill").state
@@ -540,6 +561,7 @@ def test_hold_is_refused_once_completed():
 
 
 # -- checkpoint verdicts ---------------------------------------------------------------------------
+
 
 def at_day1_checkpoint() -> RolloutState:
     """The phase5 rollout right after the 24h checkpoint was recorded, before its report's verdict."""
@@ -596,6 +618,7 @@ def test_hold_verdict_while_awaiting_approval_keeps_waiting():
 
 # -- next_transition and Decision ------------------------------------------------------------------
 
+
 def test_next_transition_names_the_next_stage_or_checkpoint():
     """next_transition gives the next stage or checkpoint time and name, and None once completed."""
     assert next_transition(PHASE5, start(PHASE5, T0)) == (at(0), "Hour 0: flags created at 0% (validation mode)")
@@ -617,6 +640,7 @@ def test_decision_to_dict_is_the_journal_entry():
 
 
 # -- known bugs -------------------------------------------------------------------------------------
+
 
 def test_warning_blocks_an_overdue_stage_after_approval():
     """A stage does not apply on an evaluation that shows a warning breach, even after approval."""
@@ -668,7 +692,7 @@ def regime_value(guard, regime: str, rng: random.Random) -> float | None | str:
         return None
     if regime == "error":
         return OUTAGE
-    ordered = sorted(guard.thresholds.items())            # by severity
+    ordered = sorted(guard.thresholds.items())  # by severity
     above = guard.direction is Direction.ABOVE
     if regime == "ok":
         edge = ordered[0][1]
@@ -683,8 +707,8 @@ def regime_value(guard, regime: str, rng: random.Random) -> float | None | str:
 @dataclass(frozen=True)
 class Step:
     at: datetime
-    source: str                        # "decide" or the operator command
-    clean: bool                        # decide: this evaluation showed no breach and no blindness
+    source: str  # "decide" or the operator command
+    clean: bool  # decide: this evaluation showed no breach and no blindness
     before: RolloutState
     after: RolloutState
     decisions: tuple[Decision, ...]
@@ -692,8 +716,10 @@ class Step:
 
 def is_clean(p: Plan, observations: list[Observation]) -> bool:
     """True when no observation breaches or leaves its guard blind."""
-    return all(o.outcome is Outcome.PASS or (o.outcome is Outcome.NO_DATA and p.guard(o.guard).no_data is NoData.PASS)
-               for o in observations)
+    return all(
+        o.outcome is Outcome.PASS or (o.outcome is Outcome.NO_DATA and p.guard(o.guard).no_data is NoData.PASS)
+        for o in observations
+    )
 
 
 def operator_move(rng: random.Random, state: RolloutState, now: datetime) -> tuple[str, Transition] | None:
@@ -722,7 +748,7 @@ def random_trace(seed: int) -> list[Step]:
         if move:
             steps.append(Step(now, move[0], False, state, move[1].state, move[1].decisions))
             state = move[1].state
-        for name, regime in regimes.items():   # trouble starts rarely and lasts ~7 evaluations
+        for name, regime in regimes.items():  # trouble starts rarely and lasts ~7 evaluations
             if regime == "ok" and rng.random() < 0.01:
                 regimes[name] = rng.choice(TROUBLE)
             elif regime != "ok" and rng.random() < 0.15:
@@ -732,7 +758,7 @@ def random_trace(seed: int) -> list[Step]:
         t = decide(PHASE5, state, now, observations)
         steps.append(Step(now, "decide", is_clean(PHASE5, observations), state, t.state, t.decisions))
         state = t.state
-        for index in awaiting_verdict(state):   # the service judges each report, then decides again
+        for index in awaiting_verdict(state):  # the service judges each report, then decides again
             t = checkpoint_verdict(PHASE5, state, now, index, rng.choice(("GO", "GO", "GO", "HOLD")), "random")
             t = Transition(decide(PHASE5, t.state, now).state, t.decisions + decide(PHASE5, t.state, now).decisions)
             steps.append(Step(now, "verdict", False, state, t.state, t.decisions))
@@ -813,6 +839,6 @@ def test_the_rollout_does_not_complete_while_a_guard_breaches():
     state, decisions = run(p, state, during(0, 3, {"latency": 0.35}), frm=at(2, 5), to=at(2, 5))
     assert [d.action for d in decisions] == ["warning"] and state.phase is Phase.RUNNING
     state, decisions = run(p, state, during(0, 3, {"latency": 0.35}), frm=at(2, 10), to=at(2, 10))
-    assert [d.action for d in decisions] == ["rollback"]      # sustained: it still counts
+    assert [d.action for d in decisions] == ["rollback"]  # sustained: it still counts
     state, decisions = run(p, resume(state, at(2, 11)).state, frm=at(2, 15), to=at(2, 25))
     assert [d.action for d in decisions] == ["stage_applied", "completed"]

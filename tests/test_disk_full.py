@@ -27,12 +27,14 @@ import pytest
 
 from controller.decide import Decision, Phase, RolloutState
 from controller.state_db import StateDB
+from deploy.client import error_message
 from flags import emergency
 from flags.emergency import Marker
 from flags.errors import StorageError
 from flags.model import KILL_SWITCH, Flag, Strategy
 from flags.store import FlagStore
 from tests.support.daemon_harness import Daemon, write_config
+from tests.support.plans import ERROR_RATIO, plan_toml, stage
 from tests.support.rehearsal import Admin, rolloutctl, wait_until
 from tests.support.service_rig import PHASE5, Rig, actions, read_flags, rigs  # noqa: F401  (rigs: a fixture)
 
@@ -102,8 +104,7 @@ def until(check: Callable[[], bool], timeout: float = WAIT) -> None:
 
 
 def plan_flags_off(store: FlagStore) -> bool:
-    return all(not store.snapshot.evaluate(name, IN_COHORT, datetime.now().astimezone()).value
-               for name in PHASE5.flags)
+    return all(not store.snapshot.evaluate(name, IN_COHORT, datetime.now().astimezone()).value for name in PHASE5.flags)
 
 
 def rolled_out(name: str) -> Flag:
@@ -147,8 +148,14 @@ def test_a_damaged_emergency_file_reads_as_engaged(tmp_path: Path, damage: str) 
         pass
     path = tmp_path / emergency.FILE
     off, on = emergency.encode(Marker(False)), emergency.encode(Marker(True, "bob", "r" * 800))
-    path.write_bytes({"torn": on[:512] + off[512:], "truncated": off[:1000],   # torn: the crash hit mid-write
-                      "foreign": b"#" * emergency.SIZE, "empty": b""}[damage])
+    path.write_bytes(
+        {
+            "torn": on[:512] + off[512:],
+            "truncated": off[:1000],  # torn: the crash hit mid-write
+            "foreign": b"#" * emergency.SIZE,
+            "empty": b"",
+        }[damage]
+    )
     assert emergency.decode(path.read_bytes()).problem
 
     with FlagStore.open(tmp_path) as store:
@@ -177,8 +184,9 @@ def test_kill_is_served_at_once_without_touching_the_disk(tmp_path: Path, monkey
         assert store.durable is True and read_flags(tmp_path)[KILL_SWITCH]["enabled"] is True
 
 
-def test_an_emergency_on_a_full_disk_is_in_force_then_written_when_space_returns(tmp_path: Path,
-                                                                                 disk: FullDisk) -> None:
+def test_an_emergency_on_a_full_disk_is_in_force_then_written_when_space_returns(
+    tmp_path: Path, disk: FullDisk
+) -> None:
     """With ENOSPC on every new block: the kill switch is served on, emergency.state (rewritten in place)
     says so, flags.json and the audit log are untouched and whole; once space returns the retry writes
     flags.json and audits the change under the emergency's actor."""
@@ -249,8 +257,9 @@ def test_clearing_the_kill_switch_on_a_full_disk_leaves_it_on_everywhere(tmp_pat
         assert read_flags(tmp_path)[KILL_SWITCH]["enabled"] is True and marker_on_disk(tmp_path).engaged is True
 
 
-def test_the_emergency_file_cannot_be_created_on_a_full_disk_until_space_returns(tmp_path: Path,
-                                                                                 disk: FullDisk) -> None:
+def test_the_emergency_file_cannot_be_created_on_a_full_disk_until_space_returns(
+    tmp_path: Path, disk: FullDisk
+) -> None:
     """A store first opened with the disk full starts without emergency.state, creates it once space
     returns, and an emergency meanwhile is still in force in memory."""
     with seeded(tmp_path):
@@ -293,13 +302,13 @@ def test_an_audit_record_a_full_disk_cut_short_is_taken_back(tmp_path: Path, mon
 def test_rolloutctl_says_what_an_error_answer_means() -> None:
     """A JSON error is shown in the daemon's own words; a bare 500 names the status and where to look,
     never just "Internal Server Error"."""
-    from deploy.client import error_message
 
     full = httpx.Response(507, json={"error": "state_dir /x is full (ENOSPC) while writing flags.json: free space"})
     assert error_message(full, full.json()) == "state_dir /x is full (ENOSPC) while writing flags.json: free space"
     bare = httpx.Response(500, text="Internal Server Error")
-    assert error_message(bare, None) == ("rolloutd answered 500 Internal Server Error; its log says why "
-                                         "(`journalctl -u rolloutd -p err`)")
+    assert error_message(bare, None) == (
+        "rolloutd answered 500 Internal Server Error; its log says why (`journalctl -u rolloutd -p err`)"
+    )
 
 
 # -- the controller on a full disk ---------------------------------------------------------------
@@ -314,7 +323,8 @@ async def wait_for(check: Callable[[], bool]) -> None:
 
 @pytest.mark.anyio
 async def test_emergency_stop_on_a_full_disk_is_an_emergency_at_once_and_journaled_when_space_returns(
-        rigs: Callable[..., Rig], tmp_path: Path, disk: FullDisk) -> None:
+    rigs: Callable[..., Rig], tmp_path: Path, disk: FullDisk
+) -> None:
     """With flags.json and SQLite both refusing: emergency_stop() answers, the phase is EMERGENCY and
     every plan flag is served off at once; when space returns the next round journals the emergency,
     flags.json gets the kill switch, a restart finds the rollout in EMERGENCY, and clearing it clears
@@ -332,7 +342,7 @@ async def test_emergency_stop_on_a_full_disk_is_an_emergency_at_once_and_journal
     assert rig.controller.journal_error is not None and "is full (ENOSPC)" in str(rig.controller.journal_error)
     assert actions(rig.journal())[-1] != "emergency" and rig.db.load().phase is Phase.RUNNING
     with pytest.raises(StorageError):
-        await rig.at(5)   # a round while the disk is full: nothing written, the emergency still in force
+        await rig.at(5)  # a round while the disk is full: nothing written, the emergency still in force
     assert rig.controller.state.phase is Phase.EMERGENCY
 
     disk.full = False
@@ -352,7 +362,8 @@ async def test_emergency_stop_on_a_full_disk_is_an_emergency_at_once_and_journal
 
 @pytest.mark.anyio
 async def test_a_restart_on_a_full_disk_honours_an_emergency_neither_file_recorded(
-        rigs: Callable[..., Rig], tmp_path: Path, disk: FullDisk) -> None:
+    rigs: Callable[..., Rig], tmp_path: Path, disk: FullDisk
+) -> None:
     """An emergency that reached only emergency.state (flags.json and SQLite full) survives a restart
     while the disk is still full: the controller opens in EMERGENCY with every plan flag served off, and
     journals it once space returns — the rollout never comes back `running`."""
@@ -378,14 +389,15 @@ async def test_a_restart_on_a_full_disk_honours_an_emergency_neither_file_record
 
 @pytest.mark.anyio
 async def test_a_rollout_command_refused_by_a_full_disk_leaves_nothing_behind(
-        rigs: Callable[..., Rig], tmp_path: Path, disk: FullDisk) -> None:
+    rigs: Callable[..., Rig], tmp_path: Path, disk: FullDisk
+) -> None:
     """A rollback whose intent SQLite took but whose flags.json write was refused is withdrawn: the
     error names the full disk, the stored state and the journal are as before, no intent is pending."""
     rig = rigs(tmp_path / "state")
     await rig.controller.open()
     await rig.at(0, 4)
     state, journal = rig.db.load(), rig.journal()
-    disk.full = True   # the flags' files only: SQLite (its WAL already allocated) still takes writes
+    disk.full = True  # the flags' files only: SQLite (its WAL already allocated) still takes writes
 
     with pytest.raises(StorageError, match=r"is full \(ENOSPC\) while writing flags.json"):
         await rig.controller.command("rollback", reason="too hot", actor="bob", to_stage=0)
@@ -396,29 +408,12 @@ async def test_a_rollout_command_refused_by_a_full_disk_leaves_nothing_behind(
 # -- the daemon on a real full filesystem --------------------------------------------------------
 
 FLAG = "disk_ranker"
-PLAN = f"""\
-[plan]
-name = "disk_full"
-flags = ["{FLAG}"]
-guard_interval = "5m"
-
-[[stages]]
-at = "0m"
-percentage = 100
-agents = ["Builder"]
-
-[[stages]]
-at = "10000h"
-percentage = 100
-agents = ["Builder", "QA"]
-
-[[guards]]
-name = "errors"
-builtin = "error_ratio"
-warning = 0.05
-critical = 0.1
-no_data = "pass"
-"""
+PLAN = plan_toml(
+    name="disk_full",
+    flags=[FLAG],
+    guards=[ERROR_RATIO],
+    stages=[stage("0m", 100, ["Builder"]), stage("10000h", 100, ["Builder", "QA"])],
+)
 TMPFS_BYTES = 64 << 20
 
 
@@ -427,8 +422,12 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 64 MiB tmpfs at tmp_path/state (root and a mount namespace that allows it, else skipped)."""
     state = tmp_path / "state"
     state.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0750", "tmpfs", str(state)],
-                             capture_output=True, text=True, timeout=30)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0750", "tmpfs", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the injected-ENOSPC tests cover the logic")
     try:
@@ -452,7 +451,7 @@ def fill(directory: Path) -> Path:
 
 def evaluate(daemon: Daemon) -> bool:
     response = httpx.post(f"{daemon.base_url}/ofrep/v1/evaluate/flags/{FLAG}", json={"context": IN_COHORT}, timeout=5)
-    return response.json().get("value") is True   # a flag not created yet answers FLAG_NOT_FOUND
+    return response.json().get("value") is True  # a flag not created yet answers FLAG_NOT_FOUND
 
 
 def retrieve_status(daemon: Daemon) -> int:
@@ -490,22 +489,31 @@ def test_the_emergency_wins_over_a_full_tmpfs(tmp_path: Path, small_fs: Path) ->
         assert admin.status()["phase"] == "emergency" and not on_disk_kill_switch(small_fs)
 
         daemon.signal(signal.SIGUSR1)
-        wait_until(lambda: sum(e["event"] == "rollout.emergency" for e in daemon.events()) == 2, WAIT,
-                   "the second emergency logged", daemon)
+        wait_until(
+            lambda: sum(e["event"] == "rollout.emergency" for e in daemon.events()) == 2,
+            WAIT,
+            "the second emergency logged",
+            daemon,
+        )
         assert daemon.proc is not None and daemon.proc.poll() is None and admin.status()["phase"] == "emergency"
 
-        daemon.proc.kill()   # a crash, and systemd's restart, while the disk is still full
+        daemon.proc.kill()  # a crash, and systemd's restart, while the disk is still full
         daemon.wait()
         daemon = Daemon(config).start(wait=False)
-        wait_until(lambda: httpx.get(daemon.base_url + "/healthz", timeout=2).status_code == 200, WAIT,
-                   "the restarted daemon answering", daemon)
+        wait_until(
+            lambda: httpx.get(daemon.base_url + "/healthz", timeout=2).status_code == 200,
+            WAIT,
+            "the restarted daemon answering",
+            daemon,
+        )
         assert not evaluate(daemon) and retrieve_status(daemon) == 503
         assert admin.status()["phase"] == "emergency"
 
-        filler.unlink()   # space returns
+        filler.unlink()  # space returns
         wait_until(lambda: on_disk_kill_switch(small_fs), WAIT, "flags.json with the kill switch on", daemon)
-        wait_until(lambda: any(d["action"] == "emergency" for d in admin.journal()), WAIT,
-                   "the emergency journaled", daemon)
+        wait_until(
+            lambda: any(d["action"] == "emergency" for d in admin.journal()), WAIT, "the emergency journaled", daemon
+        )
         flags = json.loads((small_fs / "flags.json").read_text())
         assert flags[FLAG]["enabled"] is False
     finally:
@@ -519,7 +527,7 @@ def test_the_emergency_wins_over_a_full_tmpfs(tmp_path: Path, small_fs: Path) ->
     finally:
         again.stop()
 
-    fill(small_fs)   # full while stopped: SQLite cannot even open controller.db (no room for its -shm)
+    fill(small_fs)  # full while stopped: SQLite cannot even open controller.db (no room for its -shm)
     refused = Daemon(config).start(wait=False)
     try:
         assert refused.wait(WAIT) == 78

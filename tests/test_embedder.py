@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,15 +16,11 @@ import anyio
 import numpy as np
 import pytest
 
-from retrieval.embedder import (
-    Embedder,
-    EmbedderError,
-    HashingEmbedder,
-    HttpEmbedder,
-    StaticModelEmbedder,
-    build_embedder,
-    hash_embed,
-)
+from retrieval.backends import build_embedder
+from retrieval.embedder import Embedder, EmbedderError
+from retrieval.embedder_hashing import HashingEmbedder, hash_embed
+from retrieval.embedder_http import HttpEmbedder
+from retrieval.embedder_static import StaticModelEmbedder
 
 pytestmark = pytest.mark.anyio
 
@@ -74,24 +71,31 @@ async def test_large_batch_runs_in_a_worker_thread_with_same_result() -> None:
 def test_same_vector_in_another_process() -> None:
     """The hashing embedder gives bit-identical vectors in a fresh interpreter (no salted hash())."""
     code = (
-        "import sys, numpy as np; from retrieval.embedder import hash_embed; "
+        "import sys, numpy as np; from retrieval.embedder_hashing import hash_embed; "
         f"sys.stdout.write(hash_embed({TEXTS!r}, 384).tobytes().hex())"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
-        env={"PYTHONHASHSEED": "12345", "PATH": ""}, cwd=Path(__file__).parents[1],
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={"PYTHONHASHSEED": "12345", "PATH": ""},
+        cwd=Path(__file__).parents[1],
     ).stdout
     assert bytes.fromhex(out) == hash_embed(TEXTS, 384).tobytes()
 
 
 async def test_near_duplicates_and_shared_rare_words_score_higher() -> None:
     """A reworded near-duplicate, then a text sharing a rare word, outrank an unrelated text."""
-    query, near_dup, shared_word, unrelated = await HashingEmbedder().embed([
-        "the canary for agent builder-7 was rolled back by the latency guard",
-        "canary for agent builder-7 rolled back by latency guard",
-        "builder-7 finished its nightly compaction",
-        "quarterly newsletter about the new coffee machine in the office",
-    ])
+    query, near_dup, shared_word, unrelated = await HashingEmbedder().embed(
+        [
+            "the canary for agent builder-7 was rolled back by the latency guard",
+            "canary for agent builder-7 rolled back by latency guard",
+            "builder-7 finished its nightly compaction",
+            "quarterly newsletter about the new coffee machine in the office",
+        ]
+    )
     assert cosine(query, near_dup) > cosine(query, shared_word) > cosine(query, unrelated)
     assert cosine(query, near_dup) > 0.8
 
@@ -153,9 +157,7 @@ def test_build_rejects_bad_specs(spec: str, message: str) -> None:
 async def test_static_model_reports_missing_package_or_embeds() -> None:
     """Without wordllama installed the static embedder says how to install it; with it, it embeds."""
     embedder = StaticModelEmbedder()
-    try:
-        import wordllama  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("wordllama") is None:
         with pytest.raises(EmbedderError, match="pip install"):
             await embedder.embed(["x"])
         return

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from flags.evaluate import CompiledFlag
 from flags.model import Constraint, Flag, Operator, Strategy
 from tests.support.unleash_offline import offline_unleash
 
-NOW = datetime(2025, 10, 24, 12, tzinfo=timezone.utc)
+NOW = datetime(2025, 10, 24, 12, tzinfo=UTC)
 GROUP = "hybrid_rag_enabled"
 COHORT = ("Builder", "Deploy", "QA")
 AGENTS = ("Builder", "Deploy", "QA", "Support", "Legal")
@@ -35,20 +35,30 @@ N_CONTEXTS = 10_000
 def rollout_feature(p: int) -> dict[str, Any]:
     """Unleash's flexibleRollout at `p`% for the cohort, bucketed on targetingKey in GROUP."""
     return {
-        "name": f"p{p}", "enabled": True, "type": "release", "project": "default",
-        "strategies": [{
-            "name": "flexibleRollout",
-            "parameters": {"rollout": str(p), "stickiness": "targetingKey", "groupId": GROUP},
-            "constraints": [{"contextName": "agent", "operator": "IN", "values": list(COHORT)}],
-        }],
+        "name": f"p{p}",
+        "enabled": True,
+        "type": "release",
+        "project": "default",
+        "strategies": [
+            {
+                "name": "flexibleRollout",
+                "parameters": {"rollout": str(p), "stickiness": "targetingKey", "groupId": GROUP},
+                "constraints": [{"contextName": "agent", "operator": "IN", "values": list(COHORT)}],
+            }
+        ],
     }
 
 
 def our_flag(p: float) -> Flag:
     """Our equivalent of `rollout_feature(p)`."""
     return Flag(
-        name=f"p{p}", enabled=True, rollout_strategy=Strategy.PERCENTAGE, rollout_percentage=float(p),
-        constraints=(Constraint("agent", Operator.IN, COHORT),), stickiness="targetingKey", group_id=GROUP,
+        name=f"p{p}",
+        enabled=True,
+        rollout_strategy=Strategy.PERCENTAGE,
+        rollout_percentage=float(p),
+        constraints=(Constraint("agent", Operator.IN, COHORT),),
+        stickiness="targetingKey",
+        group_id=GROUP,
     )
 
 
@@ -121,7 +131,7 @@ def test_agrees_with_unleash_at_every_whole_percentage():
     """For 10,000 contexts and every whole percentage 0-100, our answer equals UnleashClient.is_enabled."""
     contexts = make_contexts()
     workers = max(1, min(8, os.cpu_count() or 1))
-    chunks = [contexts[i::workers * 4] for i in range(workers * 4)]
+    chunks = [contexts[i :: workers * 4] for i in range(workers * 4)]
     started = time.perf_counter()
 
     with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -131,9 +141,14 @@ def test_agrees_with_unleash_at_every_whole_percentage():
     on_theirs = [sum(r[1][p] for r in results) for p in PERCENTAGES]
     on_ours = [sum(r[2][p] for r in results) for p in PERCENTAGES]
     cohort = sum(c["agent"] in COHORT for c in contexts)
-    print(f"\n{len(contexts)} contexts x {len(PERCENTAGES)} percentages = {len(contexts) * len(PERCENTAGES)} "
-          f"comparisons in {time.perf_counter() - started:.1f}s on {workers} workers; {cohort} contexts in the cohort")
-    print("on (ours/unleash) at " + ", ".join(f"{p}%: {on_ours[p]}/{on_theirs[p]}" for p in (0, 1, 5, 10, 25, 50, 99, 100)))
+    print(
+        f"\n{len(contexts)} contexts x {len(PERCENTAGES)} percentages = {len(contexts) * len(PERCENTAGES)} "
+        f"comparisons in {time.perf_counter() - started:.1f}s on {workers} workers; {cohort} contexts in the cohort"
+    )
+    print(
+        "on (ours/unleash) at "
+        + ", ".join(f"{p}%: {on_ours[p]}/{on_theirs[p]}" for p in (0, 1, 5, 10, 25, 50, 99, 100))
+    )
 
     assert disagreements == [], f"{len(disagreements)} disagreements, first: {disagreements[:10]}"
     assert on_theirs == on_ours
@@ -156,11 +171,23 @@ KNOWN_DIVERGENCES = {("NOT_IN", False, False, None), ("NOT_IN", True, False, Non
 
 def constraint_feature(op: str, inverted: bool, case_insensitive: bool) -> dict[str, Any]:
     return {
-        "name": f"{op}-{inverted}-{case_insensitive}", "enabled": True,
-        "strategies": [{"name": "default", "parameters": {}, "constraints": [{
-            "contextName": "agent", "operator": op, "values": ["Builder", "QA"],
-            "inverted": inverted, "caseInsensitive": case_insensitive,
-        }]}],
+        "name": f"{op}-{inverted}-{case_insensitive}",
+        "enabled": True,
+        "strategies": [
+            {
+                "name": "default",
+                "parameters": {},
+                "constraints": [
+                    {
+                        "contextName": "agent",
+                        "operator": op,
+                        "values": ["Builder", "QA"],
+                        "inverted": inverted,
+                        "caseInsensitive": case_insensitive,
+                    }
+                ],
+            }
+        ],
     }
 
 
@@ -168,8 +195,13 @@ def constraint_answers() -> dict[tuple, tuple[bool, bool]]:
     client = offline_unleash([constraint_feature(*case) for case in OPERATOR_CASES])
     answers = {}
     for op, inverted, case_insensitive in OPERATOR_CASES:
-        flag = CompiledFlag(Flag(name="f", enabled=True, constraints=(
-            Constraint("agent", Operator(op), ("Builder", "QA"), case_insensitive, inverted),)))
+        flag = CompiledFlag(
+            Flag(
+                name="f",
+                enabled=True,
+                constraints=(Constraint("agent", Operator(op), ("Builder", "QA"), case_insensitive, inverted),),
+            )
+        )
         for agent in AGENT_VALUES:
             context = {"targetingKey": "task-1"} | ({} if agent is None else {"agent": agent})
             theirs = client.is_enabled(f"{op}-{inverted}-{case_insensitive}", context)
@@ -192,7 +224,8 @@ def test_not_in_on_a_missing_field_agrees_with_unleash():
     answers = constraint_answers()
 
     assert {case: answers[case] for case in KNOWN_DIVERGENCES} == {
-        case: (answers[case][1], answers[case][1]) for case in KNOWN_DIVERGENCES}
+        case: (answers[case][1], answers[case][1]) for case in KNOWN_DIVERGENCES
+    }
 
 
 # -- (b) monotonicity --------------------------------------------------------------------------

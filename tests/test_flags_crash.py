@@ -17,7 +17,7 @@ import select
 import signal
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,22 +29,35 @@ from flags.store import FlagStore
 ROUNDS = 200
 MAX_RUN = 0.040
 NAMES = ("hybrid_rag_enabled", "vector_search_enabled", "graph_database_enabled")
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)
 
 # Where the child is, written to shared memory byte 0 before each step.
 IDLE, PREPARING, AUDITING, BACKING_UP, REPLACING, PRUNING, PUBLISHING = range(7)
-PHASES = ("idle", "preparing", "appending audit", "linking backup", "replacing file", "pruning backups",
-          "publishing snapshot")
+PHASES = (
+    "idle",
+    "preparing",
+    "appending audit",
+    "linking backup",
+    "replacing file",
+    "pruning backups",
+    "publishing snapshot",
+)
 IN_WRITE = {AUDITING, BACKING_UP, REPLACING, PRUNING}
 
 
 def initial_flags() -> dict[str, Flag]:
     config = ProgressiveConfig(0.0, 100.0, T0, T0 + timedelta(days=7), 0.0)
     return {
-        "hybrid_rag_enabled": Flag(name="hybrid_rag_enabled", enabled=True, rollout_strategy=Strategy.PROGRESSIVE,
-                                   rollout_percentage=0.0, progressive_config=config),
-        "vector_search_enabled": Flag(name="vector_search_enabled", enabled=True,
-                                      rollout_strategy=Strategy.PERCENTAGE, rollout_percentage=5.0),
+        "hybrid_rag_enabled": Flag(
+            name="hybrid_rag_enabled",
+            enabled=True,
+            rollout_strategy=Strategy.PROGRESSIVE,
+            rollout_percentage=0.0,
+            progressive_config=config,
+        ),
+        "vector_search_enabled": Flag(
+            name="vector_search_enabled", enabled=True, rollout_strategy=Strategy.PERCENTAGE, rollout_percentage=5.0
+        ),
         "graph_database_enabled": Flag(name="graph_database_enabled", enabled=False, extra={"owner": "graph"}),
     }
 
@@ -58,6 +71,7 @@ def instrument(store: FlagStore, phase: mmap.mmap) -> None:
             result = method(*args, **kwargs)
             phase[0] = leave
             return result
+
         return wrapped
 
     store.audit.append = step(AUDITING, BACKING_UP, store.audit.append)
@@ -159,8 +173,9 @@ def check_state(state_dir: Path, audit: AuditReader) -> None:
         for flag in flags.values():
             assert flag.audit_id in audit.ids, f"{flag.name} carries audit_id {flag.audit_id} not in the log"
         last = audit.last_change
-        assert last["id"] in {f.audit_id for f in flags.values()} or last["id"] in audit.aborted, \
+        assert last["id"] in {f.audit_id for f in flags.values()} or last["id"] in audit.aborted, (
             f"the last change {last['id']} is neither in flags.json nor closed as aborted"
+        )
     assert not list(state_dir.glob(".flags.json.*.tmp"))
     for backup in (state_dir / "backups").glob("flags.*.json"):
         parse_flags_text(backup.read_text(), backup)
@@ -188,8 +203,10 @@ def test_sigkill_at_random_points_never_corrupts_the_store(tmp_path):
 
     elapsed = time.perf_counter() - started
     mid_write = sum(killed_in[p] for p in IN_WRITE)
-    print(f"\n{ROUNDS} kills in {elapsed:.1f}s (CRASH_SEED={seed}); {audit.records} audit records, "
-          f"{len(audit.aborted)} aborted changes; kills mid-write {mid_write}, outside a write {ROUNDS - mid_write}: "
-          + ", ".join(f"{PHASES[p]} {n}" for p, n in sorted(killed_in.items())))
+    print(
+        f"\n{ROUNDS} kills in {elapsed:.1f}s (CRASH_SEED={seed}); {audit.records} audit records, "
+        f"{len(audit.aborted)} aborted changes; kills mid-write {mid_write}, outside a write {ROUNDS - mid_write}: "
+        + ", ".join(f"{PHASES[p]} {n}" for p, n in sorted(killed_in.items()))
+    )
     assert audit.records > ROUNDS // 4, "the writer made too few changes to be worth killing"
     assert mid_write > 0, "no kill landed inside a write"

@@ -4,7 +4,7 @@ and the snapshot's revision."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,9 +12,9 @@ from flags.bucket import in_rollout
 from flags.evaluate import CompiledFlag, ErrorCode, FlagSet, Reason, Resolution, content_revision, evaluate
 from flags.model import KILL_SWITCH, Constraint, Flag, Operator, ProgressiveConfig, Strategy
 
-NOW = datetime(2025, 10, 24, 12, tzinfo=timezone.utc)
-START = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
-END = datetime(2025, 10, 30, 9, tzinfo=timezone.utc)
+NOW = datetime(2025, 10, 24, 12, tzinfo=UTC)
+START = datetime(2025, 10, 23, 9, tzinfo=UTC)
+END = datetime(2025, 10, 30, 9, tzinfo=UTC)
 KEYS = [f"task-{i}" for i in range(2000)]
 
 
@@ -33,8 +33,9 @@ def pct_flag(percentage: float, **overrides) -> Flag:
 def ramp_flag(initial=0.0, end=100.0, current=None, **overrides) -> Flag:
     """An enabled progressive flag ramping from `initial`% at START to `end`% at END."""
     config = ProgressiveConfig(initial, end, START, END, current)
-    return make_flag(rollout_strategy=Strategy.PROGRESSIVE, rollout_percentage=10.0, progressive_config=config,
-                     **overrides)
+    return make_flag(
+        rollout_strategy=Strategy.PROGRESSIVE, rollout_percentage=10.0, progressive_config=config, **overrides
+    )
 
 
 def ctx(key: str | None = "task-1", agent: str | None = "Builder", **attributes) -> dict:
@@ -61,8 +62,11 @@ def test_enabled_all_flag_is_on_for_everyone():
     assert evaluate(make_flag(), ctx(), NOW) == Resolution("hybrid_rag_enabled", True, Reason.STATIC)
 
 
-@pytest.mark.parametrize("flag", [make_flag(enabled=False), pct_flag(100, enabled=False), ramp_flag(enabled=False)],
-                         ids=["all", "percentage", "progressive"])
+@pytest.mark.parametrize(
+    "flag",
+    [make_flag(enabled=False), pct_flag(100, enabled=False), ramp_flag(enabled=False)],
+    ids=["all", "percentage", "progressive"],
+)
 def test_disabled_flag_is_off_with_reason_disabled(flag):
     """A disabled flag is off with reason DISABLED whatever its strategy or the context."""
     result = evaluate(flag, ctx(), END)
@@ -166,8 +170,9 @@ def test_case_insensitive_constraint(op, values, agent):
     assert evaluate(sensitive, ctx(agent=agent), NOW).value is False
 
 
-@pytest.mark.parametrize("op", [Operator.IN, Operator.STR_EQ, Operator.STR_CONTAINS, Operator.STR_STARTS_WITH,
-                                Operator.STR_ENDS_WITH])
+@pytest.mark.parametrize(
+    "op", [Operator.IN, Operator.STR_EQ, Operator.STR_CONTAINS, Operator.STR_STARTS_WITH, Operator.STR_ENDS_WITH]
+)
 def test_missing_field_matches_nothing(op):
     """A context without the constrained field is off (DEFAULT), and on when the constraint is inverted."""
     plain = make_flag(constraints=(Constraint("agent", op, ("Builder",)),))
@@ -194,10 +199,12 @@ def test_non_string_field_is_compared_as_text():
 
 def test_every_constraint_must_match():
     """Constraints are ANDed: one miss turns the flag off."""
-    flag = make_flag(constraints=(
-        Constraint("agent", Operator.IN, ("Builder", "QA")),
-        Constraint("region", Operator.STR_STARTS_WITH, ("eu-",)),
-    ))
+    flag = make_flag(
+        constraints=(
+            Constraint("agent", Operator.IN, ("Builder", "QA")),
+            Constraint("region", Operator.STR_STARTS_WITH, ("eu-",)),
+        )
+    )
 
     assert evaluate(flag, ctx(agent="QA", region="eu-west"), NOW).value is True
     assert evaluate(flag, ctx(agent="QA", region="us-east"), NOW).value is False
@@ -354,7 +361,7 @@ def test_seed_flag_after_its_end_date_is_fully_on():
     flag = ramp_flag()
 
     assert flag.rollout_percentage == 10.0
-    assert flag.percentage_at(datetime(2026, 1, 1, tzinfo=timezone.utc)) == 100.0
+    assert flag.percentage_at(datetime(2026, 1, 1, tzinfo=UTC)) == 100.0
 
 
 # -- the snapshot ---------------------------------------------------------------------------------
@@ -364,8 +371,12 @@ def test_unknown_flag_is_flag_not_found():
     """Evaluating a flag the snapshot does not have is off with FLAG_NOT_FOUND."""
     result = FlagSet({"a": make_flag(name="a")}).evaluate("nope", ctx(), NOW)
 
-    assert (result.key, result.value, result.reason, result.error) == ("nope", False, Reason.ERROR,
-                                                                       ErrorCode.FLAG_NOT_FOUND)
+    assert (result.key, result.value, result.reason, result.error) == (
+        "nope",
+        False,
+        Reason.ERROR,
+        ErrorCode.FLAG_NOT_FOUND,
+    )
 
 
 def test_snapshot_is_independent_of_the_mapping_it_was_built_from():

@@ -4,7 +4,7 @@ bad input is reported with the file, the line and the problem."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,8 +29,8 @@ SEED_TEXT = """{
 }
 """
 
-START = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
-END = datetime(2025, 10, 30, 9, tzinfo=timezone.utc)
+START = datetime(2025, 10, 23, 9, tzinfo=UTC)
+END = datetime(2025, 10, 30, 9, tzinfo=UTC)
 
 
 def make_flag(**overrides) -> Flag:
@@ -290,10 +290,7 @@ def test_duplicate_key_inside_the_first_flag_names_its_line(tmp_path):
 
 def test_duplicate_key_inside_a_later_flag_names_its_line(tmp_path):
     """A key repeated inside the second flag is reported at the repeat, not at its first copy."""
-    text = (
-        '{\n  "f": {\n    "enabled": true\n  },\n  "g": {\n    "enabled": true,\n'
-        '    "enabled": false\n  }\n}\n'
-    )
+    text = '{\n  "f": {\n    "enabled": true\n  },\n  "g": {\n    "enabled": true,\n    "enabled": false\n  }\n}\n'
 
     err = file_error(tmp_path, text)
 
@@ -306,8 +303,14 @@ def test_percentage_over_100_names_its_line(tmp_path):
 
     err = file_error(tmp_path, text)
 
-    assert_names(err, tmp_path / "flags.json", line_of(text, "140"), "hybrid_rag_enabled", "rollout_percentage",
-                 "140 is outside 0-100")
+    assert_names(
+        err,
+        tmp_path / "flags.json",
+        line_of(text, "140"),
+        "hybrid_rag_enabled",
+        "rollout_percentage",
+        "140 is outside 0-100",
+    )
 
 
 @pytest.mark.parametrize("value", [-1, 100.5, "10", True, None, float("nan")], ids=repr)
@@ -324,8 +327,13 @@ def test_unknown_strategy_names_its_line(tmp_path):
 
     err = file_error(tmp_path, text)
 
-    assert_names(err, tmp_path / "flags.json", line_of(text, '"gradual"'), "'gradual' is not one of",
-                 "all, percentage, progressive")
+    assert_names(
+        err,
+        tmp_path / "flags.json",
+        line_of(text, '"gradual"'),
+        "'gradual' is not one of",
+        "all, percentage, progressive",
+    )
 
 
 def test_enabled_must_be_a_boolean(tmp_path):
@@ -353,19 +361,28 @@ def test_missing_enabled_names_the_flags_own_line(tmp_path):
 NESTED_CASES = {
     "end_date_before_start": (
         {"start_date": "2025-10-30T09:00:00Z", "end_date": "2025-10-23T09:00:00Z"},
-        '"end_date"', ("is not after start_date",),
+        '"end_date"',
+        ("is not after start_date",),
     ),
     "end_date_equal_to_start": (
-        {"end_date": "2025-10-23T09:00:00Z"}, '"end_date"', ("is not after start_date",),
+        {"end_date": "2025-10-23T09:00:00Z"},
+        '"end_date"',
+        ("is not after start_date",),
     ),
     "naive_start_date": (
-        {"start_date": "2025-10-23T09:00:00"}, '"start_date"', ("has no time zone", "add Z"),
+        {"start_date": "2025-10-23T09:00:00"},
+        '"start_date"',
+        ("has no time zone", "add Z"),
     ),
     "unparseable_end_date": (
-        {"end_date": "next tuesday"}, '"end_date"', ("expected an ISO-8601 time",),
+        {"end_date": "next tuesday"},
+        '"end_date"',
+        ("expected an ISO-8601 time",),
     ),
     "current_percentage_over_100": (
-        {"current_percentage": 140}, '"current_percentage"', ("140 is outside 0-100",),
+        {"current_percentage": 140},
+        '"current_percentage"',
+        ("140 is outside 0-100",),
     ),
 }
 
@@ -426,8 +443,14 @@ def test_unknown_operator_names_file_flag_and_problem(tmp_path):
     err = file_error(tmp_path, text)
 
     assert line_of(text, '"hybrid_rag_enabled"') <= err.line <= line_of(text, '"LIKE"')
-    assert_names(err, tmp_path / "flags.json", err.line, "constraints[0].operator", "operator 'LIKE' is not one of",
-                 "IN, NOT_IN, STR_EQ")
+    assert_names(
+        err,
+        tmp_path / "flags.json",
+        err.line,
+        "constraints[0].operator",
+        "operator 'LIKE' is not one of",
+        "IN, NOT_IN, STR_EQ",
+    )
 
 
 def test_unknown_operator_names_its_own_line(tmp_path):
@@ -457,8 +480,16 @@ def test_unknown_operator_in_shorthand_is_rejected():
         "agent in [QA]",
         42,
     ],
-    ids=["no-values", "values-string", "values-number", "empty-name", "inverted-string", "typo", "lowercase-op",
-         "number"],
+    ids=[
+        "no-values",
+        "values-string",
+        "values-number",
+        "empty-name",
+        "inverted-string",
+        "typo",
+        "lowercase-op",
+        "number",
+    ],
 )
 def test_malformed_constraints_are_rejected(body):
     """A constraint missing a part, of the wrong type, or unreadable is an error naming the constraint."""
@@ -480,10 +511,20 @@ def test_shorthand_parses_to_the_same_constraint_as_the_object_form():
 
 def test_shorthand_inside_a_flags_file_equals_the_object_form():
     """A flags file may mix both forms; the flags come out equal."""
-    short = parse_flags_text(json.dumps({"f": {"enabled": True, "constraints": ["agent IN [Builder, Deploy, QA]"]}}),
-                             "flags.json")
-    long = parse_flags_text(json.dumps({"f": {"enabled": True, "constraints": [
-        {"context_name": "agent", "operator": "IN", "values": ["Builder", "Deploy", "QA"]}]}}), "flags.json")
+    short = parse_flags_text(
+        json.dumps({"f": {"enabled": True, "constraints": ["agent IN [Builder, Deploy, QA]"]}}), "flags.json"
+    )
+    long = parse_flags_text(
+        json.dumps(
+            {
+                "f": {
+                    "enabled": True,
+                    "constraints": [{"context_name": "agent", "operator": "IN", "values": ["Builder", "Deploy", "QA"]}],
+                }
+            }
+        ),
+        "flags.json",
+    )
 
     assert short == long
 
@@ -509,10 +550,13 @@ def test_shorthand_is_what_a_constraint_prints():
     assert parse_constraint("f", str(constraint)) == constraint
 
 
-@pytest.mark.parametrize("text", [
-    '{"f": ' + "[" * 5000 + "]" * 5000 + "}",
-    '{"f": {"enabled": true, "x_meta": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}}",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"f": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"f": {"enabled": true, "x_meta": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}}",
+    ],
+)
 def test_deeply_nested_json_is_a_file_error_naming_the_depth(tmp_path, text):
     """JSON nested past the limit (too deep to parse, or a kept extra key too deep to write back) is a FlagsFileError."""
     err = file_error(tmp_path, text)

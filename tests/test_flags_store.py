@@ -9,19 +9,25 @@ import select
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import flags.store
-from flags.errors import BackupNotFoundError, FlagsError, FlagsFileError, FlagValidationError, StoreLockedError, \
-    UnknownFlagError
+from flags.errors import (
+    BackupNotFoundError,
+    FlagsError,
+    FlagsFileError,
+    FlagValidationError,
+    StoreLockedError,
+    UnknownFlagError,
+)
 from flags.model import KILL_SWITCH, Flag, ProgressiveConfig, Strategy
 from flags.parse import parse_flags_text
 from flags.store import FlagStore
 
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,16 +44,22 @@ class StepClock:
 
 def make_flag(**overrides) -> Flag:
     """An enabled 5% percentage flag named vector_search_enabled; override any field."""
-    fields = dict(name="vector_search_enabled", enabled=True, rollout_strategy=Strategy.PERCENTAGE,
-                  rollout_percentage=5.0)
+    fields = dict(
+        name="vector_search_enabled", enabled=True, rollout_strategy=Strategy.PERCENTAGE, rollout_percentage=5.0
+    )
     fields.update(overrides)
     return Flag(**fields)
 
 
 def ramp_flag() -> Flag:
     config = ProgressiveConfig(0.0, 100.0, T0, T0 + timedelta(days=7))
-    return Flag(name="hybrid_rag_enabled", enabled=True, rollout_strategy=Strategy.PROGRESSIVE,
-                rollout_percentage=0.0, progressive_config=config)
+    return Flag(
+        name="hybrid_rag_enabled",
+        enabled=True,
+        rollout_strategy=Strategy.PROGRESSIVE,
+        rollout_percentage=0.0,
+        progressive_config=config,
+    )
 
 
 def open_store(state_dir: Path, **kwargs) -> FlagStore:
@@ -58,8 +70,7 @@ def open_store(state_dir: Path, **kwargs) -> FlagStore:
 def seeded(state_dir: Path, **kwargs) -> FlagStore:
     """An open store holding the kill switch, a percentage flag and a progressive flag."""
     store = open_store(state_dir, **kwargs)
-    store.apply({"vector_search_enabled": make_flag(), "hybrid_rag_enabled": ramp_flag()}, actor="test",
-                reason="seed")
+    store.apply({"vector_search_enabled": make_flag(), "hybrid_rag_enabled": ramp_flag()}, actor="test", reason="seed")
     return store
 
 
@@ -87,9 +98,13 @@ def disk_state(state_dir: Path) -> tuple:
     """Everything a write would change: the file's bytes and inode, the audit log, the backups."""
     path = state_dir / "flags.json"
     backups = state_dir / "backups"
-    return (path.read_bytes(), path.stat().st_ino, path.stat().st_mtime_ns,
-            (state_dir / "audit.jsonl").read_bytes(),
-            sorted(p.name for p in backups.iterdir()) if backups.exists() else [])
+    return (
+        path.read_bytes(),
+        path.stat().st_ino,
+        path.stat().st_mtime_ns,
+        (state_dir / "audit.jsonl").read_bytes(),
+        sorted(p.name for p in backups.iterdir()) if backups.exists() else [],
+    )
 
 
 # -- creation -------------------------------------------------------------------------------
@@ -173,8 +188,14 @@ def test_set_appends_an_audit_record(tmp_path):
         assert len(records) == count + 1
         record, after = records[-1], on_disk(tmp_path)["vector_search_enabled"]
         assert record == {
-            "time": clock.now.isoformat(), "id": after.audit_id, "event": "change", "actor": "alice",
-            "reason": "stage 3", "flag": "vector_search_enabled", "before": before.to_dict(), "after": after.to_dict(),
+            "time": clock.now.isoformat(),
+            "id": after.audit_id,
+            "event": "change",
+            "actor": "alice",
+            "reason": "stage 3",
+            "flag": "vector_search_enabled",
+            "before": before.to_dict(),
+            "after": after.to_dict(),
         }
         assert record["before"]["rollout_percentage"] == 5.0 and record["after"]["rollout_percentage"] == 25.0
 
@@ -184,8 +205,11 @@ def test_apply_of_several_flags_is_one_change(tmp_path):
     with seeded(tmp_path) as store:
         backups, records = len(backup_files(tmp_path)), len(audit_records(tmp_path))
 
-        store.apply({"vector_search_enabled": make_flag(enabled=False), "new_flag": Flag(name="new_flag", enabled=True)},
-                    actor="bob", reason="batch")
+        store.apply(
+            {"vector_search_enabled": make_flag(enabled=False), "new_flag": Flag(name="new_flag", enabled=True)},
+            actor="bob",
+            reason="batch",
+        )
 
         new = audit_records(tmp_path)[records:]
         assert [r["flag"] for r in new] == ["vector_search_enabled", "new_flag"]
@@ -219,8 +243,15 @@ def test_set_percentage_on_an_all_flag_makes_it_a_percentage_flag(tmp_path):
 
 def test_set_keeps_extra_keys(tmp_path):
     """Keys other tools wrote survive a change made through the store."""
-    seed = {"f": {"enabled": True, "rollout_strategy": "percentage", "rollout_percentage": 5, "owner": "x",
-                  "labels": {"tier": 1}}}
+    seed = {
+        "f": {
+            "enabled": True,
+            "rollout_strategy": "percentage",
+            "rollout_percentage": 5,
+            "owner": "x",
+            "labels": {"tier": 1},
+        }
+    }
     (tmp_path / "flags.json").write_text(json.dumps(seed))
 
     with open_store(tmp_path) as store:
@@ -236,9 +267,13 @@ def test_unchanged_apply_writes_nothing(tmp_path):
         before, snapshot = disk_state(tmp_path), store.snapshot
         current = store.get("vector_search_enabled")
 
-        assert store.apply({"vector_search_enabled": replace(current, audit_id=None)}, actor="t", reason="x") is snapshot
-        assert store.apply({"vector_search_enabled": replace(current, audit_id="other")}, actor="t", reason="x") \
+        assert (
+            store.apply({"vector_search_enabled": replace(current, audit_id=None)}, actor="t", reason="x") is snapshot
+        )
+        assert (
+            store.apply({"vector_search_enabled": replace(current, audit_id="other")}, actor="t", reason="x")
             is snapshot
+        )
         assert store.set("vector_search_enabled", enabled=True, percentage=5, actor="t", reason="x") is snapshot
         assert store.apply({}, actor="t", reason="x") is snapshot
 
@@ -337,8 +372,14 @@ sys.stdin.read()
 
 
 def child(state_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD_OPEN, str(state_dir)], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD_OPEN, str(state_dir)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_open_in_another_process_is_refused(tmp_path):
@@ -372,8 +413,11 @@ def test_lock_held_by_another_process_is_released_when_it_exits(tmp_path):
 CORRUPT = {
     "not-json": (b'{\n  "f": {"enabled": true,\n', 3, "not valid JSON"),
     "empty": (b"", None, "empty"),
-    "invalid-percentage": (b'{\n  "f": {\n    "enabled": true,\n    "rollout_percentage": 140\n  }\n}\n', 4,
-                           "140 is outside 0-100"),
+    "invalid-percentage": (
+        b'{\n  "f": {\n    "enabled": true,\n    "rollout_percentage": 140\n  }\n}\n',
+        4,
+        "140 is outside 0-100",
+    ),
     "not-utf8": (b'{"f": {"enabled": true, "description": "\xff\xfe"}}', None, "not UTF-8"),
 }
 
@@ -444,8 +488,11 @@ def test_restore_recovers_from_a_corrupt_file_and_keeps_it(tmp_path, case):
         store.restore(restored_from, actor="operator", reason="corrupt file")
 
         assert store.load_error is None
-        assert without_audit_ids(on_disk(tmp_path)) == without_audit_ids(expected) == without_audit_ids(
-            dict(store.snapshot.flags))
+        assert (
+            without_audit_ids(on_disk(tmp_path))
+            == without_audit_ids(expected)
+            == without_audit_ids(dict(store.snapshot.flags))
+        )
         assert [p for p in backup_files(tmp_path) if p.read_bytes() == data]
         assert any(b.problem for b in store.backups())
         records = [r for r in audit_records(tmp_path) if r["event"] == "restore"]
@@ -534,10 +581,21 @@ def test_a_change_after_a_bad_hand_edit_does_not_overwrite_it(tmp_path):
 
 def crash_leftover(state_dir: Path, flags: list[str], audit_id: str = "20251023T100000000000Z-dead00") -> None:
     """Append the records of a change whose flags file was never written, as a crash would leave them."""
-    lines = [json.dumps({"time": "2025-10-23T10:00:00+00:00", "id": audit_id, "event": "change", "actor": "t",
-                         "reason": "lost", "flag": name, "before": None,
-                         "after": {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0}})
-             for name in flags]
+    lines = [
+        json.dumps(
+            {
+                "time": "2025-10-23T10:00:00+00:00",
+                "id": audit_id,
+                "event": "change",
+                "actor": "t",
+                "reason": "lost",
+                "flag": name,
+                "before": None,
+                "after": {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0},
+            }
+        )
+        for name in flags
+    ]
     with open(state_dir / "audit.jsonl", "a") as log:
         log.write("".join(line + "\n" for line in lines))
 
@@ -557,7 +615,7 @@ def test_change_that_never_reached_the_file_is_marked_aborted(tmp_path, flags):
 
     records = audit_records(tmp_path)
     assert records[-1]["event"] == "aborted" and records[-1]["id"] == "20251023T100000000000Z-dead00"
-    assert [r["event"] for r in records[-len(flags) - 1:]] == ["change"] * len(flags) + ["aborted"]
+    assert [r["event"] for r in records[-len(flags) - 1 :]] == ["change"] * len(flags) + ["aborted"]
     assert (tmp_path / "flags.json").read_bytes() == file_before
 
 
@@ -608,6 +666,7 @@ def test_torn_tail_is_cut_in_a_log_larger_than_the_tail_window(tmp_path):
 
 def test_failed_write_leaves_no_change_looking_applied(tmp_path, monkeypatch):
     """If the file cannot be written, the change's audit records end up closed as aborted."""
+
     def disk_full(path, data, mode=0o640):
         raise OSError(28, "No space left on device")
 

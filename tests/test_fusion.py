@@ -9,7 +9,7 @@ from retrieval.fusion import fuse
 
 def test_a_memory_found_by_both_sources_is_one_result_with_both_ranks() -> None:
     fused = fuse({"vector": ["a", "b", "c"], "graph": ["c", "d"]})
-    assert [f.id for f in fused] == ["c", "a", "b", "d"]      # c: 1/63 + 1/61 beats a: 1/61
+    assert [f.id for f in fused] == ["c", "a", "b", "d"]  # c: 1/63 + 1/61 beats a: 1/61
     c = fused[0]
     assert c.ranks == {"vector": 3, "graph": 1}
     assert c.score == pytest.approx(1 / 63 + 1 / 61)
@@ -31,7 +31,7 @@ def test_weights_and_k_change_the_order() -> None:
 
 def test_ties_are_deterministic_and_limit_cuts() -> None:
     fused = fuse({"vector": ["a", "b"], "graph": ["b", "a"]})
-    assert [f.id for f in fused] == ["a", "b"]                 # equal scores: best rank, then id
+    assert [f.id for f in fused] == ["a", "b"]  # equal scores: best rank, then id
     assert [f.id for f in fuse({"vector": list("abcdef")}, limit=3)] == ["a", "b", "c"]
 
 

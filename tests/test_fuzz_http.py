@@ -49,24 +49,31 @@ from tests.support.flagfiles import PHASE5_FLAGS, write_seed_flags
 REPO = Path(__file__).resolve().parent.parent
 # A request the document forbids must get a 4xx the API uses for it: 413 for a body or batch
 # over a limit, 403 for a reserved namespace, 404/409/422 where the path or links name nothing.
-REJECTIONS = schemathesis.Config.from_dict({
-    "checks": {"negative_data_rejection": {"expected-statuses": ["400", "403", "404", "409", "413", "422"]}},
-    "output": {"sanitization": {"enabled": False}},   # show the targetingKey that failed, not "[Filtered]"
-})
+REJECTIONS = schemathesis.Config.from_dict(
+    {
+        "checks": {"negative_data_rejection": {"expected-statuses": ["400", "403", "404", "409", "413", "422"]}},
+        "output": {"sanitization": {"enabled": False}},  # show the targetingKey that failed, not "[Filtered]"
+    }
+)
 PUBLIC = schemathesis.openapi.from_dict(public_document(), config=REJECTIONS)
 ADMIN = schemathesis.openapi.from_dict(admin_document(), config=REJECTIONS)
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance, negative_data_rejection]
 FUZZ = settings(
-    max_examples=int(os.environ.get("ROLLOUTD_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
-    derandomize=os.environ.get("ROLLOUTD_FUZZ_RANDOM") != "1", suppress_health_check=list(HealthCheck),
+    max_examples=int(os.environ.get("ROLLOUTD_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    database=None,
+    derandomize=os.environ.get("ROLLOUTD_FUZZ_RANDOM") != "1",
+    suppress_health_check=list(HealthCheck),
 )
-RAW_NAN, RAW_INF, RAW_HUGE = "\x00nan\x00", "\x00inf\x00", "\x00huge\x00"   # markers _raw() swaps for literals
+RAW_NAN, RAW_INF, RAW_HUGE = "\x00nan\x00", "\x00inf\x00", "\x00huge\x00"  # markers _raw() swaps for literals
 RAW_LITERALS = {RAW_NAN: "NaN", RAW_INF: "-Infinity", RAW_HUGE: "1e999"}
 DEEP = re.compile(r'"\\u0000deep([0-9]+)\\u0000"')
 # Every caller is in every retrieval flag, so fuzzed agents reach the retriever, not a 403.
 ALL_ON = {name: {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0} for name in PHASE5_FLAGS}
-SEEDED = [{"id": "owner", "text": "Dana Okafor owns ledger-sync."},
-          {"id": "release", "text": "Release R-4821 of ledger-sync shipped.", "links": ["owner"]}]
+SEEDED = [
+    {"id": "owner", "text": "Dana Okafor owns ledger-sync."},
+    {"id": "release", "text": "Release R-4821 of ledger-sync shipped.", "links": ["owner"]},
+]
 
 
 @dataclass
@@ -122,7 +129,7 @@ def test_public_endpoint_survives_anything(case: schemathesis.Case, public: Targ
     """No public request, valid or hostile, kills the daemon, answers 500 or changes what it rejected."""
     documented = case.operation.definition.raw["responses"]
     response = _send(public, _request(case, public.client), documented)
-    if response.status_code < 300:   # noted before the checks, which may fail on a stored write
+    if response.status_code < 300:  # noted before the checks, which may fail on a stored write
         _note_memories(case, response, public)
     case.validate_response(response, checks=CHECKS)
 
@@ -147,8 +154,9 @@ def _send(target: Target, request: httpx.Request, documented: dict[str, object])
     response = target.client.send(request)
     where = f"{request.method} {request.url.path}"
     assert target.daemon.proc is not None and target.daemon.proc.poll() is None, target.daemon.read_output()[-3000:]
-    assert response.status_code < 500 or (response.status_code in (503, 507) and str(response.status_code) in documented), \
-        f"{where} answered {response.status_code}: {response.text[:500]}"
+    assert response.status_code < 500 or (
+        response.status_code in (503, 507) and str(response.status_code) in documented
+    ), f"{where} answered {response.status_code}: {response.text[:500]}"
     if response.status_code >= 400:
         assert target.watched() == before, f"a rejected {where} changed the state"
     return response
@@ -173,7 +181,7 @@ def _note_memories(case: schemathesis.Case, response: httpx.Response, target: Ta
         target.memories.add((case.body.get("namespace", "default"), response.json()["id"]))
     elif path == "/v1/memories:batch":
         spaces = [m.get("namespace", "default") for m in case.body["memories"]]
-        target.memories |= set(zip(spaces, response.json()["ids"]))
+        target.memories |= set(zip(spaces, response.json()["ids"], strict=False))
     elif path == "/v1/memories/{memory_id}":
         target.memories.discard(((case.query or {}).get("namespace", "default"), case.path_parameters["memory_id"]))
 
@@ -188,13 +196,24 @@ def _stored_memories(state: Path) -> set[tuple[str, str]]:
 # schemathesis draws strings without lone surrogates and JSON of ordinary depth; what crashed
 # rolloutd was exactly those. Here a valid body gets one hostile value (or key) at any place.
 
-MEMORY = {"id": "h1", "text": "Dana owns ledger-sync.", "namespace": "default", "links": ["owner"],
-          "metadata": {"team": "ledger", "n": 1}}
+MEMORY = {
+    "id": "h1",
+    "text": "Dana owns ledger-sync.",
+    "namespace": "default",
+    "links": ["owner"],
+    "metadata": {"team": "ledger", "n": 1},
+}
 PUBLIC_BODIES = {
     "/ofrep/v1/evaluate/flags/hybrid_rag_enabled": {"context": {"targetingKey": "t-1", "agent": "QA"}},
     "/ofrep/v1/evaluate/flags": {"context": {"targetingKey": "t-1", "agent": "QA", "tier": 2}},
-    "/v1/retrieve": {"agent": "QA", "query": "who owns ledger-sync", "top_k": 3, "namespace": "default",
-                     "targetingKey": "t-1", "context": {"team": "a"}},
+    "/v1/retrieve": {
+        "agent": "QA",
+        "query": "who owns ledger-sync",
+        "top_k": 3,
+        "namespace": "default",
+        "targetingKey": "t-1",
+        "context": {"team": "a"},
+    },
     "/v1/memories": MEMORY,
     "/v1/memories:batch": {"memories": [MEMORY, {"text": "Release R-1 of ledger-sync."}]},
 }
@@ -209,13 +228,17 @@ ADMIN_BODIES = {
 }
 SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 HOSTILE = st.one_of(
-    st.text(st.one_of(SURROGATES, st.characters()), min_size=1).filter(lambda t: any(0xD800 <= ord(c) <= 0xDFFF for c in t)),
+    st.text(st.one_of(SURROGATES, st.characters()), min_size=1).filter(
+        lambda t: any(0xD800 <= ord(c) <= 0xDFFF for c in t)
+    ),
     st.integers().filter(lambda n: not -(1 << 63) <= n < (1 << 63)),
-    st.integers(min_value=33, max_value=20_000).map(lambda depth: f"\x00deep{depth}\x00"),   # see _raw
+    st.integers(min_value=33, max_value=20_000).map(lambda depth: f"\x00deep{depth}\x00"),  # see _raw
     st.sampled_from([RAW_NAN, RAW_INF, RAW_HUGE, "\x00", "x" * 70_000, -0.0, [], {}, None, True, 1.5e308]),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                 max_leaves=8),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=8,
+    ),
 )
 
 
@@ -259,13 +282,15 @@ def test_public_bodies_with_a_hostile_value_are_refused_or_served(public: Target
     """A lone surrogate, a huge integer, deep nesting or a non-JSON literal anywhere: a 4xx, never a crash."""
     path, body = case
     documented = PUBLIC.raw_schema["paths"][path.replace("hybrid_rag_enabled", "{key}")]["post"]["responses"]
-    request = public.client.build_request("POST", path, content=_raw(body), headers={"content-type": "application/json"})
+    request = public.client.build_request(
+        "POST", path, content=_raw(body), headers={"content-type": "application/json"}
+    )
     response = _send(public, request, documented)
     if response.status_code == 201 and isinstance(body, dict):
         answer = response.json()
         memories = body.get("memories", [body])
         spaces = [m.get("namespace", "default") if isinstance(m, dict) else "default" for m in memories]
-        public.memories |= set(zip(spaces, answer.get("ids", [answer.get("id")])))
+        public.memories |= set(zip(spaces, answer.get("ids", [answer.get("id")]), strict=False))
 
 
 @given(case=hostile_bodies(ADMIN_BODIES))
@@ -273,9 +298,13 @@ def test_public_bodies_with_a_hostile_value_are_refused_or_served(public: Target
 def test_admin_bodies_with_a_hostile_value_are_refused_or_served(admin: Target, case: tuple[str, object]) -> None:
     """The same on the admin socket: flags, restores, rollout commands, signals, the emergency stop."""
     path, body = case
-    template = {"/v1/flags/hybrid_rag_enabled": "/v1/flags/{name}", "/v1/rollout/hold": "/v1/rollout/{command}",
-                "/v1/rollout/rollback": "/v1/rollout/{command}", "/v1/rollout/resume": "/v1/rollout/{command}",
-                "/v1/signals/regression_pass_rate": "/v1/signals/{name}"}.get(path, path)
+    template = {
+        "/v1/flags/hybrid_rag_enabled": "/v1/flags/{name}",
+        "/v1/rollout/hold": "/v1/rollout/{command}",
+        "/v1/rollout/rollback": "/v1/rollout/{command}",
+        "/v1/rollout/resume": "/v1/rollout/{command}",
+        "/v1/signals/regression_pass_rate": "/v1/signals/{name}",
+    }.get(path, path)
     documented = ADMIN.raw_schema["paths"][template]["post"]["responses"]
     request = admin.client.build_request("POST", path, content=_raw(body), headers={"content-type": "application/json"})
     _send(admin, request, documented)

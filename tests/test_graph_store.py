@@ -6,24 +6,23 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import anyio
 import pytest
 
 from retrieval.embedded_store import EmbeddedStore
-from retrieval.graph_store import GraphStore, StoreUnavailable, UnknownLinks
+from retrieval.graph_store import GraphStore, KeyCollision, StoreUnavailable, UnknownLinks
 from retrieval.memory import MAX_LINKS, MAX_TEXT_BYTES, InvalidMemory, Memory, memory_vid
 from retrieval.mongo_store import MongoStore
 
 pytestmark = pytest.mark.anyio
-T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 
 def mem(id: str, *links: str, ns: str = "default", text: str | None = None, **metadata) -> Memory:
-    return Memory(id=id, namespace=ns, text=text or f"memory {id}", links=links,
-                  metadata=metadata, created_at=T0)
+    return Memory(id=id, namespace=ns, text=text or f"memory {id}", links=links, metadata=metadata, created_at=T0)
 
 
 @pytest.fixture(params=["embedded", "mongo"])
@@ -123,8 +122,9 @@ async def test_namespaces_are_isolated(store: GraphStore) -> None:
 async def test_expand_orders_by_hop_then_key_and_honours_hops_and_limit(store: GraphStore) -> None:
     """Expand walks links both ways, nearest first, seeds excluded, cut at hops and limit."""
     # s -> a, s -> b, c -> s; a -> d; d -> e; x is unreachable.
-    await store.put_many([mem("e"), mem("d", "e"), mem("a", "d"), mem("b"), mem("s", "a", "b"),
-                          mem("c", "s"), mem("x")])
+    await store.put_many(
+        [mem("e"), mem("d", "e"), mem("a", "d"), mem("b"), mem("s", "a", "b"), mem("c", "s"), mem("x")]
+    )
     vid = lambda id: memory_vid("default", id)  # noqa: E731
     first = sorted(["a", "b"], key=vid) + ["c"]  # out-links in key order, then in-links
     full = store.expand("default", ["s"], hops=3)
@@ -132,7 +132,8 @@ async def test_expand_orders_by_hop_then_key_and_honours_hops_and_limit(store: G
     assert store.expand("default", ["s"], hops=1) == full[:3]
     assert store.expand("default", ["s"], hops=2, limit=2) == full[:2]
     assert store.expand("default", ["s", "a", "unknown"], hops=1) == (
-        [(id, 1) for id in sorted(["b"], key=vid)] + [("c", 1), ("d", 1)])
+        [(id, 1) for id in sorted(["b"], key=vid)] + [("c", 1), ("d", 1)]
+    )
     assert store.expand("default", ["unknown"]) == [] and store.expand("default", []) == []
 
 
@@ -151,11 +152,44 @@ async def test_reopen_rebuilds_adjacency_from_the_system_of_record(
         assert reopened.count() == 4 and reopened.count("other") == 1
         assert reopened.expand("default", ["a", "c"], hops=2) == before == [("d", 1)]
         everything = {(m.namespace, m.id): m async for m in reopened.iter_all()}
-        assert set(everything) == {("default", "a"), ("default", "c"), ("default", "d"),
-                                   ("other", "q")}
+        assert set(everything) == {("default", "a"), ("default", "c"), ("default", "d"), ("other", "q")}
         assert everything[("default", "c")].links == ()
     finally:
         await reopened.close()
+
+
+async def test_resolve_maps_a_key_to_its_stored_memory(store: GraphStore, make_store: Callable[[], GraphStore]) -> None:
+    """`resolve` (a vector hit's key → its memory) follows puts, refused writes, deletes and a reopen."""
+    await store.put_many([mem("a"), mem("b", ns="other")])
+    assert store.resolve(memory_vid("default", "a")) == ("default", "a")
+    assert store.resolve(memory_vid("other", "b")) == ("other", "b")
+    assert store.resolve(memory_vid("default", "b")) is None
+    with pytest.raises(UnknownLinks):
+        await store.put(mem("c", "ghost"))
+    assert store.resolve(memory_vid("default", "c")) is None
+    assert await store.delete("default", "a") is True
+    assert store.resolve(memory_vid("default", "a")) is None
+    await store.close()
+    reopened = make_store()
+    await reopened.open()
+    try:
+        assert reopened.resolve(memory_vid("other", "b")) == ("other", "b")
+        assert reopened.resolve(memory_vid("default", "a")) is None
+    finally:
+        await reopened.close()
+
+
+async def test_a_key_collision_is_refused_before_anything_is_written(
+    store: GraphStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two memories with one 63-bit key: the second write raises KeyCollision and stores nothing."""
+    for module in ("retrieval.memory", "retrieval.adjacency"):
+        monkeypatch.setattr(f"{module}.memory_vid", lambda namespace, id: 42)
+    await store.put(mem("a"))
+    with pytest.raises(KeyCollision, match="same 63-bit key as"):
+        await store.put_many([mem("b")])
+    assert await store.get_many("default", ["b"]) == {}
+    assert store.count() == 1 and store.resolve(42) == ("default", "a")
 
 
 async def test_mongo_outage_fails_writes_fast_keeps_expand_and_recovers(mongo_server) -> None:
@@ -195,16 +229,28 @@ async def test_embedded_store_survives_a_fresh_process(tmp_path: Path) -> None:
         "    print(s.expand('default', ['a'])); await s.close()\n"
         "anyio.run(main)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, check=True, cwd=Path(__file__).parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    )
     assert out.stdout.splitlines()[-1] == "[('b', 1)]"  # after the open log line
 
 
 def test_memory_vid_is_stable_across_processes() -> None:
     """The vector-index key of a memory is the same number in every process and release."""
     code = "from retrieval.memory import memory_vid; print(memory_vid('default', 'a'))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, check=True, cwd=Path(__file__).parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    )
     assert int(out.stdout) == memory_vid("default", "a") == PINNED_VID
     assert 0 < memory_vid("x", "y") < 2**63
     assert memory_vid("a", "b.c") != memory_vid("a.b", "c")
@@ -238,5 +284,5 @@ def test_memory_normalises_time_and_links() -> None:
     """Times become UTC to the millisecond (what MongoDB keeps); duplicate links collapse."""
     local = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
     memory = Memory(id="m", namespace="n", text="t", links=["a", "b", "a"], created_at=local)
-    assert memory.created_at == datetime(2026, 1, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)
+    assert memory.created_at == datetime(2026, 1, 1, 10, 0, 0, 123000, tzinfo=UTC)
     assert memory.links == ("a", "b")

@@ -3,7 +3,7 @@ checks", `failure_limit`) count regular rounds, not the extra round the schedule
 a stage or checkpoint falls due (issue 11, item 8); a guard source that raises gives that
 guard an ERROR observation instead of dropping the round (item 9).
 
-The plan here is service_rig's COMPACT: 5m interval, failure_limit 3, stages at 0h (5%
+The plan here is tests.support.plans' compact plan: 5m interval, failure_limit 3, stages at 0h (5%
 here), 1h, 2h, one guard `latency` (critical 0.3, sustained over two checks). Regular rounds run
 two minutes off the hour (0h02, 0h07, ...), as a daemon started at a random moment does,
 so the 1h stage falls due between two of them and gets its own extra round.
@@ -18,19 +18,18 @@ import pytest
 
 from controller.decide import Phase, RolloutState, decide, start
 from controller.guards import Observation, assess
-from controller.plan import Guard, Plan
-from controller.plan_load import parse_plan
 from controller.host.replay import SimClock
-from controller.sources.prometheus import PrometheusSource
+from controller.plan import Guard, Plan
 from controller.schedule import Schedule
-from tests.support.service_rig import COMPACT, T0, ScriptedSource, actions, hours, rigs  # noqa: F401  (rigs: fixture)
+from controller.sources.prometheus import PrometheusSource
+from tests.support.plans import COMPACT_STAGES, compact_plan, stage
+from tests.support.service_rig import T0, ScriptedSource, actions, hours, rigs  # noqa: F401  (rigs: fixture)
 from tests.test_prometheus_guards import canned_server, deep_json, http_response
 
 # the first stage at 5%, so a rollback to 0% is a change to see
-PLAN = parse_plan(COMPACT.replace('percentage = 0\nagents = []', 'percentage = 5\nagents = ["Builder"]', 1),
-                  "compact.toml")
+PLAN = compact_plan(stages=(stage(0, 5, ["Builder"]), *COMPACT_STAGES[1:]))
 OUTAGE = "cannot connect to http://127.0.0.1:9/api/v1/query: connection refused (is Prometheus running?)"
-STEP = 30.0   # seconds: a generous bound on anything here, which never waits on the wall clock
+STEP = 30.0  # seconds: a generous bound on anything here, which never waits on the wall clock
 
 
 def minute(m: float) -> datetime:
@@ -51,6 +50,7 @@ def healthy_until(m: float) -> RolloutState:
 
 
 # -- decide ----------------------------------------------------------------------------------------
+
 
 def test_an_extra_round_during_an_outage_does_not_spend_the_failure_budget():
     """Errors from 0h52 with the 1h stage's extra round among them roll back at the third regular round, 1h02."""
@@ -95,6 +95,7 @@ def test_an_extra_round_does_not_make_a_breach_sustained():
 
 # -- through the Controller and its Schedule --------------------------------------------------------
 
+
 class GatedSource(ScriptedSource):
     """A ScriptedSource whose observe() waits for `gate` while it is set up (so a round can be held open)."""
 
@@ -137,7 +138,7 @@ async def test_the_transition_job_is_an_extra_round_and_does_not_hasten_the_fail
     rig = rigs(plan=PLAN, source=ScriptedSource(PLAN))
     await rig.controller.open()
     schedule = Schedule(rig.controller, 1.0, wall=rig.clock)
-    schedule._scheduler.start(paused=True)   # a real job store to look into; nothing fires by itself
+    schedule._scheduler.start(paused=True)  # a real job store to look into; nothing fires by itself
     for m in range(2, 48, 5):
         await regular(schedule, rig.clock, m)
     assert rig.controller.state.stage == 0
@@ -174,7 +175,7 @@ async def test_a_regular_round_that_fires_during_an_extra_round_runs_right_after
         async with anyio.create_task_group() as group:
             group.start_soon(schedule.transition_round)
             await source.entered.wait()
-            await schedule.regular_round()           # fires while the extra round observes
+            await schedule.regular_round()  # fires while the extra round observes
             assert schedule.skipped == 1
             source.gate.set()
     assert (schedule.evaluations, source.rounds) == (3, 3)
@@ -208,9 +209,15 @@ async def test_stop_waits_for_the_evaluation_in_progress(rigs) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded while decoding a JSON array"),
-                                   KeyError("latency"), RuntimeError("")],
-                         ids=["recursion", "key-error", "no-message"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RecursionError("maximum recursion depth exceeded while decoding a JSON array"),
+        KeyError("latency"),
+        RuntimeError(""),
+    ],
+    ids=["recursion", "key-error", "no-message"],
+)
 async def test_a_source_that_raises_is_an_error_observation_not_a_lost_round(rigs, error: Exception) -> None:
     """Whatever a guard source raises, the round goes on: that guard is ERROR, the rollout holds, status shows it."""
     source = RaisingSource(PLAN)
@@ -241,4 +248,3 @@ async def test_prometheus_answering_json_too_deep_to_parse_holds_and_status_says
     (guard,) = status["guards"]
     assert (status["phase"], guard["verdict"], guard["consecutive_failures"]) == ("holding", "error", 1)
     assert "JSON nested too deeply to read" in rig.controller.observations()[-1]["detail"]
-

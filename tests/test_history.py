@@ -62,7 +62,7 @@ def test_generated_counters_are_monotonic_and_histograms_cumulative() -> None:
         assert len(series.values) == len(history.times)
         assert all(a <= b for a, b in pairwise(series.values)), series.name
     buckets = [s.values for s in history.series_of("hybrid_rag_retrieval_latency_seconds_bucket")]
-    for row in zip(*buckets):
+    for row in zip(*buckets, strict=False):
         assert all(a <= b for a, b in pairwise(row))
     assert buckets[-1] == history.series("hybrid_rag_retrieval_latency_seconds_count").values
 
@@ -110,9 +110,7 @@ def test_history_p95_is_healthy_then_critical_after_the_breach(
     assert breach_p95 == pytest.approx(0.45, rel=0.02)
 
 
-@pytest.mark.parametrize(
-    ("scenario", "hour"), [(HEALTHY, 20), (DEGRADED, 1.5)], ids=["healthy", "degraded"]
-)
+@pytest.mark.parametrize(("scenario", "hour"), [(HEALTHY, 20), (DEGRADED, 1.5)], ids=["healthy", "degraded"])
 def test_history_guard_values_match_the_scenario(
     history_prometheus: HistoryServers, scenario: Scenario, hour: float
 ) -> None:
@@ -135,11 +133,14 @@ def test_history_serves_the_report_signals(history_prometheus: HistoryServers) -
     """The checkpoint report's p99, recall and top-3 accuracy queries answer from the history."""
     server = history_prometheus(HEALTHY)
     at = HEALTHY.at(24)
-    p99 = server.query("histogram_quantile(0.99, sum by (le) "
-                       "(rate(hybrid_rag_retrieval_latency_seconds_bucket[5m])))", at=at)
+    p99 = server.query(
+        "histogram_quantile(0.99, sum by (le) (rate(hybrid_rag_retrieval_latency_seconds_bucket[5m])))", at=at
+    )
     assert 0.12 < float(p99[0]["value"][1]) < 0.3
-    for name, expected in [("hybrid_rag_recall_at_10", HEALTHY.recall_at_10(24)),
-                           ("hybrid_rag_top3_accuracy_percent", HEALTHY.top3_accuracy_percent(24))]:
+    for name, expected in [
+        ("hybrid_rag_recall_at_10", HEALTHY.recall_at_10(24)),
+        ("hybrid_rag_top3_accuracy_percent", HEALTHY.top3_accuracy_percent(24)),
+    ]:
         [sample] = server.query(f"min({name})", at=at)
         assert float(sample["value"][1]) == expected
 
@@ -164,4 +165,3 @@ def test_history_servers_are_shared_per_scenario(history_prometheus: HistoryServ
     server.stop()
     assert history_prometheus(HEALTHY) is server and server.running
     assert value_at(server, "test_pass_rate", HEALTHY, 40) == HEALTHY.pass_rate_percent(40)
-

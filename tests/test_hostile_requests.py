@@ -16,8 +16,13 @@ from tests.support.realservers import MongoServer
 
 ALL_ON = {name: {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0} for name in PHASE5_FLAGS}
 PERCENT = {"hybrid_gate": {"enabled": True, "rollout_strategy": "percentage", "rollout_percentage": 50.0}}
-JSON_ENDPOINTS = ["/ofrep/v1/evaluate/flags/hybrid_gate", "/ofrep/v1/evaluate/flags", "/v1/retrieve",
-                  "/v1/memories", "/v1/memories:batch"]
+JSON_ENDPOINTS = [
+    "/ofrep/v1/evaluate/flags/hybrid_gate",
+    "/ofrep/v1/evaluate/flags",
+    "/v1/retrieve",
+    "/v1/memories",
+    "/v1/memories:batch",
+]
 SURROGATE = '"\\ud800"'
 
 
@@ -48,17 +53,20 @@ def _alive(daemon: Daemon) -> None:
     assert answer.status_code == 200, answer.text
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/ofrep/v1/evaluate/flags/hybrid_gate", '{"context": {"targetingKey": %s}}' % SURROGATE),
-    ("/ofrep/v1/evaluate/flags", '{"context": {"targetingKey": %s}}' % SURROGATE),
-    ("/ofrep/v1/evaluate/flags", '{"context": {"targetingKey": "t", "agent": %s}}' % SURROGATE),
-    ("/v1/retrieve", '{"agent": "QA", "query": "q", "targetingKey": %s}' % SURROGATE),
-    ("/v1/retrieve", '{"agent": %s, "query": "q"}' % SURROGATE),
-    ("/v1/retrieve", '{"agent": "QA", "query": "who \\udfff"}'),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/ofrep/v1/evaluate/flags/hybrid_gate", f'{{"context": {{"targetingKey": {SURROGATE}}}}}'),
+        ("/ofrep/v1/evaluate/flags", f'{{"context": {{"targetingKey": {SURROGATE}}}}}'),
+        ("/ofrep/v1/evaluate/flags", f'{{"context": {{"targetingKey": "t", "agent": {SURROGATE}}}}}'),
+        ("/v1/retrieve", f'{{"agent": "QA", "query": "q", "targetingKey": {SURROGATE}}}'),
+        ("/v1/retrieve", f'{{"agent": {SURROGATE}, "query": "q"}}'),
+        ("/v1/retrieve", '{"agent": "QA", "query": "who \\udfff"}'),
+    ],
+)
 def test_a_lone_surrogate_is_refused_and_the_daemon_lives(daemon: Daemon, path: str, body: str) -> None:
     """Item 1: the JSON escape of a lone surrogate segfaulted mmh3 and killed rolloutd (exit 139)."""
-    for _ in range(6):   # six were enough to exhaust the unit's restart limit
+    for _ in range(6):  # six were enough to exhaust the unit's restart limit
         response = _post(daemon, path, body)
         assert response.status_code == 400, response.text
         assert "lone surrogate" in response.text
@@ -87,8 +95,10 @@ def _memory_cases() -> list[tuple[str, str]]:
 
 def _refuses_unstorable_memories(daemon: Daemon) -> None:
     for memory, field in _memory_cases():
-        for path, body, prefix in (("/v1/memories", memory, ""), ("/v1/memories:batch",
-                                   '{"memories": [%s]}' % memory, "memories[0].")):
+        for path, body, prefix in (
+            ("/v1/memories", memory, ""),
+            ("/v1/memories:batch", f'{{"memories": [{memory}]}}', "memories[0]."),
+        ):
             response = _post(daemon, path, body)
             assert response.status_code == 400, (path, body, response.text)
             assert response.json()["field"] == prefix + field, response.json()
@@ -124,19 +134,21 @@ def _raw_exchange(daemon: Daemon, head: bytes, body: bytes) -> bytes:
         try:
             sock.sendall(body)
         except (BrokenPipeError, ConnectionResetError):
-            pass   # refused before the whole body was read: what we want
+            pass  # refused before the whole body was read: what we want
         return sock.recv(65536)
 
 
 @pytest.mark.parametrize("path", ["/ofrep/v1/evaluate/flags/hybrid_gate", "/ofrep/v1/evaluate/flags"])
 def test_ofrep_refuses_a_body_over_its_limit(daemon: Daemon, path: str) -> None:
     """Item 4: OFREP read and answered a 64 MiB body; now 413, declared or streamed."""
-    declared = (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {64 << 20}\r\n\r\n").encode()
+    declared = (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {64 << 20}\r\n\r\n"
+    ).encode()
     assert _raw_exchange(daemon, declared, b"{" + b" " * 4096).startswith(b"HTTP/1.1 413")
     chunk = b" " * (256 << 10)
-    streamed = (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                f"Transfer-Encoding: chunked\r\n\r\n").encode()
-    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(8))   # 2 MiB, no length declared
+    streamed = (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(8))  # 2 MiB, no length declared
     assert _raw_exchange(daemon, streamed, body).startswith(b"HTTP/1.1 413")
     _alive(daemon)

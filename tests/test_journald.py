@@ -34,12 +34,22 @@ pytestmark = pytest.mark.anyio
 NOTICE, WARNING, ERR, CRIT = 5, 4, 3, 2
 # The contract documented for operators (README "Journald"); rollback is ERR, or CRIT when
 # an emergency-severity breach caused it.
-PRIORITY = {"stage_applied": NOTICE, "checkpoint": NOTICE, "verdict": NOTICE, "completed": NOTICE,
-            "resume": NOTICE, "approved": NOTICE, "emergency_cleared": NOTICE,
-            "hold": WARNING, "warning": WARNING, "awaiting_approval": WARNING,
-            "rollback": ERR, "emergency": CRIT}
+PRIORITY = {
+    "stage_applied": NOTICE,
+    "checkpoint": NOTICE,
+    "verdict": NOTICE,
+    "completed": NOTICE,
+    "resume": NOTICE,
+    "approved": NOTICE,
+    "emergency_cleared": NOTICE,
+    "hold": WARNING,
+    "warning": WARNING,
+    "awaiting_approval": WARNING,
+    "rollback": ERR,
+    "emergency": CRIT,
+}
 # Events about decisions that are not decisions themselves.
-NOT_DECISIONS = {"checkpoint.report"}   # the report file was written; its verdict follows as rollout.verdict
+NOT_DECISIONS = {"checkpoint.report"}  # the report file was written; its verdict follows as rollout.verdict
 # What every decision line carries, so `jq 'select(.rollout == ... and .action == ...)'` works.
 COMMON_FIELDS = {"event", "level", "time", "rollout", "phase", "at", "action", "stage", "percentage", "reason"}
 
@@ -86,8 +96,13 @@ def assert_one_event_per_entry(journal: list[dict[str, Any]], events: list[dict[
         assert SYSLOG_PRIORITY[event["level"]] == event["_priority"], "level must name the priority it is filed at"
     # Nothing else claims to be a decision: no second line for one under another name.
     words = set(PRIORITY) | {word for action in PRIORITY for word in action.split("_")}
-    others = [e["event"] for e in events if e not in logged and e["event"] not in NOT_DECISIONS
-              and ("action" in e or words & set(re.split(r"[._]", e["event"])))]
+    others = [
+        e["event"]
+        for e in events
+        if e not in logged
+        and e["event"] not in NOT_DECISIONS
+        and ("action" in e or words & set(re.split(r"[._]", e["event"])))
+    ]
     assert others == [], f"decisions logged a second time under other names: {others}"
 
 
@@ -100,16 +115,16 @@ async def test_a_whole_rollout_logs_each_decision_once_at_its_priority(rigs, jou
     clearing: one line per journal entry, notices at <5>, holds at <4>, the emergency at <2>."""
     rig = rigs()
     await rig.controller.open()
-    await rig.at(0, 4, 12, 24, 48)                      # three stages; Day 1 GO; Day 2 waits for approval
+    await rig.at(0, 4, 12, 24, 48)  # three stages; Day 1 GO; Day 2 waits for approval
     await rig.controller.command("approve", reason="stakeholders signed off", actor="bob")
     await rig.at(49)
-    rig.source.guards["test_pass_rate"] = None          # no data with no_data = "hold": blind
+    rig.source.guards["test_pass_rate"] = None  # no data with no_data = "hold": blind
     await rig.at(50, 50 + 5 / 60)
     rig.source.guards["test_pass_rate"] = 99.5
-    await rig.at(51, 52)                                # the automatic hold clears itself
+    await rig.at(51, 52)  # the automatic hold clears itself
     await rig.controller.command("hold", reason="dashboards look odd", actor="alice")
     await rig.controller.command("resume", reason="they are fine", actor="alice")
-    await rig.at(56, 72)                                # last stage, Day 3 checkpoint, completed
+    await rig.at(56, 72)  # last stage, Day 3 checkpoint, completed
     await rig.controller.emergency_stop("signal:SIGUSR1", "emergency shutdown requested with SIGUSR1")
     await rig.controller.command("resume", reason="root cause fixed", actor="alice", clear_emergency=True)
 
@@ -120,8 +135,14 @@ async def test_a_whole_rollout_logs_each_decision_once_at_its_priority(rigs, jou
     assert covered == set(PRIORITY) - {"rollback", "warning"}, "the sequence must cover every other decision"
 
     applied = by_action(events, "stage_applied")
-    assert [(e["stage"], e["percentage"]) for e in applied] == [(0, 0.0), (1, 5.0), (2, 10.0), (3, 15.0),
-                                                                (4, 20.0), (5, 25.0)]
+    assert [(e["stage"], e["percentage"]) for e in applied] == [
+        (0, 0.0),
+        (1, 5.0),
+        (2, 10.0),
+        (3, 15.0),
+        (4, 20.0),
+        (5, 25.0),
+    ]
     assert applied[1]["agents"] == ["Builder", "Deploy", "QA"]
     assert [e["checkpoint"] for e in by_action(events, "checkpoint")] == [0, 1, 2]
     assert [e["recommendation"] for e in by_action(events, "verdict")] == ["GO", "GO", "GO"]
@@ -130,8 +151,11 @@ async def test_a_whole_rollout_logs_each_decision_once_at_its_priority(rigs, jou
     assert "not advancing while blind" in blind["reason"] and "test_pass_rate" in blind["reason"]
     assert operator["actor"] == "alice" and "dashboards look odd" in operator["reason"]
     (emergency,) = [e for e in events if "emergency" in e["event"] and e.get("action") != "emergency_cleared"]
-    assert (emergency["event"], emergency["_priority"], emergency["actor"]) == ("rollout.emergency", CRIT,
-                                                                                "signal:SIGUSR1")
+    assert (emergency["event"], emergency["_priority"], emergency["actor"]) == (
+        "rollout.emergency",
+        CRIT,
+        "signal:SIGUSR1",
+    )
     assert emergency["phase"] == "emergency" and emergency["percentage"] == 0.0
     (cleared,) = by_action(events, "emergency_cleared")
     assert (cleared["_priority"], cleared["actor"], cleared["phase"]) == (NOTICE, "alice", "rolled_back")
@@ -143,15 +167,15 @@ async def test_rollbacks_are_err_and_an_emergency_breach_is_crit(rigs, journal_l
     rig = rigs()
     await rig.controller.open()
     await rig.at(0, 4, 12)
-    rig.source.guards["p95_latency"] = 0.4              # > critical 0.3, sustained for two checks
+    rig.source.guards["p95_latency"] = 0.4  # > critical 0.3, sustained for two checks
     await rig.at(12 + 5 / 60, 12 + 10 / 60)
     rig.source.guards["p95_latency"] = 0.01
     await rig.controller.command("resume", reason="cache warmed", actor="carol")
-    rig.source.guards["error_rate"] = 0.05             # > emergency 0.01
+    rig.source.guards["error_rate"] = 0.05  # > emergency 0.01
     await rig.at(12.5, 12.5 + 5 / 60)
     rig.source.guards["error_rate"] = 0.0
     await rig.controller.command("resume", reason="bad deploy reverted", actor="carol")
-    await rig.at(13, 14, 24)                            # Day 1 with rollbacks behind it: NO-GO
+    await rig.at(13, 14, 24)  # Day 1 with rollbacks behind it: NO-GO
 
     events = parse(journal_lines.getvalue())
     assert_one_event_per_entry(rig.journal(), events)
@@ -165,7 +189,9 @@ async def test_rollbacks_are_err_and_an_emergency_breach_is_crit(rigs, journal_l
     assert "NO-GO" in checkpoint["reason"]
     warnings = by_action(events, "warning")
     assert [(w["guard"], w["severity"], w["_priority"]) for w in warnings] == [
-        ("p95_latency", "critical", WARNING), ("error_rate", "emergency", WARNING)]
+        ("p95_latency", "critical", WARNING),
+        ("error_rate", "emergency", WARNING),
+    ]
 
 
 def test_sigusr1_in_a_running_daemon_is_one_crit_line(tmp_path: Path) -> None:
@@ -185,18 +211,23 @@ def test_sigusr1_in_a_running_daemon_is_one_crit_line(tmp_path: Path) -> None:
     assert (hold["_priority"], hold["rollout"], hold["phase"]) == (WARNING, "phase5_hybrid_rag", "holding")
     assert hold["reason"].startswith("not advancing while blind: test_pass_rate")
     (emergency,) = [e for e in events if "emergency" in str(e["event"])]
-    assert (emergency["event"], emergency["_priority"], emergency["actor"]) == ("rollout.emergency", CRIT,
-                                                                                "signal:SIGUSR1")
-    assert emergency["reason"] == "signal:SIGUSR1: emergency shutdown requested with SIGUSR1"
+    assert (emergency["event"], emergency["_priority"], emergency["actor"]) == (
+        "rollout.emergency",
+        CRIT,
+        "signal:SIGUSR1",
+    )
+    assert emergency["reason"] == "emergency shutdown requested with SIGUSR1" and emergency["trigger"] == "emergency"
 
 
 @pytest.mark.parametrize("stream", ["", "sys.stderr"])
 def test_an_uncaught_exception_is_one_crit_line_where_the_log_is_the_journal(stream: str) -> None:
     """Logging to stdout (the daemon), a crash is one <2> daemon.crashed line with the traceback in a field;
     logging elsewhere (demo, replay), Python's own traceback stays on the terminal."""
-    code = ("import sys\nfrom controller.host.logs import configure_logging\n"
-            f"configure_logging({stream})\n"
-            "def serve():\n    raise RuntimeError('the event loop died')\nserve()\n")
+    code = (
+        "import sys\nfrom controller.host.logs import configure_logging\n"
+        f"configure_logging({stream})\n"
+        "def serve():\n    raise RuntimeError('the event loop died')\nserve()\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     if stream:
@@ -205,8 +236,11 @@ def test_an_uncaught_exception_is_one_crit_line_where_the_log_is_the_journal(str
     assert done.stderr == "", done.stderr
     (line,) = done.stdout.splitlines()
     (crash,) = parse(line)
-    assert (crash["_priority"], crash["event"], crash["error"]) == (CRIT, "daemon.crashed",
-                                                                    "RuntimeError: the event loop died")
+    assert (crash["_priority"], crash["event"], crash["error"]) == (
+        CRIT,
+        "daemon.crashed",
+        "RuntimeError: the event loop died",
+    )
     assert "in serve" in crash["exception"]
 
 

@@ -29,8 +29,14 @@ ALLOWED = {
     "controller.sources": {"controller.core", "flags", "retrieval"},
     "controller.views": set(),
     "controller.host": {"controller.core", "controller.sources", "controller.views", "flags", "retrieval"},
-    "controller.demo": {"controller.core", "controller.sources", "controller.views", "controller.host", "flags",
-                        "retrieval"},
+    "controller.demo": {
+        "controller.core",
+        "controller.sources",
+        "controller.views",
+        "controller.host",
+        "flags",
+        "retrieval",
+    },
     "controller.main": {"controller.host", "controller.demo"},
     "deploy": {"controller.views", "controller.core", "flags"},
 }
@@ -117,9 +123,20 @@ def test_there_is_no_import_cycle() -> None:
 def test_the_wings_hold_what_the_design_says() -> None:
     """The modules a newcomer looks for are where DESIGN.md's layout puts them."""
     modules = _modules()
-    for name in ("controller.sources.protocol", "controller.sources.prometheus", "controller.sources.builtin_signals",
-                 "controller.host.daemon", "controller.host.config", "controller.demo.run", "controller.demo.fleet",
-                 "controller.views.watch_view", "controller.views.report_html", "controller.main",
-                 "controller.decide", "controller.service", "deploy.cli"):
+    for name in (
+        "controller.sources.protocol",
+        "controller.sources.prometheus",
+        "controller.sources.builtin_signals",
+        "controller.host.daemon",
+        "controller.host.config",
+        "controller.demo.run",
+        "controller.demo.fleet",
+        "controller.views.watch_view",
+        "controller.views.report_html",
+        "controller.main",
+        "controller.decide",
+        "controller.service",
+        "deploy.cli",
+    ):
         assert name in modules, name
     assert wing("controller.decide") == "controller.core" and wing("deploy.cli") == "deploy"

@@ -14,18 +14,18 @@ import json
 import re
 import shlex
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import Metric
 
 from controller.host.metrics import build_registry
+from controller.host.rollout_metrics import RolloutCollector
 from controller.plan import Direction, Plan, Severity
 from controller.plan_load import load_plan
-from controller.host.rollout_metrics import RolloutCollector
 from retrieval.metrics import RetrievalMetrics
 from retrieval.quality import Scores
 from retrieval.validation import Latency, ValidationGauges
@@ -39,8 +39,15 @@ PHASE5 = REPO / "deploy" / "plans" / "phase5.toml"
 PROMTOOL_TIMEOUT = 60.0
 
 # The seeds' alerts and the controller's own (the issue's list).
-REQUIRED_ALERTS = {"HybridRAGLatencyHigh", "HybridRAGAccuracyLow", "HybridRAGErrorRateHigh", "CacheHitRateLow",
-                   "RolloutRolledBack", "RolloutGuardProviderUnreachable", "RolloutEmergencyActive"}
+REQUIRED_ALERTS = {
+    "HybridRAGLatencyHigh",
+    "HybridRAGAccuracyLow",
+    "HybridRAGErrorRateHigh",
+    "CacheHitRateLow",
+    "RolloutRolledBack",
+    "RolloutGuardProviderUnreachable",
+    "RolloutEmergencyActive",
+}
 SEVERITY_LABEL = {Severity.WARNING: "warning", Severity.CRITICAL: "critical", Severity.EMERGENCY: "page"}
 
 # Names allowed beyond what rolloutd exports, and only where the seeds (or Prometheus) put them:
@@ -54,17 +61,29 @@ EXTERNAL = {
 
 # What the dashboard must show: the seeds' metric names (DESIGN.md) and the controller's.
 DASHBOARD_MUST_READ = {
-    "hybrid_rag_retrieval_latency_seconds_bucket", "hybrid_rag_queries_total", "hybrid_rag_errors_total",
-    "redis_cache_hits_total", "redis_cache_misses_total", "vector_db_searches_total", "graph_db_queries_total",
-    "hybrid_rag_top3_accuracy_percent", "hybrid_rag_precision_at_10", "hybrid_rag_recall_at_10",
-    "genesis_regression_pass_rate", "rolloutd_rollout_stage", "rolloutd_rollout_percentage",
-    "rolloutd_rollout_phase", "rolloutd_guard_value", "rolloutd_guard_verdict",
-    "rolloutd_rollout_rollbacks_total", "rolloutd_rollout_emergency", "rolloutd_flag_rollout_percent",
+    "hybrid_rag_retrieval_latency_seconds_bucket",
+    "hybrid_rag_queries_total",
+    "hybrid_rag_errors_total",
+    "redis_cache_hits_total",
+    "redis_cache_misses_total",
+    "vector_db_searches_total",
+    "graph_db_queries_total",
+    "hybrid_rag_top3_accuracy_percent",
+    "hybrid_rag_precision_at_10",
+    "hybrid_rag_recall_at_10",
+    "genesis_regression_pass_rate",
+    "rolloutd_rollout_stage",
+    "rolloutd_rollout_percentage",
+    "rolloutd_rollout_phase",
+    "rolloutd_guard_value",
+    "rolloutd_guard_verdict",
+    "rolloutd_rollout_rollbacks_total",
+    "rolloutd_rollout_emergency",
+    "rolloutd_flag_rollout_percent",
 }
 
 # Grafana's variables, as a 5-minute panel would expand them.
-GRAFANA_VARIABLES = {"__rate_interval": "5m", "__interval": "5m", "__range": "5m", "rollout": ".*",
-                     "instance": ".*"}
+GRAFANA_VARIABLES = {"__rate_interval": "5m", "__interval": "5m", "__range": "5m", "rollout": ".*", "instance": ".*"}
 LABEL_VALUES = re.compile(r"label_values\((?P<selector>.+),\s*\w+\)")
 TEMPLATE_QUERY = re.compile(r'printf\s+"(?P<format>(?:[^"\\]|\\.)*)"[^|}]*\|\s*query')
 THRESHOLD_RULE = re.compile(r"\((?P<query>.+)\) (?P<op>[<>]) (?P<threshold>[-+0-9.eE]+)")
@@ -75,8 +94,9 @@ THRESHOLD_RULE = re.compile(r"\((?P<query>.+)\) (?P<op>[<>]) (?P<threshold>[-+0-
 
 def promtool(*args: str, cwd: Path = MONITORING) -> subprocess.CompletedProcess[str]:
     """Run promtool from PATH (missing: the test fails; `make test` installs it)."""
-    return subprocess.run([require_binary("promtool"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=PROMTOOL_TIMEOUT)
+    return subprocess.run(
+        [require_binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=PROMTOOL_TIMEOUT
+    )
 
 
 def assert_succeeded(done: subprocess.CompletedProcess[str]) -> None:
@@ -178,15 +198,23 @@ def rule_disagreements(rule: dict[str, Any], plan: Plan, normal: Callable[[str],
         return [f"{where}: expected `(<the guard's query>) > or < <threshold>`, got {rule['query']}"]
     threshold, description = guard.thresholds[severity], rule["annotations"].get("description", "")
     checks = [
-        (normal(match["query"]) == normal(guard.resolved_query()),
-         f"query {match['query']} is not the guard's {guard.resolved_query()}"),
-        (match["op"] == (">" if guard.direction is Direction.ABOVE else "<"),
-         f"compares with {match['op']}; the guard is breached {guard.direction} its threshold"),
+        (
+            normal(match["query"]) == normal(guard.resolved_query()),
+            f"query {match['query']} is not the guard's {guard.resolved_query()}",
+        ),
+        (
+            match["op"] == (">" if guard.direction is Direction.ABOVE else "<"),
+            f"compares with {match['op']}; the guard is breached {guard.direction} its threshold",
+        ),
         (float(match["threshold"]) == threshold, f"threshold {match['threshold']} != the plan's {threshold:g}"),
-        (rule["duration"] == guard.sustain.total_seconds(),
-         f"for: {rule['duration']:g}s != the guard's sustain {guard.sustain.total_seconds():g}s"),
-        (f"{severity} {shown(threshold, guard.unit)}" in description,
-         f"description does not say '{severity} {shown(threshold, guard.unit)}'"),
+        (
+            rule["duration"] == guard.sustain.total_seconds(),
+            f"for: {rule['duration']:g}s != the guard's sustain {guard.sustain.total_seconds():g}s",
+        ),
+        (
+            f"{severity} {shown(threshold, guard.unit)}" in description,
+            f"description does not say '{severity} {shown(threshold, guard.unit)}'",
+        ),
         ("$value" in description, "description does not show {{ $value }}"),
     ]
     return [f"{where}: {problem}" for ok, problem in checks if not ok]
@@ -205,8 +233,9 @@ def plan_disagreements(rules: list[dict[str, Any]], plan: Plan, normal: Callable
     for guard in plan.guards:
         for severity, threshold in guard.thresholds.items():
             if (guard.name, SEVERITY_LABEL[severity]) not in seen:
-                problems.append(f"guard {guard.name} has no {SEVERITY_LABEL[severity]} alert "
-                                f"(plan: {severity} {threshold:g})")
+                problems.append(
+                    f"guard {guard.name} has no {SEVERITY_LABEL[severity]} alert (plan: {severity} {threshold:g})"
+                )
     return problems
 
 
@@ -221,8 +250,9 @@ def test_alert_thresholds_agree_with_the_plan(alert_rules: list[dict[str, Any]],
     assert plan_disagreements(alert_rules, load_plan(PHASE5), formatter(http)) == []
 
 
-def test_a_threshold_changed_in_one_place_only_is_reported(alert_rules: list[dict[str, Any]],
-                                                           http: httpx.Client) -> None:
+def test_a_threshold_changed_in_one_place_only_is_reported(
+    alert_rules: list[dict[str, Any]], http: httpx.Client
+) -> None:
     """A rule whose threshold or sustain no longer matches the plan is named, and nothing else is."""
     normal = formatter(http)
     edited = [dict(rule) for rule in alert_rules]
@@ -230,7 +260,7 @@ def test_a_threshold_changed_in_one_place_only_is_reported(alert_rules: list[dic
         if rule["labels"] == {"guard": "p95_latency", "severity": "critical"}:
             rule["query"] = rule["query"].replace("> 0.3", "> 0.35")
         if rule["labels"] == {"guard": "error_rate", "severity": "warning"}:
-            rule["duration"] = 180   # the monitoring guide's "for 3min"
+            rule["duration"] = 180  # the monitoring guide's "for 3min"
     assert plan_disagreements(edited, load_plan(PHASE5), normal) == [
         "HybridRAGLatencyHigh (critical): threshold 0.35 != the plan's 0.3",
         "HybridRAGErrorRateHigh (warning): for: 180s != the guard's sustain 300s",
@@ -255,17 +285,22 @@ def dashboard_panels(container: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def expand(expr: str) -> str:
     """Substitute Grafana's variables ($x, ${x}) as a 5-minute panel would; an unknown one fails."""
+
     def value(match: re.Match[str]) -> str:
         name = match["name"]
         assert name in GRAFANA_VARIABLES, f"unknown Grafana variable ${name} in {expr}"
         return GRAFANA_VARIABLES[name]
+
     return re.sub(r"\$\{?(?P<name>\w+)\}?", value, expr)
 
 
 def dashboard_expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """(where, PromQL) for every query the dashboard runs: panel targets, annotations, variables."""
-    found = [(f"panel {panel['id']}", target["expr"])
-             for panel in dashboard_panels(dashboard) for target in panel.get("targets", [])]
+    found = [
+        (f"panel {panel['id']}", target["expr"])
+        for panel in dashboard_panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
     found += [(f"annotation {a['name']}", a["expr"]) for a in dashboard["annotations"]["list"] if "expr" in a]
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
@@ -287,8 +322,7 @@ def rejected(http: httpx.Client, expressions: list[tuple[str, str]]) -> list[str
     return problems
 
 
-def test_every_dashboard_panel_queries_prometheus_through_the_datasource_variable(
-        dashboard: dict[str, Any]) -> None:
+def test_every_dashboard_panel_queries_prometheus_through_the_datasource_variable(dashboard: dict[str, Any]) -> None:
     """Every panel (rows' nested panels included) has targets with an expression, all through
     ${DS_PROMETHEUS}, a datasource variable, so the dashboard imports into any Grafana."""
     panels = [p for p in dashboard_panels(dashboard) if p["type"] != "row"]
@@ -309,8 +343,10 @@ def test_the_dashboard_shows_the_seeds_metrics_and_latency_quantiles(dashboard: 
     read = set().union(*(metric_names(expr) for expr in expressions))
     assert DASHBOARD_MUST_READ <= read, f"not on the dashboard: {sorted(DASHBOARD_MUST_READ - read)}"
     for q in ("0.5", "0.95", "0.99"):
-        assert any(e.startswith(f"histogram_quantile({q}, ") and "hybrid_rag_retrieval_latency_seconds_bucket" in e
-                   for e in expressions), f"no p{q} retrieval latency panel"
+        assert any(
+            e.startswith(f"histogram_quantile({q}, ") and "hybrid_rag_retrieval_latency_seconds_bucket" in e
+            for e in expressions
+        ), f"no p{q} retrieval latency panel"
 
 
 def test_every_dashboard_query_parses_in_prometheus(http: httpx.Client, dashboard: dict[str, Any]) -> None:
@@ -322,25 +358,60 @@ def test_every_dashboard_query_parses_in_prometheus(http: httpx.Client, dashboar
 
 def test_prometheus_rejects_a_malformed_query(http: httpx.Client) -> None:
     """The check above has teeth: an aggregation missing its parentheses is refused, a good query is not."""
-    problems = rejected(http, [("panel 99", "sum by (le) rate(hybrid_rag_queries_total[5m])"),
-                                     ("panel 98", "sum(rate(hybrid_rag_queries_total[5m]))")])
+    problems = rejected(
+        http,
+        [
+            ("panel 99", "sum by (le) rate(hybrid_rag_queries_total[5m])"),
+            ("panel 98", "sum(rate(hybrid_rag_queries_total[5m]))"),
+        ],
+    )
     assert len(problems) == 1 and problems[0].startswith("panel 99:") and "400 bad_data" in problems[0]
 
 
 # --- metric names -------------------------------------------------------------------------------
 
 # PromQL's words that are not metric names (functions are recognised by the "(" after them).
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-            "offset", "atan2", "inf", "nan", "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar",
-            "topk", "bottomk", "quantile", "count_values", "limitk", "limit_ratio"}
-LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}   # a "(labels)" follows
-TOKENS = re.compile(r"""
+KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "limitk",
+    "limit_ratio",
+}
+LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}  # a "(labels)" follows
+TOKENS = re.compile(
+    r"""
     (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
   | (?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?:(?:ms|[smhdwy])(?:\d+(?:ms|[smhdwy]))*)?)
   | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
   | (?P<open>[({\[]) | (?P<close>[)}\]])
   | (?P<space>\s+) | (?P<other>.)
-""", re.X)
+""",
+    re.X,
+)
 CLOSING = {"(": ")", "{": "}", "[": "]"}
 
 
@@ -350,7 +421,7 @@ def metric_names(expr: str) -> set[str]:
     tokens = [(m.lastgroup, m.group()) for m in TOKENS.finditer(expr) if m.lastgroup != "space"]
     names, skip_to = set(), None
     for i, (kind, text) in enumerate(tokens):
-        if skip_to is not None:          # inside {...}, [...] or a label list: nothing here is a metric
+        if skip_to is not None:  # inside {...}, [...] or a label list: nothing here is a metric
             skip_to = None if (kind, text) == skip_to else skip_to
             continue
         following = tokens[i + 1][1] if i + 1 < len(tokens) else ""
@@ -365,16 +436,25 @@ def metric_names(expr: str) -> set[str]:
 
 def test_metric_names_skips_functions_keywords_labels_strings_and_durations() -> None:
     """Only the three metric names come out of an expression that uses every other kind of word."""
-    expr = ('sum without (path) (rate(foo_bucket{path=~"a|b", le!="0.5", x="}"}[5m] offset 1h30m)) '
-            '/ ignoring (le, path) group_left (instance) bar:ratio_5m or on (job) vector(0) > bool 1e3 '
-            'unless max_over_time(baz[30m:1m] @ start()) and label_replace(up2, "dst", "$1", "src", "(.*)")'
-            ' + count_values("code", x2) - topk by (le) (3, y) * -Inf')
+    expr = (
+        'sum without (path) (rate(foo_bucket{path=~"a|b", le!="0.5", x="}"}[5m] offset 1h30m)) '
+        "/ ignoring (le, path) group_left (instance) bar:ratio_5m or on (job) vector(0) > bool 1e3 "
+        'unless max_over_time(baz[30m:1m] @ start()) and label_replace(up2, "dst", "$1", "src", "(.*)")'
+        ' + count_values("code", x2) - topk by (le) (3, y) * -Inf'
+    )
     assert metric_names(expr) == {"foo_bucket", "bar:ratio_5m", "baz", "up2", "x2", "y"}
 
 
-SERIES_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                   "summary": ("", "_count", "_sum", "_created"), "info": ("_info",), "gauge": ("",),
-                   "unknown": ("",), "stateset": ("",), "gaugehistogram": ("_bucket", "_gcount", "_gsum")}
+SERIES_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+    "gauge": ("",),
+    "unknown": ("",),
+    "stateset": ("",),
+    "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+}
 
 
 def series_names(family: Metric) -> set[str]:
@@ -417,9 +497,11 @@ def unknown_metrics(expressions: list[tuple[str, str]], exported: set[str]) -> l
 
 
 @pytest.mark.anyio
-async def test_every_metric_read_is_one_rolloutd_exports(rigs: Callable[..., Rig],  # noqa: F811
-                                                         alert_rules: list[dict[str, Any]],
-                                                         dashboard: dict[str, Any]) -> None:
+async def test_every_metric_read_is_one_rolloutd_exports(
+    rigs: Callable[..., Rig],  # noqa: F811
+    alert_rules: list[dict[str, Any]],
+    dashboard: dict[str, Any],
+) -> None:
     """Every name the dashboard and the alert rules read is in rolloutd's live registry, or
     is an EXTERNAL name used where the seeds use it."""
     exported = await exported_metric_names(rigs())
@@ -432,9 +514,14 @@ async def test_every_metric_read_is_one_rolloutd_exports(rigs: Callable[..., Rig
 def test_an_unexported_name_or_an_external_one_out_of_place_is_reported() -> None:
     """A counter read without `_total`, and the Genesis pass rate outside the seeds' panels, are reported."""
     exported = {"hybrid_rag_queries_total"}
-    assert unknown_metrics([("panel 12", "rate(hybrid_rag_queries[5m])"),
-                            ("panel 13", "genesis_regression_pass_rate"),
-                            ("panel 1", "min(genesis_regression_pass_rate)")], exported) == [
+    assert unknown_metrics(
+        [
+            ("panel 12", "rate(hybrid_rag_queries[5m])"),
+            ("panel 13", "genesis_regression_pass_rate"),
+            ("panel 1", "min(genesis_regression_pass_rate)"),
+        ],
+        exported,
+    ) == [
         "panel 12: hybrid_rag_queries is not exported by rolloutd",
         "panel 13: genesis_regression_pass_rate is not exported by rolloutd",
     ]

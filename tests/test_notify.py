@@ -71,8 +71,7 @@ class Receiver:
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer((HOST, 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     @property
@@ -107,8 +106,9 @@ class Receiver:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                reply = receiver._record(Received(self.path, self.headers.get("Content-Type", ""),
-                                                  json.loads(raw), time.monotonic()))
+                reply = receiver._record(
+                    Received(self.path, self.headers.get("Content-Type", ""), json.loads(raw), time.monotonic())
+                )
                 if reply.hang or reply.delay:
                     receiver._closing.wait(None if reply.hang else reply.delay)
                 if reply.hang:
@@ -142,10 +142,18 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
         r.close()
 
 
-def event(kind: str = "rollback", summary: str = "rolled back to 5%: p95_latency 0.41 > 0.3 for 2 consecutive checks",
-          **fields: Any) -> Event:
-    fields = fields or {"stage": 2, "percentage": 5.0, "agents": ("Builder", "QA"), "guard": "p95_latency",
-                        "reason": "p95_latency 0.41 > critical 0.3 for 2 consecutive checks"}
+def event(
+    kind: str = "rollback",
+    summary: str = "rolled back to 5%: p95_latency 0.41 > 0.3 for 2 consecutive checks",
+    **fields: Any,
+) -> Event:
+    fields = fields or {
+        "stage": 2,
+        "percentage": 5.0,
+        "agents": ("Builder", "QA"),
+        "guard": "p95_latency",
+        "reason": "p95_latency 0.41 > critical 0.3 for 2 consecutive checks",
+    }
     return Event(kind=kind, severity=severity_for(kind), rollout=ROLLOUT, summary=summary, at=AT, fields=fields)
 
 
@@ -175,8 +183,9 @@ async def test_rollback_reaches_webhook_as_slack_message(receiver: Callable[...,
             await n.drain(STEP)
     [got] = hook.requests
     assert (got.path, got.content_type) == ("/hooks/rollouts", "application/json")
-    assert got.body["text"] == (f"[CRITICAL] {ROLLOUT} rollback: "
-                                "rolled back to 5%: p95_latency 0.41 > 0.3 for 2 consecutive checks")
+    assert got.body["text"] == (
+        f"[CRITICAL] {ROLLOUT} rollback: rolled back to 5%: p95_latency 0.41 > 0.3 for 2 consecutive checks"
+    )
     [attachment] = got.body["attachments"]
     assert attachment["title"] == f"{ROLLOUT}: rollback"
     assert attachment["ts"] == int(AT.timestamp())
@@ -197,51 +206,84 @@ async def test_alertmanager_receives_a_v2_alert_list(receiver: Callable[..., Rec
             await n.drain(STEP)
     [got] = am.requests
     assert got.path == "/api/v2/alerts"
-    assert got.body == [{
-        "labels": {"alertname": "RolloutdRollback", "severity": "critical", "rollout": ROLLOUT,
-                   "guard": "p95_latency"},
-        "annotations": {"summary": event().summary, "description": event().fields["reason"],
-                        "stage": "2", "percentage": "5.0", "agents": "Builder, QA", "guard": "p95_latency"},
-        "startsAt": "2026-03-01T12:00:00Z",
-        "endsAt": "2026-03-01T13:00:00Z",
-    }]
+    assert got.body == [
+        {
+            "labels": {
+                "alertname": "RolloutdRollback",
+                "severity": "critical",
+                "rollout": ROLLOUT,
+                "guard": "p95_latency",
+            },
+            "annotations": {
+                "summary": event().summary,
+                "description": event().fields["reason"],
+                "stage": "2",
+                "percentage": "5.0",
+                "agents": "Builder, QA",
+                "guard": "p95_latency",
+            },
+            "startsAt": "2026-03-01T12:00:00Z",
+            "endsAt": "2026-03-01T13:00:00Z",
+        }
+    ]
 
 
 def test_emergency_fires_until_cleared_resolves_it() -> None:
     """An emergency has no endsAt; emergency_cleared posts the same alert (same labels) with endsAt=at."""
     [fired] = alertmanager_body(event("emergency", "kill switch on", guard="error_rate", reason="error_rate 0.2"))
     cleared_at = AT + timedelta(minutes=20)
-    [cleared] = alertmanager_body(Event(kind="emergency_cleared", severity=severity_for("emergency_cleared"),
-                                        rollout=ROLLOUT, summary="kill switch off", at=cleared_at))
+    [cleared] = alertmanager_body(
+        Event(
+            kind="emergency_cleared",
+            severity=severity_for("emergency_cleared"),
+            rollout=ROLLOUT,
+            summary="kill switch off",
+            at=cleared_at,
+        )
+    )
     assert "endsAt" not in fired
-    assert fired["labels"] == cleared["labels"] == {"alertname": "RolloutdEmergency", "severity": "critical",
-                                                    "rollout": ROLLOUT}
+    assert (
+        fired["labels"]
+        == cleared["labels"]
+        == {"alertname": "RolloutdEmergency", "severity": "critical", "rollout": ROLLOUT}
+    )
     assert fired["annotations"]["guard"] == "error_rate"
     assert (cleared["startsAt"], cleared["endsAt"]) == ("2026-03-01T12:20:00Z", "2026-03-01T12:20:00Z")
 
 
 def test_camel_case_alertname_and_annotation_names() -> None:
     """Kinds become CamelCase alert names; fields whose names Alertmanager would reject are left out."""
-    [alert] = alertmanager_body(event("awaiting_approval", "checkpoint 1 needs approval",
-                                      **{"report path": "/x", "report_path": "/var/lib/r.md", "checkpoint": 1}))
+    [alert] = alertmanager_body(
+        event(
+            "awaiting_approval",
+            "checkpoint 1 needs approval",
+            **{"report path": "/x", "report_path": "/var/lib/r.md", "checkpoint": 1},
+        )
+    )
     assert alert["labels"] == {"alertname": "RolloutdAwaitingApproval", "severity": "warning", "rollout": ROLLOUT}
     assert alert["annotations"]["report_path"] == "/var/lib/r.md" and "report path" not in alert["annotations"]
     assert alert["annotations"]["description"] == "checkpoint 1 needs approval"
 
 
-@pytest.mark.parametrize("url", ["http://am:9093", "http://am:9093/", "http://am:9093/api/v2/alerts",
-                                 "http://am:9093/api/v2/alerts/"])
+@pytest.mark.parametrize(
+    "url", ["http://am:9093", "http://am:9093/", "http://am:9093/api/v2/alerts", "http://am:9093/api/v2/alerts/"]
+)
 def test_alerts_url_accepts_base_or_endpoint(url: str) -> None:
     """A base URL gains /api/v2/alerts; a URL that already names the endpoint is kept."""
     assert alerts_url(url) == "http://am:9093/api/v2/alerts"
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("https://user:secret@alerts.example:8443/hooks?token=abc", "https://alerts.example:8443/hooks"),
-    ("https://hooks.slack.com/services/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",
-     "https://hooks.slack.com/services/T0123ABCD/B0123ABCD/***"),
-    ("http://[::1]:9093/api/v2/alerts", "http://[::1]:9093/api/v2/alerts"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:secret@alerts.example:8443/hooks?token=abc", "https://alerts.example:8443/hooks"),
+        (
+            "https://hooks.slack.com/services/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",
+            "https://hooks.slack.com/services/T0123ABCD/B0123ABCD/***",
+        ),
+        ("http://[::1]:9093/api/v2/alerts", "http://[::1]:9093/api/v2/alerts"),
+    ],
+)
 def test_destination_in_logs_hides_credentials(url: str, shown: str) -> None:
     """Logs name a destination without user:password, query or a webhook token in its path."""
     assert redact(url) == shown
@@ -249,9 +291,19 @@ def test_destination_in_logs_hides_credentials(url: str, shown: str) -> None:
 
 def test_severity_and_default_kinds() -> None:
     """Rollbacks and emergencies are critical, warnings/holds/approvals warnings, the rest info."""
-    assert [severity_for(k) for k in ("rollback", "emergency", "warning", "hold", "awaiting_approval",
-                                      "checkpoint", "completed", "stage_applied")] == \
-        ["critical"] * 2 + ["warning"] * 3 + ["info"] * 3
+    assert [
+        severity_for(k)
+        for k in (
+            "rollback",
+            "emergency",
+            "warning",
+            "hold",
+            "awaiting_approval",
+            "checkpoint",
+            "completed",
+            "stage_applied",
+        )
+    ] == ["critical"] * 2 + ["warning"] * 3 + ["info"] * 3
     assert "stage_applied" not in NOTIFY_KINDS and "emergency_cleared" in NOTIFY_KINDS
 
 

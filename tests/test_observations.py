@@ -13,19 +13,25 @@ import httpx
 import pytest
 
 from controller import decide as rules
-from controller.host.admin_api import build_admin_app
 from controller.guards import Observation, Outcome
-from controller.plan import Severity
+from controller.host.admin_api import build_admin_app
 from controller.host.public_http import Readiness
 from controller.host.rollout_api import rollout_routes
+from controller.plan import Severity
 from controller.state_db import StateDB
 from tests.support.service_rig import PHASE5, T0, Rig, rigs  # noqa: F401  (rigs is a fixture)
 
 pytestmark = pytest.mark.anyio
 
 
-def observation(guard: str, minute: int, value: float | None = 0.1, outcome: Outcome = Outcome.PASS,
-                severity: Severity | None = None, detail: str = "") -> Observation:
+def observation(
+    guard: str,
+    minute: int,
+    value: float | None = 0.1,
+    outcome: Outcome = Outcome.PASS,
+    severity: Severity | None = None,
+    detail: str = "",
+) -> Observation:
     return Observation(guard, outcome, T0 + timedelta(minutes=minute), value=value, severity=severity, detail=detail)
 
 
@@ -41,7 +47,10 @@ def test_staged_observations_are_written_by_the_next_record_and_read_back_in_ord
     db.record(state, (), T0)
     rows = db.observations()
     assert [(r["guard"], r["outcome"], r["value"], r["severity"]) for r in rows] == [
-        ("p95", "pass", 0.1, None), ("errors", "error", None, None), ("p95", "breach", 0.35, "critical")]
+        ("p95", "pass", 0.1, None),
+        ("errors", "error", None, None),
+        ("p95", "breach", 0.35, "critical"),
+    ]
     assert rows[0]["at"] == "2025-10-23T09:00:00Z" and rows[0]["detail"] is None
     assert rows[1]["detail"] == "refused" and rows[2]["detail"] == "p95 0.35 > critical 0.3"
     assert [r["seq"] for r in db.observations(guard="p95")] == [rows[0]["seq"], rows[2]["seq"]]
@@ -79,7 +88,7 @@ async def test_every_guard_round_is_recorded_with_its_plan_time(rigs) -> None:  
     names = [g.name for g in PHASE5.guards]
     assert len(rows) == 3 * len(names)
     assert [r["guard"] for r in rows] == names * 3
-    assert {r["at"] for r in rows[-len(names):]} == {"2025-10-23T13:05:00Z"}
+    assert {r["at"] for r in rows[-len(names) :]} == {"2025-10-23T13:05:00Z"}
     p95 = [r for r in rows if r["guard"] == "p95_latency"]
     assert [(r["outcome"], r["severity"]) for r in p95] == [("pass", None), ("pass", None), ("breach", "critical")]
     assert p95[-1]["value"] == 0.35
@@ -87,10 +96,12 @@ async def test_every_guard_round_is_recorded_with_its_plan_time(rigs) -> None:  
 
 class Admin:
     def __init__(self, rig: Rig) -> None:
-        app = build_admin_app(rig.store, rig.clock, Readiness(), {"listen": "test"},
-                              extra_routes=rollout_routes(rig.controller))
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                                      base_url="http://rolloutd")
+        app = build_admin_app(
+            rig.store, rig.clock, Readiness(), {"listen": "test"}, extra_routes=rollout_routes(rig.controller)
+        )
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://rolloutd"
+        )
 
 
 @pytest.fixture
@@ -109,7 +120,7 @@ async def test_the_observations_route_pages_forward_and_filters_by_guard(admin: 
     """GET /v1/rollout/observations: oldest first; ?since=SEQ&limit=N pages on; ?guard=NAME filters."""
     everything = (await admin.http.get("/v1/rollout/observations")).json()["observations"]
     assert len(everything) == 3 * len(PHASE5.guards)
-    page = (await admin.http.get("/v1/rollout/observations", params={"since": everything[1]["seq"], "limit": 2}))
+    page = await admin.http.get("/v1/rollout/observations", params={"since": everything[1]["seq"], "limit": 2})
     assert page.json()["observations"] == everything[2:4]
     one = (await admin.http.get("/v1/rollout/observations", params={"guard": "error_rate"})).json()["observations"]
     assert [r["guard"] for r in one] == ["error_rate"] * 3
@@ -117,13 +128,16 @@ async def test_the_observations_route_pages_forward_and_filters_by_guard(admin: 
     assert gone == {"observations": []}
 
 
-@pytest.mark.parametrize("query, starts", [
-    ("limit=x", "limit must be an integer"),
-    ("since=-1", "since must be an integer"),
-    ("limit=0", "limit must be 1 to 10000"),
-    ("limit=10001", "limit must be 1 to 10000"),
-    ("guard=", "guard must name a guard"),
-])
+@pytest.mark.parametrize(
+    "query, starts",
+    [
+        ("limit=x", "limit must be an integer"),
+        ("since=-1", "since must be an integer"),
+        ("limit=0", "limit must be 1 to 10000"),
+        ("limit=10001", "limit must be 1 to 10000"),
+        ("guard=", "guard must name a guard"),
+    ],
+)
 async def test_a_bad_observations_query_is_400(admin: Admin, query: str, starts: str) -> None:
     """A malformed since, limit or guard is a 400 naming it."""
     answer = await admin.http.get(f"/v1/rollout/observations?{query}")

@@ -7,10 +7,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -83,7 +83,9 @@ def http(served: tuple[Daemon, FlagSet]) -> Iterator[httpx.Client]:
 
 def admin(daemon: Daemon) -> httpx.Client:
     """An HTTP client for the daemon's admin socket."""
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://rolloutd", timeout=TIMEOUT)
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(daemon.socket)), base_url="http://rolloutd", timeout=TIMEOUT
+    )
 
 
 def ctx(key: str | None, agent: str | None = "Builder") -> EvaluationContext:
@@ -91,7 +93,7 @@ def ctx(key: str | None, agent: str | None = "Builder") -> EvaluationContext:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # -- through the OpenFeature SDK -------------------------------------------------------------
@@ -114,8 +116,10 @@ def test_sdk_values_match_local_evaluation_and_are_sticky(served, client, flag: 
 
 def test_flags_bucket_independently(served, client) -> None:
     """Each flag hashes with its own group, so two flags at 10% are not on for the same keys."""
-    on = {f: {k for k in KEYS if client.get_boolean_details(f, False, ctx(k)).value}
-          for f in ("hybrid_rag_enabled", "vector_search_enabled")}
+    on = {
+        f: {k for k in KEYS if client.get_boolean_details(f, False, ctx(k)).value}
+        for f in ("hybrid_rag_enabled", "vector_search_enabled")
+    }
     assert on["hybrid_rag_enabled"] != on["vector_search_enabled"]
 
 
@@ -132,7 +136,12 @@ def test_agent_outside_constraint_is_default_off(client, agent) -> None:
     """An agent not in the cohort list (or none at all) gets off with reason DEFAULT, for every key."""
     for key in KEYS[:50]:
         details = client.get_boolean_details("hybrid_rag_enabled", True, ctx(key, agent))
-        assert (details.value, details.reason, details.variant, details.error_code) == (False, Reason.DEFAULT, "off", None)
+        assert (details.value, details.reason, details.variant, details.error_code) == (
+            False,
+            Reason.DEFAULT,
+            "off",
+            None,
+        )
 
 
 def test_every_first_cohort_agent_can_be_on(client) -> None:
@@ -175,9 +184,25 @@ def test_kill_switch_turns_every_flag_off_through_the_sdk(own: Daemon) -> None:
         on_key = next(k for k in KEYS if client.get_boolean_details("hybrid_rag_enabled", False, ctx(k)).value)
         assert client.get_boolean_details("memory_compression_enabled", False, ctx(on_key)).value is True
         done = subprocess.run(
-            [sys.executable, "-m", "deploy", "--socket", str(own.socket), "flags", "set", "emergency_shutdown",
-             "--enabled", "true", "--reason", "x"],
-            cwd=REPO, capture_output=True, text=True, timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "deploy",
+                "--socket",
+                str(own.socket),
+                "flags",
+                "set",
+                "emergency_shutdown",
+                "--enabled",
+                "true",
+                "--reason",
+                "x",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
         names = [*PHASE5_FLAGS, "memory_compression_enabled", DISABLED_FLAG]
         for name in names:
@@ -195,7 +220,9 @@ def test_kill_switch_turns_every_flag_off_through_the_sdk(own: Daemon) -> None:
 
 def test_single_evaluation_body_shape(http: httpx.Client) -> None:
     """A single evaluation is 200 with exactly key, value, reason, variant and metadata."""
-    r = http.post("/ofrep/v1/evaluate/flags/hybrid_rag_enabled", json={"context": {"targetingKey": "task-1", "agent": "Deploy"}})
+    r = http.post(
+        "/ofrep/v1/evaluate/flags/hybrid_rag_enabled", json={"context": {"targetingKey": "task-1", "agent": "Deploy"}}
+    )
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"key", "value", "reason", "variant", "metadata"}
@@ -216,13 +243,16 @@ def test_unknown_flag_is_404_flag_not_found(http: httpx.Client) -> None:
     assert "nope" in body["errorDetails"]
 
 
-@pytest.mark.parametrize(("content", "code"), [
-    (b"{not json", "PARSE_ERROR"),
-    (b'{"context": []}', "INVALID_CONTEXT"),
-    (b'{"context": "Builder"}', "INVALID_CONTEXT"),
-    (b'{"context": {"targetingKey": 5}}', "INVALID_CONTEXT"),
-    (b"[]", "INVALID_CONTEXT"),
-])
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"{not json", "PARSE_ERROR"),
+        (b'{"context": []}', "INVALID_CONTEXT"),
+        (b'{"context": "Builder"}', "INVALID_CONTEXT"),
+        (b'{"context": {"targetingKey": 5}}', "INVALID_CONTEXT"),
+        (b"[]", "INVALID_CONTEXT"),
+    ],
+)
 @pytest.mark.parametrize("path", ["/ofrep/v1/evaluate/flags/hybrid_rag_enabled", "/ofrep/v1/evaluate/flags"])
 def test_bad_requests_are_400_with_the_protocol_code(http: httpx.Client, path: str, content: bytes, code: str) -> None:
     """Bodies that are not JSON, contexts that are not objects and non-string targetingKeys are 400 with the right errorCode."""
@@ -282,6 +312,7 @@ def test_if_none_match_gives_304_with_empty_body(http: httpx.Client) -> None:
 
 def test_etag_follows_the_answers_not_the_context(http: httpx.Client) -> None:
     """Contexts with different answers get different ETags; contexts with the same answers share one."""
+
     def etag(context: dict) -> str:
         return http.post("/ofrep/v1/evaluate/flags", json={"context": context}).headers["etag"]
 
@@ -299,7 +330,9 @@ def test_etag_changes_after_a_flag_change(own: Daemon) -> None:
         first = http.post("/ofrep/v1/evaluate/flags", json=body)
         etag = first.headers["etag"]
         assert http.post("/ofrep/v1/evaluate/flags", json=body, headers={"If-None-Match": etag}).status_code == 304
-        changed = adm.post("/v1/flags/hybrid_rag_enabled", json={"percentage": 100, "reason": "test", "actor": "pytest"})
+        changed = adm.post(
+            "/v1/flags/hybrid_rag_enabled", json={"percentage": 100, "reason": "test", "actor": "pytest"}
+        )
         assert changed.status_code == 200, changed.text
         after = http.post("/ofrep/v1/evaluate/flags", json=body, headers={"If-None-Match": etag})
         assert after.status_code == 200
@@ -328,7 +361,7 @@ def test_metrics_expose_percentages_and_the_kill_switch(served, http: httpx.Clie
     text = r.text
     assert 'rolloutd_flag_rollout_percent{flag="hybrid_rag_enabled"} 10.0' in text.splitlines()
     assert 'rolloutd_flag_rollout_percent{flag="memory_compression_enabled"} 100.0' in text.splitlines()
-    assert 'rolloutd_flag_enabled{flag="%s"} 0.0' % DISABLED_FLAG in text.splitlines()
+    assert f'rolloutd_flag_enabled{{flag="{DISABLED_FLAG}"}} 0.0' in text.splitlines()
     assert "rolloutd_emergency_shutdown 0.0" in text.splitlines()
     exposed = set(re.findall(r'^rolloutd_flag_rollout_percent\{flag="([^"]+)"\}', text, re.M))
     assert exposed == set(local.flags)

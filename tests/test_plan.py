@@ -101,12 +101,23 @@ def problems_of(text: str) -> list[Problem]:
     return caught.value.problems
 
 
-def guard(direction: Direction = Direction.ABOVE, thresholds: dict[Severity, float] | None = None,
-          query: str | None = "rate(x[{{window}}])", window: str = "5m", sustain: str = "5m") -> Guard:
+def guard(
+    direction: Direction = Direction.ABOVE,
+    thresholds: dict[Severity, float] | None = None,
+    query: str | None = "rate(x[{{window}}])",
+    window: str = "5m",
+    sustain: str = "5m",
+) -> Guard:
     """A guard with only what a test cares about set."""
-    return Guard(name="g", query=query, builtin=None, direction=direction,
-                 thresholds=thresholds or {W: 1.0, C: 2.0}, window=parse_duration(window),
-                 sustain=parse_duration(sustain))
+    return Guard(
+        name="g",
+        query=query,
+        builtin=None,
+        direction=direction,
+        thresholds=thresholds or {W: 1.0, C: 2.0},
+        window=parse_duration(window),
+        sustain=parse_duration(sustain),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +138,14 @@ def test_base_plan_is_valid() -> None:
 def test_phase5_rolls_out_the_six_phase5_flags(phase5: Plan) -> None:
     """phase5.toml rolls out exactly the six Phase 5.3/5.4 flags, not the kill switch."""
     assert phase5.name == "phase5_hybrid_rag"
-    assert phase5.flags == ("hybrid_rag_enabled", "vector_search_enabled", "graph_database_enabled",
-                            "redis_cache_enabled", "ground_truth_validation_enabled",
-                            "performance_benchmarks_enabled")
+    assert phase5.flags == (
+        "hybrid_rag_enabled",
+        "vector_search_enabled",
+        "graph_database_enabled",
+        "redis_cache_enabled",
+        "ground_truth_validation_enabled",
+        "performance_benchmarks_enabled",
+    )
 
 
 def test_phase5_stages_follow_the_seed_timeline(phase5: Plan) -> None:
@@ -138,15 +154,19 @@ def test_phase5_stages_follow_the_seed_timeline(phase5: Plan) -> None:
     ten = low_risk + ("Support", "Marketing")
     wide = ten + ("Analyst", "Legal", "Thon")
     expected = [(0, 0, ()), (4, 5, low_risk), (12, 10, ten), (49, 15, ten), (52, 20, ten), (56, 25, wide)]
-    assert [(s.at, s.percentage, s.agents) for s in phase5.stages] == \
-        [(timedelta(hours=h), float(p), a) for h, p, a in expected]
+    assert [(s.at, s.percentage, s.agents) for s in phase5.stages] == [
+        (timedelta(hours=h), float(p), a) for h, p, a in expected
+    ]
     assert [s.index for s in phase5.stages] == list(range(6))
 
 
 def test_phase5_checkpoints_at_24_48_72_with_approval_at_48(phase5: Plan) -> None:
     """Checkpoints fall at 24h, 48h and 72h, and only the 48h go/no-go requires an operator's approval."""
-    assert [(c.at, c.requires_approval) for c in phase5.checkpoints] == \
-        [(timedelta(hours=24), False), (timedelta(hours=48), True), (timedelta(hours=72), False)]
+    assert [(c.at, c.requires_approval) for c in phase5.checkpoints] == [
+        (timedelta(hours=24), False),
+        (timedelta(hours=48), True),
+        (timedelta(hours=72), False),
+    ]
     assert all(set(c.criteria) == {g.name for g in phase5.guards} for c in phase5.checkpoints)
     assert phase5.end == timedelta(hours=72)
 
@@ -159,15 +179,19 @@ def test_phase5_guard_interval_and_failure_limit(phase5: Plan) -> None:
     assert phase5.start is None
 
 
-@pytest.mark.parametrize(("name", "direction", "thresholds"), [
-    ("error_rate", Direction.ABOVE, {W: 0.001, C: 0.005, E: 0.01}),
-    ("p95_latency", Direction.ABOVE, {W: 0.2, C: 0.3, E: 0.5}),
-    ("test_pass_rate", Direction.BELOW, {W: 98, C: 95, E: 90}),
-    ("cache_hit_rate", Direction.BELOW, {W: 0.5, C: 0.3}),
-    ("retrieval_precision", Direction.BELOW, {W: 0.7, C: 0.5}),
-])
-def test_phase5_guard_thresholds_follow_the_seeds(phase5: Plan, name: str, direction: Direction,
-                                                  thresholds: dict[Severity, float]) -> None:
+@pytest.mark.parametrize(
+    ("name", "direction", "thresholds"),
+    [
+        ("error_rate", Direction.ABOVE, {W: 0.001, C: 0.005, E: 0.01}),
+        ("p95_latency", Direction.ABOVE, {W: 0.2, C: 0.3, E: 0.5}),
+        ("test_pass_rate", Direction.BELOW, {W: 98, C: 95, E: 90}),
+        ("cache_hit_rate", Direction.BELOW, {W: 0.5, C: 0.3}),
+        ("retrieval_precision", Direction.BELOW, {W: 0.7, C: 0.5}),
+    ],
+)
+def test_phase5_guard_thresholds_follow_the_seeds(
+    phase5: Plan, name: str, direction: Direction, thresholds: dict[Severity, float]
+) -> None:
     """Each guard has the seeds' direction and warning/critical/emergency thresholds, and a 5m window."""
     g = phase5.guard(name)
     assert (g.direction, g.thresholds) == (direction, thresholds)
@@ -177,8 +201,13 @@ def test_phase5_guard_thresholds_follow_the_seeds(phase5: Plan, name: str, direc
 
 def test_phase5_guards_and_their_order(phase5: Plan) -> None:
     """phase5.toml has exactly the five guards the seeds monitor."""
-    assert [g.name for g in phase5.guards] == \
-        ["error_rate", "p95_latency", "test_pass_rate", "cache_hit_rate", "retrieval_precision"]
+    assert [g.name for g in phase5.guards] == [
+        "error_rate",
+        "p95_latency",
+        "test_pass_rate",
+        "cache_hit_rate",
+        "retrieval_precision",
+    ]
 
 
 @pytest.mark.parametrize("name", ["error_rate", "p95_latency", "cache_hit_rate"])
@@ -192,8 +221,12 @@ def test_phase5_for_5_minutes_is_two_checks(phase5: Plan, name: str) -> None:
 def test_phase5_no_data_meanings(phase5: Plan) -> None:
     """Traffic guards pass on no data (0% means no traffic); the regression suite's silence holds."""
     assert {g.name: g.no_data for g in phase5.guards} == {
-        "error_rate": NoData.PASS, "p95_latency": NoData.PASS, "test_pass_rate": NoData.HOLD,
-        "cache_hit_rate": NoData.PASS, "retrieval_precision": NoData.PASS}
+        "error_rate": NoData.PASS,
+        "p95_latency": NoData.PASS,
+        "test_pass_rate": NoData.HOLD,
+        "cache_hit_rate": NoData.PASS,
+        "retrieval_precision": NoData.PASS,
+    }
 
 
 def test_phase5_queries_use_the_seed_metric_names(phase5: Plan) -> None:
@@ -216,70 +249,188 @@ def test_phase5_promql_parses_with_promtool(phase5: Plan) -> None:
 
 BAD = [
     pytest.param("(syntax)", [("at = 4\n", "at = = 4  # HERE\n")], ["not valid TOML"], 1, id="invalid-toml"),
-    pytest.param("stage", [(BASE, BASE + "\n[[stage]]  # HERE\nat = 60\n")],
-                 ["unknown section", "did you mean 'stages'?"], 1, id="unknown-array-section"),
-    pytest.param("rollback", [(BASE, BASE + "\n[rollback]  # HERE\nto = 0\n")],
-                 ["unknown section", "known: checkpoints, guards, plan, stages"], 1, id="unknown-table-section"),
+    pytest.param(
+        "stage",
+        [(BASE, BASE + "\n[[stage]]  # HERE\nat = 60\n")],
+        ["unknown section", "did you mean 'stages'?"],
+        1,
+        id="unknown-array-section",
+    ),
+    pytest.param(
+        "rollback",
+        [(BASE, BASE + "\n[rollback]  # HERE\nto = 0\n")],
+        ["unknown section", "known: checkpoints, guards, plan, stages"],
+        1,
+        id="unknown-table-section",
+    ),
     pytest.param("plans", [(BASE, "plans = 1  # HERE\n" + BASE)], ["unknown section"], 1, id="unknown-top-level-key"),
-    pytest.param("stages[1].percentge", [("percentage = 5\n", "percentge = 5  # HERE\n")],
-                 ["unknown key", "did you mean 'percentage'?"], 2, id="unknown-key"),
-    pytest.param("plan.name", [("[plan]\n", "[plan]  # HERE\n"), ('name = "small"\n', "")],
-                 ["missing", "add `name = ...`"], 1, id="missing-plan-name"),
-    pytest.param("plan.flags", [('flags = ["hybrid_rag_enabled"]', "flags = []  # HERE")],
-                 ["at least one flag"], 1, id="flags-empty"),
-    pytest.param("plan.flags", [('flags = ["hybrid_rag_enabled"]',
-                                 'flags = ["hybrid_rag_enabled", "emergency_shutdown"]  # HERE')],
-                 ["emergency_shutdown is the kill switch"], 1, id="flags-kill-switch"),
-    pytest.param("stages[2].at", [("at = 12\n", "at = 3  # HERE\n")],
-                 ["3h is not after the previous stage's 4h", "list stages in time order"], 1, id="stages-out-of-order"),
-    pytest.param("stages[1].percentage", [("percentage = 5\n", "percentage = -1  # HERE\n")],
-                 ["-1 is outside 0-100"], 1, id="percentage-negative"),
-    pytest.param("stages[2].percentage", [("percentage = 10\n", "percentage = 101  # HERE\n")],
-                 ["101 is outside 0-100"], 1, id="percentage-over-100"),
-    pytest.param("stages[2].percentage", [("percentage = 10\n", "percentage = 4  # HERE\n")],
-                 ["4% is below the previous stage's 5%", "only expands"], 1, id="percentage-decreasing"),
-    pytest.param("stages[2].agents", [('agents = ["Builder", "Deploy", "QA", "Support"]',
-                                       'agents = ["Builder", "QA", "Support"]  # HERE')],
-                 ["cohorts are cumulative", "Deploy"], 1, id="cohort-drops-an-agent"),
-    pytest.param("checkpoints[0].criteria", [('criteria = ["error_rate"]', 'criteria = ["error_ratio"]  # HERE')],
-                 ["no guard named 'error_ratio'", "guards: error_rate, pass_rate"], 1, id="criteria-unknown-guard"),
-    pytest.param("checkpoints[1].at", [("at = 48\n", "at = 20  # HERE\n")],
-                 ["20h is not after the previous checkpoint's 1d", "list checkpoints in time order"],
-                 1, id="checkpoints-out-of-order"),
-    pytest.param("guards[1].name", [('name = "pass_rate"', 'name = "error_rate"  # HERE')],
-                 ["a guard named 'error_rate' is already defined"], 1, id="duplicate-guard"),
-    pytest.param("guards[1]", [('[[guards]]\nname = "pass_rate"\nquery = "min(pass_rate)"\n',
-                                '[[guards]]  # HERE\nname = "pass_rate"\n')],
-                 ["needs a PromQL `query`, a `builtin` signal, or both"], 1, id="guard-without-query-or-builtin"),
-    pytest.param("guards[1]", [('[[guards]]\nname = "pass_rate"', '[[guards]]  # HERE\nname = "pass_rate"'),
-                               ("warning = 98\ncritical = 95\n", "")],
-                 ["at least one of warning, critical, emergency"], 1, id="guard-without-thresholds"),
-    pytest.param("guards[0].critical", [("critical = 0.005", "critical = 0.0005  # HERE")],
-                 ["critical 0.0005 must be above warning 0.001", 'direction = "above"'], 1,
-                 id="thresholds-above-wrong"),
-    pytest.param("guards[1].critical", [("critical = 95", "critical = 99  # HERE")],
-                 ["critical 99 must be below warning 98", 'direction = "below"'], 1, id="thresholds-below-wrong"),
-    pytest.param("guards[0].query", [("[{{window}}]))\"", "[{{interval}}]))\"  # HERE")],
-                 ["unknown placeholder(s) {{interval}}", "only {{window}} is filled in"], 1, id="unknown-placeholder"),
-    pytest.param("plan.guard_interval", [('guard_interval = "5m"', 'guard_interval = "5 minutes"  # HERE')],
-                 ["cannot read duration '5 minutes'", 'write it like "5m"'], 1, id="duration-in-words"),
-    pytest.param("guards[0].sustain", [('sustain = "5m"', 'sustain = "-5m"  # HERE')],
-                 ["cannot read duration '-5m'", 'write it like "5m"'], 1, id="duration-negative-text"),
-    pytest.param("stages[1].at", [("at = 4\n", "at = -4  # HERE\n")],
-                 ["-4 is negative"], 1, id="offset-negative-number"),
-    pytest.param("guards[0].no_data", [('sustain = "5m"', 'sustain = "5m"\nno_data = "fail"  # HERE')],
-                 ["expected one of 'hold', 'pass'", "'fail'"], 1, id="unknown-no-data"),
-    pytest.param("guards[1].direction", [('direction = "below"', 'direction = "down"  # HERE')],
-                 ["expected one of 'above', 'below'", "'down'"], 1, id="unknown-direction"),
-    pytest.param("guards[0].on_critical", [('sustain = "5m"', 'sustain = "5m"\non_critical = "panic"  # HERE')],
-                 ["expected one of 'notify', 'rollback_stage', 'rollback_zero'", "'panic'"], 1,
-                 id="unknown-on-critical"),
+    pytest.param(
+        "stages[1].percentge",
+        [("percentage = 5\n", "percentge = 5  # HERE\n")],
+        ["unknown key", "did you mean 'percentage'?"],
+        2,
+        id="unknown-key",
+    ),
+    pytest.param(
+        "plan.name",
+        [("[plan]\n", "[plan]  # HERE\n"), ('name = "small"\n', "")],
+        ["missing", "add `name = ...`"],
+        1,
+        id="missing-plan-name",
+    ),
+    pytest.param(
+        "plan.flags",
+        [('flags = ["hybrid_rag_enabled"]', "flags = []  # HERE")],
+        ["at least one flag"],
+        1,
+        id="flags-empty",
+    ),
+    pytest.param(
+        "plan.flags",
+        [('flags = ["hybrid_rag_enabled"]', 'flags = ["hybrid_rag_enabled", "emergency_shutdown"]  # HERE')],
+        ["emergency_shutdown is the kill switch"],
+        1,
+        id="flags-kill-switch",
+    ),
+    pytest.param(
+        "stages[2].at",
+        [("at = 12\n", "at = 3  # HERE\n")],
+        ["3h is not after the previous stage's 4h", "list stages in time order"],
+        1,
+        id="stages-out-of-order",
+    ),
+    pytest.param(
+        "stages[1].percentage",
+        [("percentage = 5\n", "percentage = -1  # HERE\n")],
+        ["-1 is outside 0-100"],
+        1,
+        id="percentage-negative",
+    ),
+    pytest.param(
+        "stages[2].percentage",
+        [("percentage = 10\n", "percentage = 101  # HERE\n")],
+        ["101 is outside 0-100"],
+        1,
+        id="percentage-over-100",
+    ),
+    pytest.param(
+        "stages[2].percentage",
+        [("percentage = 10\n", "percentage = 4  # HERE\n")],
+        ["4% is below the previous stage's 5%", "only expands"],
+        1,
+        id="percentage-decreasing",
+    ),
+    pytest.param(
+        "stages[2].agents",
+        [('agents = ["Builder", "Deploy", "QA", "Support"]', 'agents = ["Builder", "QA", "Support"]  # HERE')],
+        ["cohorts are cumulative", "Deploy"],
+        1,
+        id="cohort-drops-an-agent",
+    ),
+    pytest.param(
+        "checkpoints[0].criteria",
+        [('criteria = ["error_rate"]', 'criteria = ["error_ratio"]  # HERE')],
+        ["no guard named 'error_ratio'", "guards: error_rate, pass_rate"],
+        1,
+        id="criteria-unknown-guard",
+    ),
+    pytest.param(
+        "checkpoints[1].at",
+        [("at = 48\n", "at = 20  # HERE\n")],
+        ["20h is not after the previous checkpoint's 1d", "list checkpoints in time order"],
+        1,
+        id="checkpoints-out-of-order",
+    ),
+    pytest.param(
+        "guards[1].name",
+        [('name = "pass_rate"', 'name = "error_rate"  # HERE')],
+        ["a guard named 'error_rate' is already defined"],
+        1,
+        id="duplicate-guard",
+    ),
+    pytest.param(
+        "guards[1]",
+        [('[[guards]]\nname = "pass_rate"\nquery = "min(pass_rate)"\n', '[[guards]]  # HERE\nname = "pass_rate"\n')],
+        ["needs a PromQL `query`, a `builtin` signal, or both"],
+        1,
+        id="guard-without-query-or-builtin",
+    ),
+    pytest.param(
+        "guards[1]",
+        [
+            ('[[guards]]\nname = "pass_rate"', '[[guards]]  # HERE\nname = "pass_rate"'),
+            ("warning = 98\ncritical = 95\n", ""),
+        ],
+        ["at least one of warning, critical, emergency"],
+        1,
+        id="guard-without-thresholds",
+    ),
+    pytest.param(
+        "guards[0].critical",
+        [("critical = 0.005", "critical = 0.0005  # HERE")],
+        ["critical 0.0005 must be above warning 0.001", 'direction = "above"'],
+        1,
+        id="thresholds-above-wrong",
+    ),
+    pytest.param(
+        "guards[1].critical",
+        [("critical = 95", "critical = 99  # HERE")],
+        ["critical 99 must be below warning 98", 'direction = "below"'],
+        1,
+        id="thresholds-below-wrong",
+    ),
+    pytest.param(
+        "guards[0].query",
+        [('[{{window}}]))"', '[{{interval}}]))"  # HERE')],
+        ["unknown placeholder(s) {{interval}}", "only {{window}} is filled in"],
+        1,
+        id="unknown-placeholder",
+    ),
+    pytest.param(
+        "plan.guard_interval",
+        [('guard_interval = "5m"', 'guard_interval = "5 minutes"  # HERE')],
+        ["cannot read duration '5 minutes'", 'write it like "5m"'],
+        1,
+        id="duration-in-words",
+    ),
+    pytest.param(
+        "guards[0].sustain",
+        [('sustain = "5m"', 'sustain = "-5m"  # HERE')],
+        ["cannot read duration '-5m'", 'write it like "5m"'],
+        1,
+        id="duration-negative-text",
+    ),
+    pytest.param(
+        "stages[1].at", [("at = 4\n", "at = -4  # HERE\n")], ["-4 is negative"], 1, id="offset-negative-number"
+    ),
+    pytest.param(
+        "guards[0].no_data",
+        [('sustain = "5m"', 'sustain = "5m"\nno_data = "fail"  # HERE')],
+        ["expected one of 'hold', 'pass'", "'fail'"],
+        1,
+        id="unknown-no-data",
+    ),
+    pytest.param(
+        "guards[1].direction",
+        [('direction = "below"', 'direction = "down"  # HERE')],
+        ["expected one of 'above', 'below'", "'down'"],
+        1,
+        id="unknown-direction",
+    ),
+    pytest.param(
+        "guards[0].on_critical",
+        [('sustain = "5m"', 'sustain = "5m"\non_critical = "panic"  # HERE')],
+        ["expected one of 'notify', 'rollback_stage', 'rollback_zero'", "'panic'"],
+        1,
+        id="unknown-on-critical",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("where", "edits", "fragments", "count"), BAD)
-def test_bad_plan_is_reported_at_its_line(where: str, edits: list[tuple[str, str]], fragments: list[str],
-                                          count: int) -> None:
+def test_bad_plan_is_reported_at_its_line(
+    where: str, edits: list[tuple[str, str]], fragments: list[str], count: int
+) -> None:
     """Each kind of mistake is reported once (no follow-on noise), at the marked line, saying what to write instead."""
     text = edit(BASE, *edits)
     problems = problems_of(text)
@@ -313,9 +464,12 @@ def test_several_mistakes_are_all_reported_in_one_error() -> None:
     with pytest.raises(PlanError) as caught:
         parse_plan(text, "several.toml")
     expected = {
-        ("plan.flags", line_of(text, "# E1")), ("plan.guard_intervall", line_of(text, "# E2")),
-        ("stages[1].percentage", line_of(text, "# E3")), ("checkpoints[1].at", line_of(text, "# E4")),
-        ("guards[0].critical", line_of(text, "# E5")), ("guards[1].no_data", line_of(text, "# E6")),
+        ("plan.flags", line_of(text, "# E1")),
+        ("plan.guard_intervall", line_of(text, "# E2")),
+        ("stages[1].percentage", line_of(text, "# E3")),
+        ("checkpoints[1].at", line_of(text, "# E4")),
+        ("guards[0].critical", line_of(text, "# E5")),
+        ("guards[1].no_data", line_of(text, "# E6")),
         ("rollbacks", line_of(text, "# E7")),
     }
     assert len(caught.value.problems) == 7
@@ -351,19 +505,28 @@ def test_promtool_reports_an_unparsable_query_at_its_line() -> None:
 
 def test_promtool_reports_every_unparsable_query() -> None:
     """Two broken queries are two problems, each at its own guard's query line."""
-    text = edit(UNCLOSED, ('query = "sum(rate(errors_total[{{window}}]))"',
-                           'query = "sum(rate(errors_total{[{{window}}])"  # E0'))
+    text = edit(
+        UNCLOSED,
+        ('query = "sum(rate(errors_total[{{window}}]))"', 'query = "sum(rate(errors_total{[{{window}}])"  # E0'),
+    )
     problems = check_promql(parse_plan(text), promtool=PROMTOOL, plan_text=text)
-    assert sorted((p.where, p.line) for p in problems) == \
-        [("guards[0].query", line_of(text, "# E0")), ("guards[1].query", line_of(text))]
+    assert sorted((p.where, p.line) for p in problems) == [
+        ("guards[0].query", line_of(text, "# E0")),
+        ("guards[1].query", line_of(text)),
+    ]
 
 
 def test_prometheus_reports_an_unparsable_query_at_its_line(prometheus_server) -> None:
     """With promtool switched off, a real Prometheus finds the unclosed parenthesis, at the same line."""
     prometheus_server.start(targets=[])
     # A promtool path that does not exist: were it used, check_promql would raise.
-    problems = check_promql(parse_plan(UNCLOSED), promtool="/nonexistent/promtool", use_promtool=False,
-                            prometheus_url=prometheus_server.url, plan_text=UNCLOSED)
+    problems = check_promql(
+        parse_plan(UNCLOSED),
+        promtool="/nonexistent/promtool",
+        use_promtool=False,
+        prometheus_url=prometheus_server.url,
+        plan_text=UNCLOSED,
+    )
     assert [(p.where, p.line) for p in problems] == [("guards[1].query", line_of(UNCLOSED))]
     assert "unclosed left parenthesis" in problems[0].message
 
@@ -389,16 +552,19 @@ def test_unreachable_prometheus_is_a_runtime_error() -> None:
 # -- (d) model helpers -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "delta", "shortest"), [
-    ("5m", timedelta(minutes=5), "5m"),
-    ("90s", timedelta(seconds=90), "90s"),
-    ("4h", timedelta(hours=4), "4h"),
-    ("1h30m", timedelta(minutes=90), "90m"),
-    ("1d", timedelta(days=1), "1d"),
-    (4, timedelta(hours=4), "4h"),
-    (0.5, timedelta(minutes=30), "30m"),
-    (49, timedelta(hours=49), "49h"),
-])
+@pytest.mark.parametrize(
+    ("text", "delta", "shortest"),
+    [
+        ("5m", timedelta(minutes=5), "5m"),
+        ("90s", timedelta(seconds=90), "90s"),
+        ("4h", timedelta(hours=4), "4h"),
+        ("1h30m", timedelta(minutes=90), "90m"),
+        ("1d", timedelta(days=1), "1d"),
+        (4, timedelta(hours=4), "4h"),
+        (0.5, timedelta(minutes=30), "30m"),
+        (49, timedelta(hours=49), "49h"),
+    ],
+)
 def test_durations_round_trip(text: str | float, delta: timedelta, shortest: str) -> None:
     """parse_duration reads units (bare numbers are hours) and format_duration writes the shortest form back."""
     assert parse_duration(text) == delta
@@ -413,18 +579,38 @@ def test_unreadable_durations_raise(value: object) -> None:
         parse_duration(value)
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (0.0009, None), (0.001, None), (0.0011, W), (0.005, W), (0.0051, C), (0.01, C), (0.0101, E), (5.0, E),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0.0009, None),
+        (0.001, None),
+        (0.0011, W),
+        (0.005, W),
+        (0.0051, C),
+        (0.01, C),
+        (0.0101, E),
+        (5.0, E),
+    ],
+)
 def test_severity_above_breaches_strictly_greater(value: float, expected: Severity | None) -> None:
     """For direction above, a value breaches a threshold only when strictly greater; the worst breach wins."""
     g = guard(Direction.ABOVE, {W: 0.001, C: 0.005, E: 0.01})
     assert g.severity_of(value) == expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (100.0, None), (98.0, None), (97.99, W), (95.0, W), (94.99, C), (90.0, C), (89.99, E), (0.0, E),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (100.0, None),
+        (98.0, None),
+        (97.99, W),
+        (95.0, W),
+        (94.99, C),
+        (90.0, C),
+        (89.99, E),
+        (0.0, E),
+    ],
+)
 def test_severity_below_breaches_strictly_less(value: float, expected: Severity | None) -> None:
     """For direction below, a value breaches a threshold only when strictly less; the worst breach wins."""
     g = guard(Direction.BELOW, {W: 98, C: 95, E: 90})
@@ -436,9 +622,14 @@ def test_severity_with_two_thresholds_never_reaches_emergency() -> None:
     assert guard(Direction.BELOW, {W: 0.5, C: 0.3}).severity_of(0.0) == C
 
 
-@pytest.mark.parametrize(("window", "expected"), [("5m", "rate(x[5m]) / rate(y[5m])"),
-                                                  ("90s", "rate(x[90s]) / rate(y[90s])"),
-                                                  ("1h30m", "rate(x[90m]) / rate(y[90m])")])
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        ("5m", "rate(x[5m]) / rate(y[5m])"),
+        ("90s", "rate(x[90s]) / rate(y[90s])"),
+        ("1h30m", "rate(x[90m]) / rate(y[90m])"),
+    ],
+)
 def test_resolved_query_fills_every_window(window: str, expected: str) -> None:
     """resolved_query replaces every {{window}} with the guard's window in Prometheus form."""
     assert guard(query="rate(x[{{window}}]) / rate(y[{{window}}])", window=window).resolved_query() == expected
@@ -449,9 +640,17 @@ def test_resolved_query_of_a_builtin_only_guard_is_none() -> None:
     assert guard(query=None).resolved_query() is None
 
 
-@pytest.mark.parametrize(("sustain", "interval", "checks"), [
-    ("5m", "5m", 2), ("0s", "5m", 1), ("10m", "5m", 3), ("2m", "5m", 2), ("7m", "5m", 3), ("5m", "1m", 6),
-])
+@pytest.mark.parametrize(
+    ("sustain", "interval", "checks"),
+    [
+        ("5m", "5m", 2),
+        ("0s", "5m", 1),
+        ("10m", "5m", 3),
+        ("2m", "5m", 2),
+        ("7m", "5m", 3),
+        ("5m", "1m", 6),
+    ],
+)
 def test_checks_to_sustain(sustain: str, interval: str, checks: int) -> None:
     """A breach is sustained after ceil(sustain / interval) + 1 consecutive breaching checks (t .. t + sustain)."""
     assert guard(sustain=sustain).checks_to_sustain(parse_duration(interval)) == checks
@@ -463,8 +662,14 @@ def test_checks_to_sustain(sustain: str, interval: str, checks: int) -> None:
 def validate(*args: str | Path, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m deploy plan validate ...` with no daemon: $ROLLOUTD_SOCKET names a path that does not exist."""
     base = {**os.environ, "ROLLOUTD_SOCKET": str(tmp_path / "no-daemon" / "admin.sock")}
-    return subprocess.run([sys.executable, "-m", "deploy", "plan", "validate", *map(str, args)], cwd=REPO,
-                          env={**base, **(env or {})}, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", "plan", "validate", *map(str, args)],
+        cwd=REPO,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_cli_validates_phase5_and_prints_the_summary(tmp_path: Path) -> None:
@@ -485,16 +690,35 @@ def test_cli_validates_phase5_and_prints_the_summary(tmp_path: Path) -> None:
 
 def test_cli_needs_no_socket_even_with_an_unreadable_config(tmp_path: Path) -> None:
     """`plan validate` ignores --socket and --config: it never looks for the daemon."""
-    done = subprocess.run([sys.executable, "-m", "deploy", "--socket", tmp_path / "x.sock", "--config",
-                           tmp_path / "missing.toml", "plan", "validate", PHASE5], cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy",
+            "--socket",
+            tmp_path / "x.sock",
+            "--config",
+            tmp_path / "missing.toml",
+            "plan",
+            "validate",
+            PHASE5,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
 
 
 def test_cli_prints_every_problem_as_file_line(tmp_path: Path) -> None:
     """A plan with three mistakes exits 1 and prints each as FILE:LINE: where: message, in line order."""
-    text = edit(BASE, ('flags = ["hybrid_rag_enabled"]', "flags = []  # E1"),
-                ("percentage = 10\n", "percentage = 4  # E2\n"), ('direction = "below"', 'direction = "down"  # E3'))
+    text = edit(
+        BASE,
+        ('flags = ["hybrid_rag_enabled"]', "flags = []  # E1"),
+        ("percentage = 10\n", "percentage = 4  # E2\n"),
+        ('direction = "below"', 'direction = "down"  # E3'),
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
     done = validate(bad, tmp_path=tmp_path)
@@ -524,11 +748,20 @@ def test_cli_json_shape(tmp_path: Path) -> None:
     plan = good["plan"]
     assert plan["name"] == "phase5_hybrid_rag" and len(plan["flags"]) == 6
     assert plan["guard_interval"] == "5m" and plan["failure_limit"] == 5
-    assert [(s["at_hours"], s["percentage"]) for s in plan["stages"]] == \
-        [(0, 0), (4, 5), (12, 10), (49, 15), (52, 20), (56, 25)]
+    assert [(s["at_hours"], s["percentage"]) for s in plan["stages"]] == [
+        (0, 0),
+        (4, 5),
+        (12, 10),
+        (49, 15),
+        (52, 20),
+        (56, 25),
+    ]
     assert plan["stages"][1]["agents"] == ["Builder", "Deploy", "QA"]
-    assert [(c["at"], c["requires_approval"]) for c in plan["checkpoints"]] == \
-        [("24h", False), ("48h", True), ("72h", False)]
+    assert [(c["at"], c["requires_approval"]) for c in plan["checkpoints"]] == [
+        ("24h", False),
+        ("48h", True),
+        ("72h", False),
+    ]
     error_rate = plan["guards"][0]
     assert error_rate["thresholds"] == {"warning": 0.001, "critical": 0.005, "emergency": 0.01}
     assert (error_rate["direction"], error_rate["checks_to_sustain"]) == ("above", 2)
@@ -545,8 +778,13 @@ def test_cli_json_shape(tmp_path: Path) -> None:
 
 def test_cli_json_before_the_command_works_too(tmp_path: Path) -> None:
     """`rolloutctl --json plan validate FILE` prints the same JSON as `--json` after the command."""
-    done = subprocess.run([sys.executable, "-m", "deploy", "--json", "plan", "validate", PHASE5], cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy", "--json", "plan", "validate", PHASE5],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0 and json.loads(done.stdout)["valid"] is True
 
 
@@ -563,8 +801,9 @@ def test_cli_without_promtool_uses_prometheus(tmp_path: Path, prometheus_server)
     """With no promtool on PATH, `--prometheus URL` parses the queries and the plan is valid."""
     prometheus_server.start(targets=[])
     (tmp_path / "bin").mkdir()
-    done = validate(PHASE5, "--prometheus", prometheus_server.url, tmp_path=tmp_path,
-                    env={"PATH": str(tmp_path / "bin")})
+    done = validate(
+        PHASE5, "--prometheus", prometheus_server.url, tmp_path=tmp_path, env={"PATH": str(tmp_path / "bin")}
+    )
     assert done.returncode == 0, done.stderr
     assert f"PromQL parsed by Prometheus at {prometheus_server.url}" in done.stdout
 

@@ -40,8 +40,7 @@ PASS_RATE = "rolloutd_test_pass_rate_percent"
 PASS_RATE_VALUE = 97.0
 ERROR_RATIO = "rolloutd_test_error_ratio"
 ERROR_RATIOS = {"Builder": 0.01, "Deploy": 0.02, "QA": 0.04}
-HISTOGRAM_P95 = ("histogram_quantile(0.95, sum by (le) "
-                 "(rate(rolloutd_test_latency_seconds_bucket[{{window}}])))")
+HISTOGRAM_P95 = "histogram_quantile(0.95, sum by (le) (rate(rolloutd_test_latency_seconds_bucket[{{window}}])))"
 # Cumulative observations per second per bucket: the 95th is in (0.25, 0.5], 5/10 of the way.
 BUCKET_RATES = {"0.1": 50.0, "0.25": 90.0, "0.5": 100.0, "+Inf": 100.0}
 HISTOGRAM_P95_VALUE = 0.25 + 0.25 * (95 - 90) / (100 - 90)
@@ -57,8 +56,12 @@ class SteadyTraffic(Collector):
     def collect(self) -> Iterator[Metric]:
         elapsed = time.monotonic() - self._start
         buckets = [(le, rate * elapsed) for le, rate in BUCKET_RATES.items()]
-        yield HistogramMetricFamily("rolloutd_test_latency_seconds", "Synthetic retrieval latency.",
-                                    buckets=buckets, sum_value=0.2 * BUCKET_RATES["+Inf"] * elapsed)
+        yield HistogramMetricFamily(
+            "rolloutd_test_latency_seconds",
+            "Synthetic retrieval latency.",
+            buckets=buckets,
+            sum_value=0.2 * BUCKET_RATES["+Inf"] * elapsed,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,15 @@ async def source(backend: Backend) -> AsyncIterator[PrometheusSource]:
 
 def guard(query: str | None, direction: str = "above", **thresholds: float) -> Guard:
     """A guard over `query` with a 1m window; thresholds by severity name."""
-    return Guard(name="g", query=query, builtin=None, direction=Direction(direction),
-                 thresholds={Severity[k.upper()]: v for k, v in (thresholds or {"critical": 1e9}).items()},
-                 window=timedelta(minutes=1), sustain=timedelta(0))
+    return Guard(
+        name="g",
+        query=query,
+        builtin=None,
+        direction=Direction(direction),
+        thresholds={Severity[k.upper()]: v for k, v in (thresholds or {"critical": 1e9}).items()},
+        window=timedelta(minutes=1),
+        sustain=timedelta(0),
+    )
 
 
 def now() -> datetime:
@@ -117,21 +126,64 @@ async def observe(source: PrometheusSource, g: Guard, at: datetime | None = None
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("query", "direction", "thresholds", "outcome", "severity", "value"), [
-    (P95, "above", {"warning": 0.3, "critical": 0.5}, Outcome.PASS, None, P95_VALUE),
-    (P95, "above", {"warning": 0.1, "critical": 0.2, "emergency": 0.5}, Outcome.BREACH, Severity.CRITICAL, P95_VALUE),
-    (P95, "above", {"warning": 0.1, "critical": 0.15, "emergency": 0.2}, Outcome.BREACH, Severity.EMERGENCY, P95_VALUE),
-    (PASS_RATE, "below", {"warning": 95, "critical": 90}, Outcome.PASS, None, PASS_RATE_VALUE),
-    (PASS_RATE, "below", {"warning": 99, "critical": 98, "emergency": 90}, Outcome.BREACH, Severity.CRITICAL,
-     PASS_RATE_VALUE),
-    (PASS_RATE, "below", {"warning": 99.5, "critical": 99, "emergency": 98}, Outcome.BREACH, Severity.EMERGENCY,
-     PASS_RATE_VALUE),
-    (f"scalar({PASS_RATE})", "below", {"critical": 90}, Outcome.PASS, None, PASS_RATE_VALUE),
-], ids=["above-pass", "above-critical", "above-emergency", "below-pass", "below-critical", "below-emergency",
-        "scalar"])
-async def test_gauge_guard_outcomes(source: PrometheusSource, query: str, direction: str,
-                                    thresholds: dict[str, float], outcome: Outcome, severity: Severity | None,
-                                    value: float) -> None:
+@pytest.mark.parametrize(
+    ("query", "direction", "thresholds", "outcome", "severity", "value"),
+    [
+        (P95, "above", {"warning": 0.3, "critical": 0.5}, Outcome.PASS, None, P95_VALUE),
+        (
+            P95,
+            "above",
+            {"warning": 0.1, "critical": 0.2, "emergency": 0.5},
+            Outcome.BREACH,
+            Severity.CRITICAL,
+            P95_VALUE,
+        ),
+        (
+            P95,
+            "above",
+            {"warning": 0.1, "critical": 0.15, "emergency": 0.2},
+            Outcome.BREACH,
+            Severity.EMERGENCY,
+            P95_VALUE,
+        ),
+        (PASS_RATE, "below", {"warning": 95, "critical": 90}, Outcome.PASS, None, PASS_RATE_VALUE),
+        (
+            PASS_RATE,
+            "below",
+            {"warning": 99, "critical": 98, "emergency": 90},
+            Outcome.BREACH,
+            Severity.CRITICAL,
+            PASS_RATE_VALUE,
+        ),
+        (
+            PASS_RATE,
+            "below",
+            {"warning": 99.5, "critical": 99, "emergency": 98},
+            Outcome.BREACH,
+            Severity.EMERGENCY,
+            PASS_RATE_VALUE,
+        ),
+        (f"scalar({PASS_RATE})", "below", {"critical": 90}, Outcome.PASS, None, PASS_RATE_VALUE),
+    ],
+    ids=[
+        "above-pass",
+        "above-critical",
+        "above-emergency",
+        "below-pass",
+        "below-critical",
+        "below-emergency",
+        "scalar",
+    ],
+)
+async def test_gauge_guard_outcomes(
+    source: PrometheusSource,
+    query: str,
+    direction: str,
+    thresholds: dict[str, float],
+    outcome: Outcome,
+    severity: Severity | None,
+    value: float,
+) -> None:
     """A gauge's scraped value is judged against the guard's thresholds in its direction."""
     g = guard(query, direction, **thresholds)
     obs = await observe(source, g)
@@ -152,11 +204,15 @@ async def test_histogram_quantile_over_rate_window(source: PrometheusSource) -> 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("query", "detail"), [
-    ("rolloutd_test_metric_nobody_exports", "no samples"),
-    (f"{P95} * 0 / 0", "value is nan"),
-    (f"{P95} / 0", "value is inf"),
-], ids=["missing-metric", "nan", "inf"])
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("rolloutd_test_metric_nobody_exports", "no samples"),
+        (f"{P95} * 0 / 0", "value is nan"),
+        (f"{P95} / 0", "value is inf"),
+    ],
+    ids=["missing-metric", "nan", "inf"],
+)
 async def test_nothing_usable_is_no_data(source: PrometheusSource, query: str, detail: str) -> None:
     """An empty vector, NaN and +Inf are NO_DATA, never a pass or a breach."""
     obs = await observe(source, guard(query, critical=0.0))
@@ -173,12 +229,16 @@ async def test_query_is_evaluated_at_the_given_instant(source: PrometheusSource,
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("direction", "threshold", "outcome", "agent"), [
-    ("above", 0.03, Outcome.BREACH, "QA"),
-    ("below", 0.005, Outcome.PASS, "Builder"),
-])
+@pytest.mark.parametrize(
+    ("direction", "threshold", "outcome", "agent"),
+    [
+        ("above", 0.03, Outcome.BREACH, "QA"),
+        ("below", 0.005, Outcome.PASS, "Builder"),
+    ],
+)
 async def test_several_series_take_the_worst_for_the_direction(
-        source: PrometheusSource, direction: str, threshold: float, outcome: Outcome, agent: str) -> None:
+    source: PrometheusSource, direction: str, threshold: float, outcome: Outcome, agent: str
+) -> None:
     """With one series per agent, "above" judges the largest and "below" the smallest."""
     obs = await observe(source, guard(ERROR_RATIO, direction, critical=threshold))
     assert (obs.outcome, obs.value) == (outcome, ERROR_RATIOS[agent])
@@ -214,8 +274,9 @@ async def test_prometheus_down_is_an_error_and_recovers(source: PrometheusSource
     finally:
         await anyio.to_thread.run_sync(backend.prometheus.start)  # same port, same config, same data
     assert down.outcome is Outcome.ERROR
-    assert down.detail == (f"cannot connect to {backend.prometheus.url}{QUERY_PATH}: "
-                           "connection refused (is Prometheus running?)")
+    assert down.detail == (
+        f"cannot connect to {backend.prometheus.url}{QUERY_PATH}: connection refused (is Prometheus running?)"
+    )
     back = await observe(source, g)
     assert (back.outcome, back.value) == (Outcome.PASS, P95_VALUE), back.detail
 
@@ -237,8 +298,10 @@ async def test_query_value_returns_the_number_or_raises(backend: Backend) -> Non
 
 def http_response(status: str, content_type: str, body: str | dict) -> bytes:
     payload = (json.dumps(body) if isinstance(body, dict) else body).encode()
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + payload
 
 
@@ -277,26 +340,49 @@ async def canned_server(response: bytes | None, drip: float = 0.0) -> AsyncItera
             tg.cancel_scope.cancel()
 
 
-NGINX_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-             "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n"
-             "</body>\r\n</html>\r\n")
+NGINX_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("response", "expected"), [
-    (http_response("502 Bad Gateway", "text/html", NGINX_502), "answered HTTP 502: 502 Bad Gateway"),
-    (http_response("200 OK", "text/plain; charset=utf-8", "hello"),
-     "unexpected answer from {url}: HTTP 200 text/plain; charset=utf-8, not Prometheus JSON: 'hello'"),
-    (http_response("200 OK", "application/json", {"status": "success", "data": {"resultType": "vector"}}),
-     "unexpected answer from {url}: no data.result vector in"),
-    (http_response("200 OK", "application/json",
-                   {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1]}]}}),
-     "unexpected answer from {url}: sample [1] is not [timestamp, \"value\"]"),
-    (http_response("503 Service Unavailable", "application/json",
-                   {"status": "error", "errorType": "timeout", "error": "query timed out in expression evaluation"}),
-     "{url} answered HTTP 503: timeout: query timed out in expression evaluation"),
-    (http_response("500 Internal Server Error", "text/plain", "x" * 5000), "answered HTTP 500: " + "x" * 100 + "..."),
-], ids=["html-502", "text-hello", "json-no-result", "json-bad-sample", "json-503", "long-500"])
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (http_response("502 Bad Gateway", "text/html", NGINX_502), "answered HTTP 502: 502 Bad Gateway"),
+        (
+            http_response("200 OK", "text/plain; charset=utf-8", "hello"),
+            "unexpected answer from {url}: HTTP 200 text/plain; charset=utf-8, not Prometheus JSON: 'hello'",
+        ),
+        (
+            http_response("200 OK", "application/json", {"status": "success", "data": {"resultType": "vector"}}),
+            "unexpected answer from {url}: no data.result vector in",
+        ),
+        (
+            http_response(
+                "200 OK",
+                "application/json",
+                {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1]}]}},
+            ),
+            'unexpected answer from {url}: sample [1] is not [timestamp, "value"]',
+        ),
+        (
+            http_response(
+                "503 Service Unavailable",
+                "application/json",
+                {"status": "error", "errorType": "timeout", "error": "query timed out in expression evaluation"},
+            ),
+            "{url} answered HTTP 503: timeout: query timed out in expression evaluation",
+        ),
+        (
+            http_response("500 Internal Server Error", "text/plain", "x" * 5000),
+            "answered HTTP 500: " + "x" * 100 + "...",
+        ),
+    ],
+    ids=["html-502", "text-hello", "json-no-result", "json-bad-sample", "json-503", "long-500"],
+)
 async def test_garbage_answers_are_clear_errors(response: bytes, expected: str) -> None:
     """Whatever a proxy or impostor answers becomes one short ERROR line naming the URL."""
     at = now()
@@ -347,17 +433,41 @@ async def test_an_explicit_deadline_overrides_the_clients_timeout() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("status", "body", "expected"), [
-    ("200 OK", deep_json(100_000), "HTTP 200 application/json, JSON nested too deeply to read: '[[[["),
-    ("500 Internal Server Error", deep_json(100_000), "answered HTTP 500: [[[["),
-    ("200 OK", json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {"job": json.loads(deep_json(900))}, "value": [1, "1"]}]}}),
-     "unexpected answer from {url}: labels {{'job': [[[[...]]]]}} are not all strings"),
-    ("200 OK", json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {}, "value": [1, True]}]}}), "sample [1, True] is not [timestamp, \"value\"]"),
-    ("200 OK", json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {}, "value": "12"}]}}), "sample '12' is not [timestamp, \"value\"]"),
-], ids=["deep-200", "deep-500", "deep-labels", "bool-value", "string-sample"])
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        ("200 OK", deep_json(100_000), "HTTP 200 application/json, JSON nested too deeply to read: '[[[["),
+        ("500 Internal Server Error", deep_json(100_000), "answered HTTP 500: [[[["),
+        (
+            "200 OK",
+            json.dumps(
+                {
+                    "status": "success",
+                    "data": {
+                        "resultType": "vector",
+                        "result": [{"metric": {"job": json.loads(deep_json(900))}, "value": [1, "1"]}],
+                    },
+                }
+            ),
+            "unexpected answer from {url}: labels {{'job': [[[[...]]]]}} are not all strings",
+        ),
+        (
+            "200 OK",
+            json.dumps(
+                {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, True]}]}}
+            ),
+            'sample [1, True] is not [timestamp, "value"]',
+        ),
+        (
+            "200 OK",
+            json.dumps(
+                {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": "12"}]}}
+            ),
+            "sample '12' is not [timestamp, \"value\"]",
+        ),
+    ],
+    ids=["deep-200", "deep-500", "deep-labels", "bool-value", "string-sample"],
+)
 async def test_unreadable_answers_are_errors_not_exceptions(status: str, body: str, expected: str) -> None:
     """JSON too deep to parse, or a shape nobody foresaw, is a short ERROR observation, never an exception."""
     async with canned_server(http_response(status, "application/json", body)) as (url, _):
@@ -373,6 +483,7 @@ async def test_unreadable_answers_are_errors_not_exceptions(status: str, body: s
 @pytest.mark.anyio
 async def test_any_exception_while_reading_an_answer_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Should reading a well-formed answer still raise (a shape nobody foresaw), it is ERROR, not an exception."""
+
     def unforeseen(endpoint: str, body: dict, direction: Direction | None) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
@@ -382,7 +493,9 @@ async def test_any_exception_while_reading_an_answer_is_an_error(monkeypatch: py
         async with PrometheusSource.build_client(url, timeout=5.0) as client:
             obs = await observe(PrometheusSource(client), guard("up"))
     assert (obs.outcome, obs.detail) == (
-        Outcome.ERROR, f"unexpected answer from {url}{QUERY_PATH}: RecursionError: maximum recursion depth exceeded")
+        Outcome.ERROR,
+        f"unexpected answer from {url}{QUERY_PATH}: RecursionError: maximum recursion depth exceeded",
+    )
 
 
 @pytest.mark.anyio
@@ -393,14 +506,21 @@ async def test_an_answer_over_the_size_limit_is_an_error(monkeypatch: pytest.Mon
     async with canned_server(http_response("200 OK", "application/json", body)) as (url, _):
         async with PrometheusSource.build_client(url, timeout=5.0) as client:
             obs = await observe(PrometheusSource(client), guard("up"))
-    assert (obs.outcome, obs.detail) == (Outcome.ERROR, f"unexpected answer from {url}{QUERY_PATH}: larger than 1,024 bytes")
+    assert (obs.outcome, obs.detail) == (
+        Outcome.ERROR,
+        f"unexpected answer from {url}{QUERY_PATH}: larger than 1,024 bytes",
+    )
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("url", "expected"), [
-    (f"http://{HOST}:{free_port()}", "cannot connect to {endpoint}: connection refused"),
-    ("http://rolloutd-no-such-host.invalid:9090", "cannot resolve the host of {endpoint}: "),
-], ids=["refused", "dns"])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (f"http://{HOST}:{free_port()}", "cannot connect to {endpoint}: connection refused"),
+        ("http://rolloutd-no-such-host.invalid:9090", "cannot resolve the host of {endpoint}: "),
+    ],
+    ids=["refused", "dns"],
+)
 async def test_unreachable_prometheus_is_an_error_naming_the_url(url: str, expected: str) -> None:
     """Nothing listening, or a host that does not resolve, is ERROR naming the URL it tried."""
     async with PrometheusSource.build_client(url, connect_timeout=2.0) as client:

@@ -87,9 +87,7 @@ async def test_prometheus_scrapes_gauge_and_evaluates_rules(
     assert float(doubled["value"][1]) == 2 * GAUGE_VALUE
 
 
-def test_prometheus_start_failure_shows_command_and_log(
-    prometheus_server: PrometheusServer, tmp_path: Path
-) -> None:
+def test_prometheus_start_failure_shows_command_and_log(prometheus_server: PrometheusServer, tmp_path: Path) -> None:
     """A Prometheus that cannot start fails the test with its command line and log tail."""
     broken = tmp_path / "broken.yml"
     broken.write_text("groups: [{name: x, rules: [{record: bad, expr: 'sum('}]}]\n")

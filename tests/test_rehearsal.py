@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from controller.plan import parse_duration
 from tests.support.daemon_harness import Daemon
 from tests.support.realservers import PrometheusServer
-from tests.support.rehearsal import (
+from tests.support.rehearsal import (  # noqa: F401  (fixtures)
     P95,
     P95_GUARD,
     PASS_RATE_GUARD,
@@ -29,14 +30,17 @@ from tests.support.rehearsal import (
     Rehearsal,
     Stage,
     applied_stages,
+    daemons,
     events_named,
+    exporter,
     log_tail,
     plan_flags_at,
     plan_text,
+    rehearse,
     rolloutctl,
+    scraped,
     wait_until,
 )
-from tests.support.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
 
 SCALE = 600.0
 INTERVAL = timedelta(minutes=5)  # the plans' guard interval, in plan time
@@ -62,7 +66,7 @@ def after_last(journal: list[dict[str, Any]], action: str) -> list[tuple[str, in
     """(action, stage) of every decision after the last `action`, warnings left out (a breach
     still running after a rollback opens a new warning episode, which changes nothing)."""
     last = max(i for i, d in enumerate(journal) if d["action"] == action)
-    return [(d["action"], d["stage"]) for d in journal[last + 1:] if d["action"] != "warning"]
+    return [(d["action"], d["stage"]) for d in journal[last + 1 :] if d["action"] != "warning"]
 
 
 def assert_stays(r: Rehearsal, phase: str, stage: int, rounds: int = 4) -> None:
@@ -77,7 +81,8 @@ def assert_stays(r: Rehearsal, phase: str, stage: int, rounds: int = 4) -> None:
 
 
 def test_stages_apply_in_order_on_schedule_and_status_shows_every_guard(
-        rehearse: Callable[..., Rehearsal], exporter: Exporter) -> None:
+    rehearse: Callable[..., Rehearsal], exporter: Exporter
+) -> None:
     """Healthy guards apply every stage once, in order and on time, and `rolloutctl status --json` shows the
     position, the next transition and every guard's last value, verdict, threshold and breach count."""
     stages = [Stage("0m", 0), Stage("10m", 5, COHORT_1), Stage("20m", 10, COHORT_2), Stage("30m", 15, COHORT_2), FAR]
@@ -87,7 +92,7 @@ def test_stages_apply_in_order_on_schedule_and_status_shows_every_guard(
     started = moment(r.admin.status()["started_at"])
     applied = [d for d in journal if d["action"] == "stage_applied"]
     assert [(d["stage"], d["percentage"]) for d in applied] == [(0, 0.0), (1, 5.0), (2, 10.0), (3, 15.0)], journal
-    for decision, stage in zip(applied, stages):
+    for decision, stage in zip(applied, stages, strict=False):
         late = moment(decision["at"]) - (started + parse_duration(stage.at))
         assert timedelta(0) <= late <= 2 * INTERVAL, f"stage {decision['stage']} applied {late} after it fell due"
     assert plan_flags_at(r.flags(), 15.0, COHORT_2), r.flags()
@@ -104,8 +109,12 @@ def test_stages_apply_in_order_on_schedule_and_status_shows_every_guard(
     p95, pass_rate = guard(status, "p95_latency"), guard(status, "test_pass_rate")
     assert (p95["verdict"], p95["severity"], p95["value"], p95["threshold"]) == ("breach", "warning", 0.25, 0.2)
     assert p95["consecutive_breaches"] >= 2, p95
-    assert (pass_rate["verdict"], pass_rate["value"], pass_rate["threshold"], pass_rate["consecutive_breaches"]) \
-        == ("pass", 99.5, 98.0, 0)
+    assert (pass_rate["verdict"], pass_rate["value"], pass_rate["threshold"], pass_rate["consecutive_breaches"]) == (
+        "pass",
+        99.5,
+        98.0,
+        0,
+    )
 
     table = rolloutctl(r.daemon.socket, "status")
     assert table.returncode == 0, table.stderr
@@ -119,11 +128,13 @@ def test_stages_apply_in_order_on_schedule_and_status_shows_every_guard(
 
 
 def test_critical_breach_rolls_back_one_stage_and_waits_for_resume(
-        rehearse: Callable[..., Rehearsal], exporter: Exporter) -> None:
+    rehearse: Callable[..., Rehearsal], exporter: Exporter
+) -> None:
     """A sustained critical breach rolls back one stage, naming the guard, and the rollout stays there,
     healthy, until `rolloutctl resume`."""
-    r = rehearse([Stage("0m", 0), Stage("10m", 5, COHORT_1), Stage("20m", 10, COHORT_2), FAR],
-                 time_scale=SCALE, guards=SUSTAIN_3)
+    r = rehearse(
+        [Stage("0m", 0), Stage("10m", 5, COHORT_1), Stage("20m", 10, COHORT_2), FAR], time_scale=SCALE, guards=SUSTAIN_3
+    )
     r.wait_stage(2)
     exporter.pulse(P95, 0.35, scrapes=PULSE_SCRAPES)
     status = r.wait_status(lambda s: s["phase"] == "rolled_back", "a rollback after a sustained critical breach")
@@ -146,11 +157,13 @@ def test_critical_breach_rolls_back_one_stage_and_waits_for_resume(
 
 
 def test_emergency_breach_rolls_back_to_zero_and_waits_for_resume(
-        rehearse: Callable[..., Rehearsal], exporter: Exporter) -> None:
+    rehearse: Callable[..., Rehearsal], exporter: Exporter
+) -> None:
     """A sustained emergency breach rolls back to the plan's 0% stage, where the rollout stays until
     `rolloutctl resume` re-applies the stages one at a time."""
-    r = rehearse([Stage("0m", 0), Stage("10m", 5, COHORT_1), Stage("20m", 10, COHORT_2), FAR],
-                 time_scale=SCALE, guards=SUSTAIN_3)
+    r = rehearse(
+        [Stage("0m", 0), Stage("10m", 5, COHORT_1), Stage("20m", 10, COHORT_2), FAR], time_scale=SCALE, guards=SUSTAIN_3
+    )
     r.wait_stage(2)
     exporter.pulse(P95, 0.6, scrapes=PULSE_SCRAPES)
     status = r.wait_status(lambda s: s["phase"] == "rolled_back", "a rollback after a sustained emergency breach")
@@ -174,11 +187,15 @@ def test_emergency_breach_rolls_back_to_zero_and_waits_for_resume(
 
 
 def test_prometheus_outage_holds_and_its_return_resumes(
-        rehearse: Callable[..., Rehearsal], scraped: PrometheusServer) -> None:
+    rehearse: Callable[..., Rehearsal], scraped: PrometheusServer
+) -> None:
     """While Prometheus is down the rollout holds, blind, and applies no stage that falls due; when
     Prometheus is back on the same port the rollout resumes by itself."""
-    r = rehearse([Stage("0m", 0), Stage("10m", 5, COHORT_1), Stage("40m", 10, COHORT_2), FAR],
-                 time_scale=SCALE, failure_limit=1000)
+    r = rehearse(
+        [Stage("0m", 0), Stage("10m", 5, COHORT_1), Stage("40m", 10, COHORT_2), FAR],
+        time_scale=SCALE,
+        failure_limit=1000,
+    )
     r.wait_stage(1)
     scraped.stop()
     status = r.wait_status(lambda s: s["phase"] == "holding", "a hold while Prometheus is down")
@@ -188,8 +205,10 @@ def test_prometheus_outage_holds_and_its_return_resumes(
 
     due = r.wait_status(lambda s: s["next_transition_due"], "stage 2 to fall due during the outage")
     errors = guard(due, "p95_latency")["consecutive_errors"]
-    status = r.wait_status(lambda s: guard(s, "p95_latency")["consecutive_errors"] >= errors + 3,
-                           "three more blind rounds after stage 2 fell due")
+    status = r.wait_status(
+        lambda s: guard(s, "p95_latency")["consecutive_errors"] >= errors + 3,
+        "three more blind rounds after stage 2 fell due",
+    )
     assert (status["phase"], status["stage"]) == ("holding", 1), status
     assert applied_stages(r.journal()) == [0, 1]
     assert plan_flags_at(r.flags(), 5.0, COHORT_1), r.flags()
@@ -206,7 +225,8 @@ def test_prometheus_outage_holds_and_its_return_resumes(
 
 
 def test_sigusr1_emergency_survives_a_restart_and_needs_clear_emergency(
-        rehearse: Callable[..., Rehearsal], daemons: Callable[[Path], Daemon]) -> None:
+    rehearse: Callable[..., Rehearsal], daemons: Callable[[Path], Daemon]
+) -> None:
     """SIGUSR1's emergency (plan flags off, kill switch on) survives a restart, and only
     `rolloutctl resume --clear-emergency` leaves it."""
     r = rehearse([Stage("0m", 0), Stage("10m", 5, COHORT_1), FAR], time_scale=SCALE)
@@ -249,8 +269,7 @@ def assert_emergency_flags(flags: dict[str, Any]) -> None:
 # -- e: SIGHUP -------------------------------------------------------------------------------------
 
 
-def test_sighup_keeps_the_plan_on_a_bad_file_and_adopts_a_valid_edit(
-        rehearse: Callable[..., Rehearsal]) -> None:
+def test_sighup_keeps_the_plan_on_a_bad_file_and_adopts_a_valid_edit(rehearse: Callable[..., Rehearsal]) -> None:
     """SIGHUP keeps the running plan when the file is broken (plan.reload_rejected) and adopts a valid
     edit (plan.reloaded), whose new threshold the next guard rounds use."""
     stages = [Stage("0m", 0), Stage("10m", 5, COHORT_1), FAR]
@@ -267,8 +286,12 @@ def test_sighup_keeps_the_plan_on_a_bad_file_and_adopts_a_valid_edit(
     for number, (what, text) in enumerate(broken.items(), start=1):
         r.plan.write_text(text)
         r.daemon.signal(signal.SIGHUP)
-        wait_until(lambda: len(events_named(r.daemon, "plan.reload_rejected")) >= number, 10.0,
-                   f"plan.reload_rejected for a plan with a bad {what}", r.daemon)
+        wait_until(
+            lambda number=number: len(events_named(r.daemon, "plan.reload_rejected")) >= number,
+            10.0,
+            f"plan.reload_rejected for a plan with a bad {what}",
+            r.daemon,
+        )
         status = r.wait_evaluations(2)
         assert (status["rollout"], status["phase"], status["stage"]) == ("rehearsal", "running", 1), status
         p95 = guard(status, "p95_latency")
@@ -283,8 +306,9 @@ def test_sighup_keeps_the_plan_on_a_bad_file_and_adopts_a_valid_edit(
     r.plan.write_text(plan_text(stages, guards=lower))
     r.daemon.signal(signal.SIGHUP)
     wait_until(lambda: events_named(r.daemon, "plan.reloaded"), 10.0, "plan.reloaded", r.daemon)
-    status = r.wait_status(lambda s: guard(s, "p95_latency")["verdict"] == "breach",
-                           "p95 0.05 to breach the new 0.04 warning threshold")
+    status = r.wait_status(
+        lambda s: guard(s, "p95_latency")["verdict"] == "breach", "p95 0.05 to breach the new 0.04 warning threshold"
+    )
     p95 = guard(status, "p95_latency")
     assert (p95["thresholds"]["warning"], p95["severity"], p95["threshold"]) == (0.04, "warning", 0.04), p95
     warning = next(d for d in r.journal() if d["action"] == "warning")

@@ -13,10 +13,11 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -33,8 +34,9 @@ pytestmark = pytest.mark.anyio
 
 def write_config(directory: Path, prometheus_url: str) -> Path:
     path = directory / "rolloutd.toml"
-    path.write_text(f'[daemon]\nstate_dir = "{directory / "state"}"\nplan = "{PLAN}"\n'
-                    f'[prometheus]\nurl = "{prometheus_url}"\n')
+    path.write_text(
+        f'[daemon]\nstate_dir = "{directory / "state"}"\nplan = "{PLAN}"\n[prometheus]\nurl = "{prometheus_url}"\n'
+    )
     return path
 
 
@@ -65,7 +67,10 @@ async def test_breach_at_hour_30_rolls_back_after_the_seed_schedule(history_prom
     decisions = await run_replay(write_config(tmp_path, server.url), P95_BREACH_AT_30H, 31, "--reports", str(reports))
     s = P95_BREACH_AT_30H
     assert [(hour(s, d), d["stage"], d["percentage"]) for d in of(decisions, "stage_applied")] == [
-        (0, 0, 0), (4, 1, 5), (12, 2, 10)]
+        (0, 0, 0),
+        (4, 1, 5),
+        (12, 2, 10),
+    ]
     (verdict,) = of(decisions, "verdict")
     assert (hour(s, verdict), verdict["recommendation"]) == (24, "GO")
     first = of(decisions, "rollback")[0]
@@ -83,7 +88,9 @@ async def test_breach_at_hour_30_rolls_back_after_the_seed_schedule(history_prom
     assert report["metrics"]["cost_reduction_percentage"] is None and report["unmeasured"]["cost_reduction_percentage"]
 
 
-async def test_healthy_history_completes_the_72_hour_plan_with_approval(history_prometheus: Any, tmp_path: Path) -> None:
+async def test_healthy_history_completes_the_72_hour_plan_with_approval(
+    history_prometheus: Any, tmp_path: Path
+) -> None:
     """With --approve the 48h gate is answered (and journaled as such), stages 49/52/56h apply, 72h completes."""
     server = history_prometheus(HEALTHY)
     decisions = await run_replay(write_config(tmp_path, server.url), HEALTHY, None, "--approve")
@@ -130,9 +137,9 @@ async def test_long_gap_holds_then_the_failure_limit_rolls_back(history_promethe
     decisions = await run_replay(write_config(tmp_path, server.url), GAP, 14.5)
     held, rolled = of(decisions, "hold")[0], of(decisions, "rollback")[0]
     assert hour(GAP, held) == pytest.approx(10 + 5 / 60)
-    assert hour(GAP, rolled) == pytest.approx(10 + 25 / 60)   # the 5th consecutive no-data check
+    assert hour(GAP, rolled) == pytest.approx(10 + 25 / 60)  # the 5th consecutive no-data check
     assert rolled["percentage"] == 0 and "failure_limit 5" in rolled["reason"]
-    assert [d["stage"] for d in of(decisions, "stage_applied")] == [0, 1]   # 12h never applied
+    assert [d["stage"] for d in of(decisions, "stage_applied")] == [0, 1]  # 12h never applied
 
 
 class FailingWindow(BaseHTTPRequestHandler):
@@ -164,11 +171,15 @@ class FailingWindow(BaseHTTPRequestHandler):
 @pytest.fixture
 def failing_proxy(history_prometheus: Any) -> Iterator[str]:
     server = history_prometheus(HEALTHY)
-    handler = type("Handler", (FailingWindow,), {
-        "upstream": server.url,
-        "fail_from": HEALTHY.at(20).timestamp(),
-        "fail_to": HEALTHY.at(21).timestamp(),
-    })
+    handler = type(
+        "Handler",
+        (FailingWindow,),
+        {
+            "upstream": server.url,
+            "fail_from": HEALTHY.at(20).timestamp(),
+            "fail_to": HEALTHY.at(21).timestamp(),
+        },
+    )
     proxy = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
@@ -184,7 +195,7 @@ async def test_five_consecutive_errors_roll_back(failing_proxy: str, tmp_path: P
     decisions = await run_replay(write_config(tmp_path, failing_proxy), HEALTHY, 21)
     held, rolled = of(decisions, "hold")[0], of(decisions, "rollback")[0]
     assert hour(HEALTHY, held) == 20 and "error" in held["reason"] and "503" in held["reason"]
-    assert hour(HEALTHY, rolled) == pytest.approx(20 + 20 / 60)   # errors at 20:00 .. 20:20
+    assert hour(HEALTHY, rolled) == pytest.approx(20 + 20 / 60)  # errors at 20:00 .. 20:20
     assert rolled["percentage"] == 0 and "errors" in rolled["reason"] and "failure_limit 5" in rolled["reason"]
 
 
@@ -192,8 +203,18 @@ def test_replay_command_line(history_prometheus: Any, tmp_path: Path) -> None:
     """`rolloutd replay` as a command: text lines on stdout; a config without Prometheus exits 78."""
     server = history_prometheus(HEALTHY)
     config = write_config(tmp_path, server.url)
-    cmd = [sys.executable, "-m", "controller.main", "replay", "--config", str(config),
-           "--from", HEALTHY.at(0).isoformat(), "--to", HEALTHY.at(5).isoformat()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "controller.main",
+        "replay",
+        "--config",
+        str(config),
+        "--from",
+        HEALTHY.at(0).isoformat(),
+        "--to",
+        HEALTHY.at(5).isoformat(),
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,13 +13,29 @@ from controller.plan_load import load_plan
 from controller.report import Measurement, build_report, window_query
 
 PLAN = load_plan(Path(__file__).resolve().parent.parent / "deploy" / "plans" / "phase5.toml")
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)
 AT_24H = T0 + timedelta(hours=24)
-HEALTHY = {"error_rate": 0.0002, "p95_latency": 0.12, "test_pass_rate": 98.4, "cache_hit_rate": 0.85,
-           "retrieval_precision": 0.78}
-SEED_FIELDS = {"deployment_start", "checkpoint_time", "hours_elapsed", "current_rollout_percentage",
-               "agents_affected", "metrics", "issues_detected", "rollback_triggered", "rollback_count",
-               "manual_interventions", "next_milestone", "recommendation"}
+HEALTHY = {
+    "error_rate": 0.0002,
+    "p95_latency": 0.12,
+    "test_pass_rate": 98.4,
+    "cache_hit_rate": 0.85,
+    "retrieval_precision": 0.78,
+}
+SEED_FIELDS = {
+    "deployment_start",
+    "checkpoint_time",
+    "hours_elapsed",
+    "current_rollout_percentage",
+    "agents_affected",
+    "metrics",
+    "issues_detected",
+    "rollback_triggered",
+    "rollback_count",
+    "manual_interventions",
+    "next_milestone",
+    "recommendation",
+}
 
 
 def report(values: dict[str, float | None], index: int = 0, **state_changes: object) -> dict:
@@ -39,13 +55,16 @@ def test_healthy_day_one_is_go_with_every_seed_field() -> None:
     assert all(c["pass"] for c in r["criteria"])
 
 
-@pytest.mark.parametrize("guard, value, expected", [
-    ("p95_latency", 0.25, "HOLD"),      # past warning 0.2 s
-    ("p95_latency", 0.35, "NO-GO"),     # past critical 0.3 s
-    ("test_pass_rate", 97.0, "HOLD"),   # below warning 98%
-    ("test_pass_rate", 94.0, "NO-GO"),  # below critical 95%
-    ("error_rate", None, "HOLD"),       # unmeasured: never GO on a guess
-])
+@pytest.mark.parametrize(
+    "guard, value, expected",
+    [
+        ("p95_latency", 0.25, "HOLD"),  # past warning 0.2 s
+        ("p95_latency", 0.35, "NO-GO"),  # past critical 0.3 s
+        ("test_pass_rate", 97.0, "HOLD"),  # below warning 98%
+        ("test_pass_rate", 94.0, "NO-GO"),  # below critical 95%
+        ("error_rate", None, "HOLD"),  # unmeasured: never GO on a guess
+    ],
+)
 def test_recommendation_follows_the_worst_criterion(guard: str, value: float | None, expected: str) -> None:
     """Warning-level misses or missing data hold; critical-level misses are NO-GO."""
     r = report({**HEALTHY, guard: value})

@@ -18,10 +18,11 @@ import shutil
 import struct
 import subprocess
 import zlib
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from controller.views.report_charts import MAX_POINTS
 from controller.views.report_html import render_html
 from deploy.report_page import prometheus_series
 from tests.support.realservers import PrometheusServer, free_port
-from tests.support.rehearsal import (
+from tests.support.rehearsal import (  # noqa: F401  (fixtures)
     P95,
     P95_GUARD,
     PASS_RATE_GUARD,
@@ -37,9 +38,12 @@ from tests.support.rehearsal import (
     Exporter,
     Rehearsal,
     Stage,
+    daemons,
+    exporter,
+    rehearse,
     rolloutctl,
+    scraped,
 )
-from tests.support.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
 from tests.support.service_rig import PHASE5, T0, rigs  # noqa: F401  (rigs is a fixture)
 
 SCRIPT = "<script>alert('x')</script>"
@@ -73,8 +77,12 @@ async def rollout(rigs) -> dict[str, Any]:  # noqa: F811
     await rig.controller.command("hold", reason="look at the day-1 report", actor="bob")
     status = rig.controller.status()
     reports = [json.loads(p.read_text()) for p in rig.controller.reports()]
-    return {"status": status, "decisions": rig.controller.journal(limit=10_000),
-            "observations": rig.controller.observations(limit=10_000), "reports": reports}
+    return {
+        "status": status,
+        "decisions": rig.controller.journal(limit=10_000),
+        "observations": rig.controller.observations(limit=10_000),
+        "reports": reports,
+    }
 
 
 def page_of(rollout: dict[str, Any], **extra: Any) -> str:
@@ -101,7 +109,7 @@ async def test_the_timeline_marks_every_rollback_checkpoint_and_operator_action(
     rollbacks = [d for d in decisions if d["action"] == "rollback"]
     assert len(rollbacks) == 2, [d["action"] for d in decisions]
     assert page.count('class="marker rollback"') == 2
-    timeline = page[page.index('<svg class="chart timeline"'):page.index("</svg>", page.index("chart timeline"))]
+    timeline = page[page.index('<svg class="chart timeline"') : page.index("</svg>", page.index("chart timeline"))]
     assert "p95_latency 0.4 &gt; critical 0.3" in timeline and "Day 1 checkpoint (24 hours): NO-GO" in timeline
     assert page.count('class="marker operator"') == 2, "alice's resume and bob's hold"
     assert "checkpoint 1: NO-GO" in timeline and "checkpoint 2: pending" in timeline
@@ -115,14 +123,14 @@ async def test_every_guard_has_a_chart_against_its_thresholds(rollout: dict[str,
     page = page_of(rollout)
     for guard in PHASE5.guards:
         start = page.index(f'<svg class="chart guard guard-{guard.name}"')
-        chart = page[start:page.index("</svg>", start)]
+        chart = page[start : page.index("</svg>", start)]
         assert chart.count('<line class="th th-') == len(guard.thresholds), guard.name
         assert 'class="value"' in chart, guard.name
-    p95 = page[page.index("guard guard-p95_latency"):]
-    p95 = p95[:p95.index("</svg>")]
+    p95 = page[page.index("guard guard-p95_latency") :]
+    p95 = p95[: p95.index("</svg>")]
     assert p95.count('class="breach sev-critical"') == 2
-    errors = page[page.index("guard guard-error_rate"):]
-    errors = errors[:errors.index("</svg>")]
+    errors = page[page.index("guard guard-error_rate") :]
+    errors = errors[: errors.index("</svg>")]
     assert errors.count('class="t-error"') == 2 and "connection refused" in errors
 
 
@@ -136,20 +144,30 @@ async def test_the_reports_and_decisions_are_tables(rollout: dict[str, Any]) -> 
     for row in report["criteria"]:
         assert f"<td>{row['criterion']}</td><td>{html.escape(row['threshold'])}</td>" in page
     assert "<td>cost_reduction_percentage</td><td>-</td><td>rolloutd exports no cost signal" in page
-    table = page[page.index('<table class="decisions">'):]
+    table = page[page.index('<table class="decisions">') :]
     assert table.count("<tr") == len(rollout["decisions"]) + 1
 
 
 @pytest.mark.anyio
 async def test_long_histories_are_downsampled_keeping_every_breach_and_gap(rollout: dict[str, Any]) -> None:
     """30,000 rounds of one guard draw at most ~2,000 points, and the single breach and outage still show."""
-    rounds = [{"seq": k + 1, "at": iso(k / 600), "guard": "p95_latency", "outcome": "pass", "value": 0.1,
-               "severity": None, "detail": None} for k in range(30_000)]
+    rounds = [
+        {
+            "seq": k + 1,
+            "at": iso(k / 600),
+            "guard": "p95_latency",
+            "outcome": "pass",
+            "value": 0.1,
+            "severity": None,
+            "detail": None,
+        }
+        for k in range(30_000)
+    ]
     rounds[12_345].update(outcome="breach", value=0.45, severity="critical")
     rounds[20_000].update(outcome="error", value=None, detail="timeout")
     page = render_html(rollout["status"], [], rounds, [])
-    chart = page[page.index("guard guard-p95_latency"):]
-    chart = chart[:chart.index("</svg>")]
+    chart = page[page.index("guard guard-p95_latency") :]
+    chart = chart[: chart.index("</svg>")]
     points = sum(len(p.split()) for p in re.findall(r'<polyline class="value" points="([^"]*)"', chart))
     assert MAX_POINTS // 2 < points <= MAX_POINTS
     assert chart.count('class="breach sev-critical"') == 1 and chart.count('class="t-error"') == 1
@@ -175,21 +193,40 @@ def chromium() -> str:
 
 
 def run_chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--no-first-run", f"--user-data-dir={profile}", *args]
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT)
 
 
 def test_a_rehearsed_rollout_with_a_rollback_renders_in_headless_chromium(
-        tmp_path: Path, rehearse: Callable[..., Rehearsal], exporter: Exporter,  # noqa: F811
-        scraped: PrometheusServer) -> None:  # noqa: F811
+    tmp_path: Path,
+    rehearse: Callable[..., Rehearsal],
+    exporter: Exporter,  # noqa: F811
+    scraped: PrometheusServer,
+) -> None:  # noqa: F811
     """A live rollout (checkpoint GO, a sustained breach's rollback, an operator's resume and hold) written by
     `rolloutctl report --html --prometheus` loads in Chromium with its charts, markers and texts."""
-    exporter.set("hybrid_rag_precision_at_10", 0.86)   # one seed metric for the Prometheus section
-    guards = (replace(P95_GUARD, sustain="10m"), PASS_RATE_GUARD)   # 3 breaching rounds act: one rollback
-    r = rehearse([Stage("0m", 0), Stage("10m", 5, ("Builder",)), Stage("20m", 10, ("Builder", "QA")),
-                  Stage("100h", 25, ("Builder", "QA", "Support"))], time_scale=600.0, guards=guards,
-                 checkpoints=(CheckpointSpec("15m", "quarter-hour review"),))
+    exporter.set("hybrid_rag_precision_at_10", 0.86)  # one seed metric for the Prometheus section
+    guards = (replace(P95_GUARD, sustain="10m"), PASS_RATE_GUARD)  # 3 breaching rounds act: one rollback
+    r = rehearse(
+        [
+            Stage("0m", 0),
+            Stage("10m", 5, ("Builder",)),
+            Stage("20m", 10, ("Builder", "QA")),
+            Stage("100h", 25, ("Builder", "QA", "Support")),
+        ],
+        time_scale=600.0,
+        guards=guards,
+        checkpoints=(CheckpointSpec("15m", "quarter-hour review"),),
+    )
     r.wait_stage(2)
     exporter.pulse(P95, 0.35, scrapes=2)
     r.wait_status(lambda s: s["phase"] == "rolled_back", "a rollback after a sustained critical breach")
@@ -216,12 +253,13 @@ def test_a_rehearsed_rollout_with_a_rollback_renders_in_headless_chromium(
         assert f'<svg class="chart {name}"' in rendered, name
     assert 'class="breach sev-critical"' in rendered and "checkpoint 1: GO" in rendered
     assert "read the report first &lt;script&gt;" in rendered and "<script>" not in rendered
-    assert "quarter-hour review: <span class=\"go\">GO</span>" in rendered
+    assert 'quarter-hour review: <span class="go">GO</span>' in rendered
     assert "no samples in Prometheus for this period" in rendered, "p95, errors and cache are not exported here"
 
     shot = tmp_path / "shot.png"
-    taken = run_chromium(tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,2000",
-                         "--hide-scrollbars", out.as_uri())
+    taken = run_chromium(
+        tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,2000", "--hide-scrollbars", out.as_uri()
+    )
     assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
     width, height, distinct = png_facts(shot.read_bytes())
     assert (width, height) == (1200, 2000)
@@ -241,8 +279,8 @@ def png_facts(data: bytes) -> tuple[int, int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     offset, idat, size = 8, b"", (0, 0)
     while offset < len(data):
-        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
-        chunk = data[offset + 8:offset + 8 + length]
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        chunk = data[offset + 8 : offset + 8 + length]
         if kind == b"IHDR":
             size = struct.unpack(">II", chunk[:8])
         elif kind == b"IDAT":

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -13,23 +13,25 @@ from starlette.applications import Starlette
 
 from flags.evaluate import FlagSet
 from flags.model import KILL_SWITCH, Constraint, Flag, Operator
-from retrieval.cache import LocalCache
+from retrieval.cache_memory import LocalCache
 from retrieval.embedded_store import EmbeddedStore
-from retrieval.embedder import HashingEmbedder
+from retrieval.embedder_hashing import HashingEmbedder
 from retrieval.gating import CACHE, GRAPH, HYBRID, VECTOR, choose_route
 from retrieval.http_api import retrieval_routes
 from retrieval.retriever import Retriever
 
 pytestmark = pytest.mark.anyio
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 COHORT = ("Builder", "Deploy", "QA")
 
 
 def flagset(on: dict[str, bool], *, kill: bool = False, cohort: tuple[str, ...] = COHORT) -> FlagSet:
     """The gating flags, each enabled for the cohort when `on[name]`."""
     constraint = Constraint("agent", Operator.IN, cohort)
-    flags = {name: Flag(name, enabled=on.get(name, False), constraints=(constraint,))
-             for name in (HYBRID, VECTOR, GRAPH, CACHE)}
+    flags = {
+        name: Flag(name, enabled=on.get(name, False), constraints=(constraint,))
+        for name in (HYBRID, VECTOR, GRAPH, CACHE)
+    }
     flags[KILL_SWITCH] = Flag(KILL_SWITCH, enabled=kill)
     return FlagSet(flags)
 
@@ -59,12 +61,21 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 async def seed(rig: Rig) -> None:
-    response = await rig.post("/v1/memories:batch", {"memories": [
-        {"id": "owner", "text": "Dana Okafor owns ledger-sync and signs off every change to it."},
-        {"id": "release", "text": "Release R-4821 of ledger-sync shipped with batch retries.", "links": ["owner"]},
-        {"id": "incident", "text": "Incident INC-1307 was traced to release R-4821.", "links": ["release"]},
-        {"id": "other", "text": "Incident INC-9999 was traced to a config typo.", "namespace": "team-b"},
-    ]})
+    response = await rig.post(
+        "/v1/memories:batch",
+        {
+            "memories": [
+                {"id": "owner", "text": "Dana Okafor owns ledger-sync and signs off every change to it."},
+                {
+                    "id": "release",
+                    "text": "Release R-4821 of ledger-sync shipped with batch retries.",
+                    "links": ["owner"],
+                },
+                {"id": "incident", "text": "Incident INC-1307 was traced to release R-4821.", "links": ["release"]},
+                {"id": "other", "text": "Incident INC-9999 was traced to a config typo.", "namespace": "team-b"},
+            ]
+        },
+    )
     assert response.status_code == 201, response.text
     assert response.json() == {"ids": ["owner", "release", "incident", "other"]}
 
@@ -79,7 +90,9 @@ async def test_round_trip_hybrid_answer_in_the_contract_shape(rig: Rig) -> None:
     assert sorted(r["id"] for r in body["results"]) == ["incident", "owner", "release"]
     by_id = {r["id"]: r for r in body["results"]}
     assert set(by_id["owner"]) == {"id", "score", "text", "ranks"}
-    assert by_id["owner"]["ranks"]["graph"] == 3 and by_id["owner"]["ranks"]["vector"] is not None  # one result, two ranks
+    assert (
+        by_id["owner"]["ranks"]["graph"] == 3 and by_id["owner"]["ranks"]["vector"] is not None
+    )  # one result, two ranks
     assert by_id["incident"]["text"].startswith("Incident INC-1307")
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
@@ -111,38 +124,44 @@ async def test_namespaces_do_not_leak(rig: Rig) -> None:
     assert [r["id"] for r in body["results"]] == ["other"]
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"agent": "QA", "query": ""}, "query"),
-    ({"agent": "QA", "query": "   "}, "query"),
-    ({"agent": "QA", "query": 42}, "query"),
-    ({"agent": "QA", "query": "x" * 5000}, "query"),
-    ({"query": "q"}, "agent"),
-    ({"agent": "QA", "query": "q", "top_k": 0}, "top_k"),
-    ({"agent": "QA", "query": "q", "top_k": 101}, "top_k"),
-    ({"agent": "QA", "query": "q", "top_k": "10"}, "top_k"),
-    ({"agent": "QA", "query": "q", "top_k": True}, "top_k"),
-    ({"agent": "QA", "query": "q", "namespace": "no spaces"}, "namespace"),
-    ({"agent": "QA", "query": "q", "context": {"tier": [1]}}, "context"),
-    ({"agent": "QA", "query": "q", "targetingKey": 7}, "targetingKey"),
-    ({"agent": "QA", "query": "q", "topk": 3}, "topk"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"agent": "QA", "query": ""}, "query"),
+        ({"agent": "QA", "query": "   "}, "query"),
+        ({"agent": "QA", "query": 42}, "query"),
+        ({"agent": "QA", "query": "x" * 5000}, "query"),
+        ({"query": "q"}, "agent"),
+        ({"agent": "QA", "query": "q", "top_k": 0}, "top_k"),
+        ({"agent": "QA", "query": "q", "top_k": 101}, "top_k"),
+        ({"agent": "QA", "query": "q", "top_k": "10"}, "top_k"),
+        ({"agent": "QA", "query": "q", "top_k": True}, "top_k"),
+        ({"agent": "QA", "query": "q", "namespace": "no spaces"}, "namespace"),
+        ({"agent": "QA", "query": "q", "context": {"tier": [1]}}, "context"),
+        ({"agent": "QA", "query": "q", "targetingKey": 7}, "targetingKey"),
+        ({"agent": "QA", "query": "q", "topk": 3}, "topk"),
+    ],
+)
 async def test_bad_retrieve_requests_name_the_field(rig: Rig, body: dict, field: str) -> None:
     response = await rig.post("/v1/retrieve", body)
     assert response.status_code == 400, response.text
     assert response.json()["field"] == field
 
 
-@pytest.mark.parametrize("memory, field, status", [
-    ({"text": ""}, "text", 400),
-    ({"text": 7}, "text", 400),
-    ({"text": "x" * (32 * 1024 + 1)}, "text", 400),
-    ({"text": "t", "links": "a"}, "links", 400),
-    ({"text": "t", "links": [1]}, "links", 400),
-    ({"text": "t", "links": ["nobody"]}, "links", 422),
-    ({"text": "t", "metadata": []}, "metadata", 400),
-    ({"text": "t", "id": ""}, "id", 400),
-    ({"text": "t", "colour": "red"}, "colour", 400),
-])
+@pytest.mark.parametrize(
+    "memory, field, status",
+    [
+        ({"text": ""}, "text", 400),
+        ({"text": 7}, "text", 400),
+        ({"text": "x" * (32 * 1024 + 1)}, "text", 400),
+        ({"text": "t", "links": "a"}, "links", 400),
+        ({"text": "t", "links": [1]}, "links", 400),
+        ({"text": "t", "links": ["nobody"]}, "links", 422),
+        ({"text": "t", "metadata": []}, "metadata", 400),
+        ({"text": "t", "id": ""}, "id", 400),
+        ({"text": "t", "colour": "red"}, "colour", 400),
+    ],
+)
 async def test_bad_memories_name_the_field_and_write_nothing(rig: Rig, memory: dict, field: str, status: int) -> None:
     response = await rig.post("/v1/memories", memory)
     assert response.status_code == status, response.text
@@ -185,15 +204,18 @@ async def test_delete_then_never_returned_even_from_the_cache(rig: Rig) -> None:
     body = (await rig.retrieve(query)).json()
     assert body["cache"] == "miss" and "owner" not in [r["id"] for r in body["results"]]
     assert (await rig.client.delete("/v1/memories/owner")).status_code == 404
-    assert (await rig.client.delete("/v1/memories/other")).status_code == 404          # lives in team-b
+    assert (await rig.client.delete("/v1/memories/other")).status_code == 404  # lives in team-b
     assert (await rig.client.delete("/v1/memories/other?namespace=team-b")).status_code == 204
 
 
 async def test_emergency_shutdown_refuses_everything(rig: Rig) -> None:
     await seed(rig)
     rig.flags = flagset(dict.fromkeys((HYBRID, VECTOR, GRAPH, CACHE), True), kill=True)
-    for response in (await rig.retrieve("INC-1307"), await rig.post("/v1/memories", {"text": "t"}),
-                     await rig.client.delete("/v1/memories/owner")):
+    for response in (
+        await rig.retrieve("INC-1307"),
+        await rig.post("/v1/memories", {"text": "t"}),
+        await rig.client.delete("/v1/memories/owner"),
+    ):
         assert response.status_code == 503 and "emergency shutdown" in response.json()["error"]
     assert rig.retriever.count() == 4
 

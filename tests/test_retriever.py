@@ -18,9 +18,11 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from retrieval import quality
-from retrieval.cache import LocalCache, RedisCache, RetrievalCache
+from retrieval.cache import RetrievalCache
+from retrieval.cache_memory import LocalCache
+from retrieval.cache_redis import RedisCache
 from retrieval.corpus import generate
-from retrieval.embedder import HashingEmbedder
+from retrieval.embedder_hashing import HashingEmbedder
 from retrieval.gating import ALL_ON, choose_route
 from retrieval.graph_store import StoreUnavailable, UnknownLinks
 from retrieval.index_files import index_path
@@ -53,8 +55,12 @@ def twin_chain(prefix: str, ns: str) -> list[Memory]:
     return [
         mem(f"{prefix}own", "Mira Holt owns ledger-bridge and signs off every change to it.", ns=ns),
         mem(f"{prefix}rel", "Release R-88 of ledger-bridge shipped with batch retries.", f"{prefix}own", ns=ns),
-        mem(f"{prefix}inc", "Incident INC-4711 was traced to release R-88; the QA agent paused it.",
-            f"{prefix}rel", ns=ns),
+        mem(
+            f"{prefix}inc",
+            "Incident INC-4711 was traced to release R-88; the QA agent paused it.",
+            f"{prefix}rel",
+            ns=ns,
+        ),
         mem(f"{prefix}note", "QA agent noted a flaky test in ledger-bridge; rerun passed.", ns=ns),
     ]
 
@@ -83,12 +89,15 @@ async def test_identical_memories_in_two_namespaces_never_cross_on_any_path(tmp_
     """A query in one namespace returns only that namespace's ids, on hybrid, vector and graph."""
     async with opened(build(tmp_path)) as r:
         await r.add(twin_chain("a-", "alpha"))
-        fillers = [mem(f"b-fill-{i}", f"QA agent noted a flaky test in ledger-bridge run {i}.", ns="beta")
-                   for i in range(12)]
+        fillers = [
+            mem(f"b-fill-{i}", f"QA agent noted a flaky test in ledger-bridge run {i}.", ns="beta") for i in range(12)
+        ]
         await r.add(twin_chain("b-", "beta") + fillers)
-        queries = ("What happened in incident INC-4711?",
-                   "Who signs off changes to the system behind incident INC-4711?",
-                   "flaky test in ledger-bridge")
+        queries = (
+            "What happened in incident INC-4711?",
+            "Who signs off changes to the system behind incident INC-4711?",
+            "flaky test in ledger-bridge",
+        )
         for ns, prefix in (("alpha", "a-"), ("beta", "b-")):
             for path in ("hybrid", "vector", "graph"):
                 for query in queries:
@@ -99,7 +108,11 @@ async def test_identical_memories_in_two_namespaces_never_cross_on_any_path(tmp_
                     assert answer.path == path and not answer.degraded
         # alpha's k results are all its own even though beta holds four times as many.
         assert sorted(ids(await r.retrieve(queries[2], "alpha", 10, route("vector")))) == [
-            "a-inc", "a-note", "a-own", "a-rel"]
+            "a-inc",
+            "a-note",
+            "a-own",
+            "a-rel",
+        ]
         two_hop = await r.retrieve(queries[1], "alpha", 10, route("hybrid"))
         assert "a-own" in ids(two_hop)[:3]
         for path in ("hybrid", "vector", "graph"):
@@ -131,8 +144,12 @@ async def test_links_cannot_cross_namespaces(tmp_path: Path) -> None:
         probe = "Ticket TCK-9 reopened the ledger-bridge outage"
         cached = await r.retrieve(probe, "beta", 10, ALL_ON)
         with anyio.fail_after(STEP), pytest.raises(UnknownLinks) as raised:
-            await r.add([mem("b-ok", "Standup notes for ledger-bridge, nothing else.", ns="beta"),
-                         mem("b-x", probe, "b-rel", "a-own", ns="beta")])
+            await r.add(
+                [
+                    mem("b-ok", "Standup notes for ledger-bridge, nothing else.", ns="beta"),
+                    mem("b-x", probe, "b-rel", "a-own", ns="beta"),
+                ]
+            )
         assert raised.value.namespace == "beta" and raised.value.missing == ("a-own",)
         assert r.count("beta") == 4 and r.count("alpha") == 4
         after = await r.retrieve(probe, "beta", 10, ALL_ON)
@@ -205,7 +222,7 @@ async def test_hybrid_beats_vector_only_on_two_hop_questions(tmp_path: Path) -> 
         scores = {}
         for path in ("hybrid", "vector"):
             answers = [await r.retrieve(q.query, q.namespace, 10, route(path)) for q in two_hop]
-            scores[path] = quality.mean(quality.score(q, ids(a)) for q, a in zip(two_hop, answers))
+            scores[path] = quality.mean(quality.score(q, ids(a)) for q, a in zip(two_hop, answers, strict=False))
     assert len(two_hop) == 120
     assert scores["hybrid"].recall_at_10 >= 0.95 and scores["hybrid"].top3 >= 0.9, scores["hybrid"]
     assert scores["vector"].recall_at_10 <= 0.3, scores["vector"]
@@ -229,8 +246,9 @@ async def test_repeat_is_a_hit_until_a_write_in_its_namespace(tmp_path: Path, ma
             assert (first.cache, second.cache, other.cache) == ("miss", "hit", "miss")
             assert second.results == first.results and ids(first)[0] == "incident-2"
 
-            await r.add([mem("postmortem-2", "Postmortem of INC-20002: a retry storm after the release.",
-                             "incident-2")])
+            await r.add(
+                [mem("postmortem-2", "Postmortem of INC-20002: a retry storm after the release.", "incident-2")]
+            )
             added = await r.retrieve(query, "default", 10, ALL_ON)
             assert added.cache == "miss" and "postmortem-2" in ids(added)
             assert (await r.retrieve(query, "default", 10, ALL_ON)).cache == "hit"
@@ -259,8 +277,13 @@ async def test_route_without_cache_bypasses_it(chains: Retriever) -> None:
 # --- persistence ------------------------------------------------------------------------
 
 
-PROBES = (INCIDENT_Q, TWO_HOP_Q, "Which release caused incident INC-20007?", "flaky test rerun passed",
-          "Release R-10004 shipped with rate limiting")
+PROBES = (
+    INCIDENT_Q,
+    TWO_HOP_Q,
+    "Which release caused incident INC-20007?",
+    "flaky test rerun passed",
+    "Release R-10004 shipped with rate limiting",
+)
 
 
 async def answers_of(r: Retriever, namespace: str = "default") -> list[list[tuple]]:
@@ -338,7 +361,7 @@ async def test_reopen_after_a_crash_reflects_the_store(tmp_path: Path, kind: str
 
 def flip_payload_bit(data: bytes) -> bytes:
     at = len(data) - 2000  # inside the vectors, far from the header line
-    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 
 
 def tear(data: bytes) -> bytes:
@@ -348,11 +371,12 @@ def tear(data: bytes) -> bytes:
 def flip_header_key_bit(data: bytes) -> bytes:
     # One bit: "count" becomes "cOunt"; the header is still JSON, but lacks a field.
     at = data.index(b'"count"') + 2
-    return data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1:]
+    return data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1 :]
 
 
-@pytest.mark.parametrize("damage", [flip_payload_bit, tear, flip_header_key_bit],
-                         ids=["payload-bit", "torn", "header-key-bit"])
+@pytest.mark.parametrize(
+    "damage", [flip_payload_bit, tear, flip_header_key_bit], ids=["payload-bit", "torn", "header-key-bit"]
+)
 async def test_damaged_index_file_is_rebuilt(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
     """A corrupt or torn index file is rebuilt from the store on open, and answers stay correct."""
     async with opened(build(tmp_path)) as r:
@@ -482,16 +506,14 @@ async def test_mongo_outage_serves_vector_only_refuses_writes_and_recovers(tmp_p
             await r.delete("default", "note-1")
         assert r.count() == 30
         assert "note-1" in ids(await r.retrieve("note", "default", 30, route("vector")))
-        assert "late" not in ids(await r.retrieve("Written while the store is gone.", "default", 30,
-                                                  route("vector")))
+        assert "late" not in ids(await r.retrieve("Written while the store is gone.", "default", 30, route("vector")))
 
         await anyio.to_thread.run_sync(mongo_server.start)
         with anyio.fail_after(STEP):
             assert await r.check_store() is True
             assert r.store_problem is None
             recovered = await r.retrieve(TWO_HOP_Q, "default", 10, ALL_ON)
-            await r.add([mem("postmortem-2", "Postmortem of INC-20002: the owner approved a rollback.",
-                             "incident-2")])
+            await r.add([mem("postmortem-2", "Postmortem of INC-20002: the owner approved a rollback.", "incident-2")])
             assert await r.delete("default", "note-1") is True
             after = await r.retrieve(TWO_HOP_Q, "default", 10, ALL_ON)
         assert recovered.path == "hybrid" and not recovered.degraded and recovered.cache == "hit"
@@ -562,8 +584,9 @@ async def test_hybrid_without_entity_seeds_fails_when_the_vector_source_times_ou
     vector source times out no source answered, so it fails instead of an empty "graph" answer."""
     embedder = InstrumentedEmbedder()
     registry = CollectorRegistry()
-    async with opened(build(tmp_path, embedder=embedder, settings=RetrieverSettings(vector_timeout=0.05),
-                            registry=registry)) as r:
+    async with opened(
+        build(tmp_path, embedder=embedder, settings=RetrieverSettings(vector_timeout=0.05), registry=registry)
+    ) as r:
         await r.add(corpus(30))
         embedder.delay = 2.0
         with anyio.fail_after(1.0), pytest.raises(RetrievalFailed):
@@ -656,8 +679,9 @@ async def test_concurrent_retrievals_and_writes_stay_consistent(tmp_path: Path, 
     it started or misses one added before it started, and the final state is consistent."""
     generated = generate(90)
     questions = generated.questions
-    escalations = [mem(f"esc-{i}", f"Escalation ESC-{i} followed incident INC-{20000 + i}.", f"incident-{i}")
-                   for i in range(10)]
+    escalations = [
+        mem(f"esc-{i}", f"Escalation ESC-{i} followed incident INC-{20000 + i}.", f"incident-{i}") for i in range(10)
+    ]
     doomed = [f"note-{i}" for i in range(10)] + ["release-5"]
     texts = {m["id"]: m["text"] for m in generated.memories}
     writes = 21

@@ -32,7 +32,7 @@ class Admin:
         routes = rollout_routes(controller, on_change=self._changed)
         emergency = controller.emergency_stop if controller else None
         app = build_admin_app(store, clock, Readiness(), {"listen": "test"}, emergency=emergency, extra_routes=routes)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)   # a 500 is an answer, as over the socket
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500 is an answer, as over the socket
         self.http = httpx.AsyncClient(transport=transport, base_url="http://rolloutd")
 
     def _changed(self) -> None:
@@ -66,8 +66,12 @@ async def test_status_has_the_fields_rolloutctl_prints(admin: Admin, rig: Rig) -
     response = await admin.http.get("/v1/rollout")
     assert response.status_code == 200
     status = response.json()
-    assert (status["rollout"], status["phase"], status["stage"], status["percentage"]) == \
-        (PHASE5.name, "running", 1, 5.0)
+    assert (status["rollout"], status["phase"], status["stage"], status["percentage"]) == (
+        PHASE5.name,
+        "running",
+        1,
+        5.0,
+    )
     assert status["agents"] == FIRST_COHORT
     assert status["next_transition"] == PHASE5.stages[2].name
     assert status["next_transition_at"] == "2025-10-23T21:00:00Z"
@@ -81,8 +85,14 @@ async def test_status_has_the_fields_rolloutctl_prints(admin: Admin, rig: Rig) -
 async def test_status_has_the_plans_timeline(admin: Admin, rig: Rig) -> None:
     """GET /v1/rollout: every stage (hour, percentage, cohort, applied or not), checkpoint hours, the plan's last hour."""
     status = (await admin.http.get("/v1/rollout")).json()
-    assert [(s["at_hours"], s["percentage"], s["applied"]) for s in status["stages"]] == \
-        [(0, 0, True), (4, 5, True), (12, 10, False), (49, 15, False), (52, 20, False), (56, 25, False)]
+    assert [(s["at_hours"], s["percentage"], s["applied"]) for s in status["stages"]] == [
+        (0, 0, True),
+        (4, 5, True),
+        (12, 10, False),
+        (49, 15, False),
+        (52, 20, False),
+        (56, 25, False),
+    ]
     assert status["stages"][1]["agents"] == FIRST_COHORT
     assert status["stages"][2]["plan_at"] == "2025-10-23T21:00:00Z"
     assert status["stages"][2]["name"] == PHASE5.stages[2].name == status["next_transition"]
@@ -95,8 +105,13 @@ async def test_status_shows_a_breach_with_its_threshold_and_count(admin: Admin, 
     rig.source.guards["p95_latency"] = 0.25
     await rig.at(4 + 5 / 60)
     p95 = next(g for g in (await admin.http.get("/v1/rollout")).json()["guards"] if g["name"] == "p95_latency")
-    assert (p95["verdict"], p95["severity"], p95["value"], p95["threshold"], p95["consecutive_breaches"]) == \
-        ("breach", "warning", 0.25, 0.2, 1)
+    assert (p95["verdict"], p95["severity"], p95["value"], p95["threshold"], p95["consecutive_breaches"]) == (
+        "breach",
+        "warning",
+        0.25,
+        0.2,
+        1,
+    )
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -108,7 +123,9 @@ async def test_hold_then_resume_answer_with_the_decisions_and_the_new_status(adm
     assert held.status_code == 200, held.text
     body = held.json()
     assert [d["action"] for d in body["decisions"]] == ["hold"]
-    assert body["decisions"][0]["reason"] == "operator: alice: dashboards are red"
+    held_decision = body["decisions"][0]
+    assert (held_decision["reason"], held_decision["actor"]) == ("dashboards are red", "alice")
+    assert held_decision["trigger"] == {"kind": "operator", "detail": "hold"}
     assert body["status"]["phase"] == "holding"
     assert body["status"]["hold_reason"] == "operator: alice: dashboards are red"
     resumed = await admin.command("resume", actor="alice")
@@ -132,18 +149,22 @@ async def test_emergency_stop_goes_through_the_controller(admin: Admin) -> None:
     assert (status["phase"], status["emergency"], status["percentage"]) == ("emergency", True, 0.0)
 
 
-@pytest.mark.parametrize("command, body, names", [
-    ("rollback", {"reason": "r"}, ['"to"', "None"]),
-    ("rollback", {"reason": "r", "to": "1"}, ['"to"', "'1'"]),
-    ("rollback", {"reason": "r", "to": True}, ['"to"', "True"]),
-    ("rollback", {"reason": "r", "to": 1.0}, ['"to"', "1.0"]),
-    ("resume", {"clear_emergency": "yes"}, ["clear_emergency", "'yes'"]),
-    ("hold", {}, ["reason"]),
-    ("hold", {"reason": "   "}, ["reason"]),
-    ("rollback", {"to": 0}, ["reason"]),
-])
-async def test_bad_command_bodies_are_400_naming_the_field(admin: Admin, rig: Rig, command: str,
-                                                          body: dict[str, Any], names: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command, body, names",
+    [
+        ("rollback", {"reason": "r"}, ['"to"', "None"]),
+        ("rollback", {"reason": "r", "to": "1"}, ['"to"', "'1'"]),
+        ("rollback", {"reason": "r", "to": True}, ['"to"', "True"]),
+        ("rollback", {"reason": "r", "to": 1.0}, ['"to"', "1.0"]),
+        ("resume", {"clear_emergency": "yes"}, ["clear_emergency", "'yes'"]),
+        ("hold", {}, ["reason"]),
+        ("hold", {"reason": "   "}, ["reason"]),
+        ("rollback", {"to": 0}, ["reason"]),
+    ],
+)
+async def test_bad_command_bodies_are_400_naming_the_field(
+    admin: Admin, rig: Rig, command: str, body: dict[str, Any], names: list[str]
+) -> None:
     """A body with a missing or mistyped field is a 400 that names the field and what was sent; nothing changes."""
     before = rig.controller.state
     answer = await admin.command(command, **body)
@@ -153,10 +174,13 @@ async def test_bad_command_bodies_are_400_naming_the_field(admin: Admin, rig: Ri
     assert rig.controller.state == before
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"{not json", "request body is not JSON"),
-    (b"[1, 2]", "request body must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"{not json", "request body is not JSON"),
+        (b"[1, 2]", "request body must be a JSON object"),
+    ],
+)
 async def test_a_body_that_is_not_a_json_object_is_400(admin: Admin, content: bytes, expected: str) -> None:
     """Garbage or a JSON array as the body is a 400 saying so."""
     answer = await admin.http.post("/v1/rollout/hold", content=content)
@@ -170,14 +194,18 @@ async def test_an_unknown_command_is_400_listing_the_commands(admin: Admin) -> N
     assert answer.json()["error"] == "unknown command 'launch'; commands: hold, resume, approve, promote, rollback"
 
 
-@pytest.mark.parametrize("command, body, reason", [
-    ("approve", {}, "no checkpoint is waiting for approval: the rollout is running"),
-    ("resume", {}, "nothing to resume: the rollout is running"),
-    ("rollback", {"to": 3, "reason": "r"}, "stage 3 is ahead of the applied stage 1; use `promote` to advance"),
-    ("rollback", {"to": -2, "reason": "r"}, "no stage -2: stages are 0-5"),
-])
-async def test_refused_commands_are_409_with_the_reason(admin: Admin, command: str, body: dict[str, Any],
-                                                        reason: str) -> None:
+@pytest.mark.parametrize(
+    "command, body, reason",
+    [
+        ("approve", {}, "no checkpoint is waiting for approval: the rollout is running"),
+        ("resume", {}, "nothing to resume: the rollout is running"),
+        ("rollback", {"to": 3, "reason": "r"}, "stage 3 is ahead of the applied stage 1; use `promote` to advance"),
+        ("rollback", {"to": -2, "reason": "r"}, "no stage -2: stages are 0-5"),
+    ],
+)
+async def test_refused_commands_are_409_with_the_reason(
+    admin: Admin, command: str, body: dict[str, Any], reason: str
+) -> None:
     """A command the phase does not allow is a 409 carrying the controller's reason, and no change is announced."""
     answer = await admin.command(command, **body)
     assert answer.status_code == 409
@@ -196,16 +224,20 @@ async def test_resume_during_an_emergency_needs_clear_emergency(admin: Admin) ->
     assert cleared.json()["status"]["kill_switch"] is False
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("GET", "/v1/rollout", None),
-    ("GET", "/v1/rollout/journal", None),
-    ("POST", "/v1/rollout/hold", {"reason": "r"}),
-    ("POST", "/v1/rollout/promote", {}),
-    ("GET", "/v1/reports", None),
-    ("GET", "/v1/reports/checkpoint-1", None),
-])
-async def test_without_a_plan_every_rollout_route_is_409_naming_the_setting(rig: Rig, method: str, path: str,
-                                                                            body: dict[str, Any] | None) -> None:
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", "/v1/rollout", None),
+        ("GET", "/v1/rollout/journal", None),
+        ("POST", "/v1/rollout/hold", {"reason": "r"}),
+        ("POST", "/v1/rollout/promote", {}),
+        ("GET", "/v1/reports", None),
+        ("GET", "/v1/reports/checkpoint-1", None),
+    ],
+)
+async def test_without_a_plan_every_rollout_route_is_409_naming_the_setting(
+    rig: Rig, method: str, path: str, body: dict[str, Any] | None
+) -> None:
     """A daemon that runs no rollout answers 409 and says to set [daemon] plan."""
     admin = Admin(None, rig.store, rig.clock)
     async with admin.http:
@@ -251,14 +283,17 @@ async def test_journal_lists_decisions_oldest_first_and_since_a_sequence(admin: 
     assert len(limited) == 1
 
 
-@pytest.mark.parametrize("query, field", [
-    ("limit=x", "limit"),
-    ("since=1.5", "since"),
-    ("limit=", "limit"),
-    ("limit=--5", "limit"),
-    ("since=%C2%B2", "since"),                  # "²": str.isdigit() is true, int() refuses it
-    ("limit=99999999999999999999", "limit"),    # past SQLite's 64-bit INTEGER
-])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("limit=x", "limit"),
+        ("since=1.5", "since"),
+        ("limit=", "limit"),
+        ("limit=--5", "limit"),
+        ("since=%C2%B2", "since"),  # "²": str.isdigit() is true, int() refuses it
+        ("limit=99999999999999999999", "limit"),  # past SQLite's 64-bit INTEGER
+    ],
+)
 async def test_a_journal_query_that_is_not_an_integer_is_400(admin: Admin, query: str, field: str) -> None:
     """?limit=x (or a fractional since) is a 400 naming the parameter and the value."""
     answer = await admin.http.get(f"/v1/rollout/journal?{query}")

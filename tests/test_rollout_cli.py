@@ -24,60 +24,49 @@ import httpx
 import pytest
 
 from tests.support.daemon_harness import REPO, Daemon, write_config
+from tests.support.plans import checkpoint, guard, plan_toml, stage
 from tests.support.realservers import HOST, PrometheusServer
 
 TIMEOUT = 30.0
-PLAN = '''\
-[plan]
-name = "cli_rehearsal"
-description = "rolloutctl end to end"
-flags = ["cli_ranker", "cli_cache"]
-guard_interval = "5m"
-failure_limit = 5
-
-[[stages]]
-name = "Hour 0: created at 0%"
-at = 0
-percentage = 0
-agents = []
-
-[[stages]]
-name = "Hour 10000: 10% of Builder"
-at = 10000
-percentage = 10
-agents = ["Builder"]
-
-[[stages]]
-at = 20000
-percentage = 50
-agents = ["Builder", "QA"]
-
-[[checkpoints]]
-name = "{checkpoint_name}"
-at = "{checkpoint_at}"
-requires_approval = true
-
-[[guards]]
-name = "p95_latency"
-query = "histogram_quantile(0.95, sum by (le) (rate(cli_latency_seconds_bucket[{{{{window}}}}])))"
-direction = "above"
-warning = 0.2
-critical = 0.3
-no_data = "pass"
-
-[[guards]]
-name = "error_ratio"
-query = "sum(rate(cli_errors_total[{{{{window}}}}])) / sum(rate(cli_requests_total[{{{{window}}}}]))"
-direction = "above"
-warning = 0.01
-critical = 0.05
-no_data = "pass"
-'''
+# created at 0%; the later stages never fall due within a test
+STAGES = (
+    stage(0, 0, name="Hour 0: created at 0%"),
+    stage(10000, 10, ["Builder"], name="Hour 10000: 10% of Builder"),
+    stage(20000, 50, ["Builder", "QA"]),
+)
+GUARDS = (
+    guard(
+        "p95_latency",
+        query="histogram_quantile(0.95, sum by (le) (rate(cli_latency_seconds_bucket[{{window}}])))",
+        direction="above",
+        warning=0.2,
+        critical=0.3,
+        no_data="pass",
+    ),
+    guard(
+        "error_ratio",
+        query="sum(rate(cli_errors_total[{{window}}])) / sum(rate(cli_requests_total[{{window}}]))",
+        direction="above",
+        warning=0.01,
+        critical=0.05,
+        no_data="pass",
+    ),
+)
 
 
 def write_plan(directory: Path, checkpoint_at: str = "15000h", checkpoint_name: str = "far review") -> Path:
     path = directory / "plan.toml"
-    path.write_text(PLAN.format(checkpoint_at=checkpoint_at, checkpoint_name=checkpoint_name))
+    path.write_text(
+        plan_toml(
+            name="cli_rehearsal",
+            description="rolloutctl end to end",
+            flags=["cli_ranker", "cli_cache"],
+            failure_limit=5,
+            stages=STAGES,
+            checkpoints=[checkpoint(checkpoint_at, name=checkpoint_name, requires_approval=True)],
+            guards=GUARDS,
+        )
+    )
     return path
 
 
@@ -92,8 +81,14 @@ def rollout_config(directory: Path, prometheus_url: str | None, **daemon: object
 def ctl(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run rolloutctl (bounded) and return its exit status and output."""
     env = {k: v for k, v in os.environ.items() if k != "ROLLOUTD_SOCKET"}
-    return subprocess.run([sys.executable, "-m", "deploy", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def admin(daemon: Daemon, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -156,8 +151,11 @@ def steady(shared: Daemon) -> Daemon:
         status = admin(shared, "POST", "/v1/rollout/rollback", {**reset, "to": 0})["status"]
     if status["phase"] in ("holding", "rolled_back"):
         admin(shared, "POST", "/v1/rollout/resume", reset)
-    wait_until(lambda: (s := admin(shared, "GET", "/v1/rollout"))["phase"] == "running" and s["stage"] == 0,
-               "running at stage 0 (the first stage applies at the first clean guard check)", shared)
+    wait_until(
+        lambda: (s := admin(shared, "GET", "/v1/rollout"))["phase"] == "running" and s["stage"] == 0,
+        "running at stage 0 (the first stage applies at the first clean guard check)",
+        shared,
+    )
     return shared
 
 
@@ -176,12 +174,16 @@ def test_status_prints_the_phase_the_next_transition_and_every_guard(steady: Dae
     assert "  kill switch: off;" in done.stdout
     header = next(line for line in lines if line.strip().startswith("GUARD"))
     assert header.split() == ["GUARD", "VERDICT", "VALUE", "THRESHOLD", "BREACHES", "FAILURES"]
-    rows = {line.split()[0]: line.split() for line in lines[lines.index(header) + 1:] if line.startswith("  ")
-            and not line.strip().startswith("checkpoint")}
+    rows = {
+        line.split()[0]: line.split()
+        for line in lines[lines.index(header) + 1 :]
+        if line.startswith("  ") and not line.strip().startswith("checkpoint")
+    }
     assert rows["p95_latency"][1:] == ["no_data", "-", ">", "0.2", "0", "0"]
     assert rows["error_ratio"][1:] == ["no_data", "-", ">", "0.01", "0", "0"]
-    assert any(line.startswith("  checkpoint far review at ") and line.endswith(": pending, needs approval")
-               for line in lines)
+    assert any(
+        line.startswith("  checkpoint far review at ") and line.endswith(": pending, needs approval") for line in lines
+    )
 
 
 def test_json_status_is_the_daemons_answer(steady: Daemon) -> None:
@@ -189,13 +191,18 @@ def test_json_status_is_the_daemons_answer(steady: Daemon) -> None:
     done = ctl("--config", steady.config, "--json", "status")
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
-    assert (status["rollout"], status["phase"], status["stage"], status["percentage"], status["agents"]) == \
-        ("cli_rehearsal", "running", 0, 0.0, [])
+    assert (status["rollout"], status["phase"], status["stage"], status["percentage"], status["agents"]) == (
+        "cli_rehearsal",
+        "running",
+        0,
+        0.0,
+        [],
+    )
     assert status["next_transition"] == "Hour 10000: 10% of Builder"
     assert status["emergency"] is False and status["time_scale"] == 3600.0
-    assert [(g["name"], g["verdict"], g["value"], g["threshold"], g["consecutive_breaches"])
-            for g in status["guards"]] == [("p95_latency", "no_data", None, 0.2, 0),
-                                           ("error_ratio", "no_data", None, 0.01, 0)]
+    assert [
+        (g["name"], g["verdict"], g["value"], g["threshold"], g["consecutive_breaches"]) for g in status["guards"]
+    ] == [("p95_latency", "no_data", None, 0.2, 0), ("error_ratio", "no_data", None, 0.01, 0)]
 
 
 def test_status_json_after_the_command_as_documented(steady: Daemon) -> None:
@@ -221,8 +228,11 @@ def test_hold_then_resume(steady: Daemon) -> None:
     assert "  why: operator: " in status and "customer report OPS-7" in status
 
     held_at = evaluated_at(admin(steady, "GET", "/v1/rollout"))
-    later = wait_until(lambda: evaluated_at(s := admin(steady, "GET", "/v1/rollout")) > held_at and s,
-                       "a guard check after the hold", steady)
+    later = wait_until(
+        lambda: evaluated_at(s := admin(steady, "GET", "/v1/rollout")) > held_at and s,
+        "a guard check after the hold",
+        steady,
+    )
     assert later["phase"] == "holding", "an operator's hold outlasts clean guard checks"
     resumed = ctl("--socket", steady.socket, "resume", "--reason", "false alarm")
     assert resumed.returncode == 0, resumed.stderr
@@ -235,8 +245,8 @@ def test_promote_then_rollback_to_0(steady: Daemon) -> None:
     promoted = ctl("--socket", steady.socket, "promote", "--reason", "skip ahead")
     assert promoted.returncode == 0, promoted.stderr
     first, last = promoted.stdout.splitlines()
-    assert first.startswith("stage_applied: promoted by operator to Hour 10000: 10% of Builder: ")
-    assert first.endswith("via rolloutctl: skip ahead (stage 1, 10%)")
+    assert first.startswith("stage_applied: operator: ")
+    assert first.endswith("via rolloutctl: promoted to Hour 10000: 10% of Builder: skip ahead (stage 1, 10%)")
     assert last == "rollout cli_rehearsal is running at 10%"
     for flag in plan_flags(steady).values():
         assert (flag["enabled"], flag["rollout_percentage"]) == (True, 10.0)
@@ -249,8 +259,14 @@ def test_promote_then_rollback_to_0(steady: Daemon) -> None:
     assert last == "rollout cli_rehearsal is rolled_back at 0%"
     assert all(flag["rollout_percentage"] == 0.0 for flag in plan_flags(steady).values())
     journal = admin(steady, "GET", "/v1/rollout/journal?limit=2")["decisions"]
-    assert [(d["action"], d["stage"], d["status"]) for d in journal] == \
-        [("stage_applied", 1, "done"), ("rollback", 0, "done")]
+    assert [(d["action"], d["stage"], d["status"]) for d in journal] == [
+        ("stage_applied", 1, "done"),
+        ("rollback", 0, "done"),
+    ]
+    assert [(d["trigger"], d["reason"]) for d in journal] == [
+        ({"kind": "operator", "detail": "promote"}, "promoted to Hour 10000: 10% of Builder: skip ahead"),
+        ({"kind": "operator", "detail": "rollback"}, "latency creeping"),
+    ] and journal[1]["actor"].endswith("via rolloutctl")
 
 
 def test_json_command_prints_the_daemons_answer(steady: Daemon) -> None:
@@ -344,15 +360,20 @@ def test_a_checkpoint_report_on_a_live_daemon(tmp_path: Path, prometheus: Promet
     daemon = Daemon(rollout_config(tmp_path, prometheus.url)).start()
     try:
         name = "checkpoint-1-hour-one-review.json"
-        wait_until(lambda: ctl("--socket", daemon.socket, "report").stdout == name + "\n",
-                   "the hour-one report (1 s of wall time at time_scale 3600)", daemon)
+        wait_until(
+            lambda: ctl("--socket", daemon.socket, "report").stdout == name + "\n",
+            "the hour-one report (1 s of wall time at time_scale 3600)",
+            daemon,
+        )
         status = admin(daemon, "GET", "/v1/rollout")
         assert status["phase"] == "awaiting_approval" and status["reports"] == [name]
         shown = ctl("--socket", daemon.socket, "report", name.removesuffix(".json"))
         assert shown.returncode == 0, shown.stderr
         lines = shown.stdout.splitlines()
-        assert lines[0] == ("hour one review: HOLD (error_ratio unmeasured: no samples in the checkpoint's period; "
-                        "p95_latency unmeasured: no samples in the checkpoint's period)")
+        assert lines[0] == (
+            "hour one review: HOLD (error_ratio unmeasured: no samples in the checkpoint's period; "
+            "p95_latency unmeasured: no samples in the checkpoint's period)"
+        )
         assert "0% of no agents" in lines[1]
         assert lines[2] == "  rollbacks 0, manual interventions 0; next: "
         table = {line.split()[0]: line.split() for line in lines[4:6]}

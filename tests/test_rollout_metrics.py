@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,18 +10,23 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.guards import assess
-from controller.plan import Guard
-from controller.plan_load import load_plan
 from controller.host.replay import SimClock
 from controller.host.rollout_metrics import RolloutCollector
+from controller.plan import Guard
+from controller.plan_load import load_plan
 from controller.service import Controller
 from controller.state_db import StateDB
 from flags.store import FlagStore
 
 PLAN = load_plan(Path(__file__).resolve().parent.parent / "deploy" / "plans" / "phase5.toml")
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
-HEALTHY = {"error_rate": 0.0002, "p95_latency": 0.12, "test_pass_rate": 99.0, "cache_hit_rate": 0.85,
-           "retrieval_precision": 0.8}
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)
+HEALTHY = {
+    "error_rate": 0.0002,
+    "p95_latency": 0.12,
+    "test_pass_rate": 99.0,
+    "cache_hit_rate": 0.85,
+    "retrieval_precision": 0.8,
+}
 pytestmark = pytest.mark.anyio
 
 
@@ -38,8 +43,11 @@ class Source:
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = generate_latest(registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 async def test_metrics_follow_the_rollout_and_count_rollbacks_across_restarts(tmp_path: Path) -> None:
@@ -50,7 +58,7 @@ async def test_metrics_follow_the_rollout_and_count_rollbacks_across_restarts(tm
     while clock.now <= T0 + timedelta(hours=12):
         await controller.evaluate()
         clock.now += PLAN.guard_interval
-    source.values["p95_latency"] = 0.35          # critical: rolls back one stage after 2 checks
+    source.values["p95_latency"] = 0.35  # critical: rolls back one stage after 2 checks
     for _ in range(2):
         await controller.evaluate()
         clock.now += PLAN.guard_interval

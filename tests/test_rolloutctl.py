@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +24,14 @@ TIMEOUT = 30.0
 def ctl(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run rolloutctl (bounded) and return its exit status and output."""
     base = {k: v for k, v in os.environ.items() if k != "ROLLOUTD_SOCKET"}
-    return subprocess.run([sys.executable, "-m", "deploy", *map(str, args)], cwd=REPO, env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *map(str, args)],
+        cwd=REPO,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def first_json(text: str) -> Any:
@@ -40,7 +48,9 @@ def audit_records(daemon_dir: Path) -> list[dict[str, Any]]:
 
 
 def ofrep(daemon: Daemon, flag: str, context: dict[str, Any]) -> dict[str, Any]:
-    return httpx.post(f"{daemon.base_url}/ofrep/v1/evaluate/flags/{flag}", json={"context": context}, timeout=5.0).json()
+    return httpx.post(
+        f"{daemon.base_url}/ofrep/v1/evaluate/flags/{flag}", json={"context": context}, timeout=5.0
+    ).json()
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +148,13 @@ def test_no_command_is_a_usage_error() -> None:
         assert "usage:" in done.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ("flags", "set", "no_such_flag", "--enabled", "true", "--reason", "r"),
-    ("flags", "show", "no_such_flag"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("flags", "set", "no_such_flag", "--enabled", "true", "--reason", "r"),
+        ("flags", "show", "no_such_flag"),
+    ],
+)
 def test_unknown_flag_exits_1_with_the_daemons_message(served: Daemon, args: tuple[str, ...]) -> None:
     """An unknown flag exits 1 with the daemon's message, which lists the known flags."""
     done = ctl("--socket", served.socket, *args)
@@ -201,7 +214,6 @@ def test_unreachable_socket_from_environment(tmp_path: Path) -> None:
 
 def test_stale_socket_file_is_unreachable(tmp_path: Path) -> None:
     """A socket file nobody listens on (left by a killed daemon) is exit 3, not a traceback."""
-    import socket
 
     path = tmp_path / "stale.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -213,8 +225,14 @@ def test_stale_socket_file_is_unreachable(tmp_path: Path) -> None:
 
 def test_socket_flag_wins_over_config_and_environment(served: Daemon, tmp_path: Path) -> None:
     """--socket is used even when --config and $ROLLOUTD_SOCKET point elsewhere."""
-    done = ctl("--socket", served.socket, "--config", write_config(tmp_path), "health",
-               env={"ROLLOUTD_SOCKET": str(tmp_path / "other.sock")})
+    done = ctl(
+        "--socket",
+        served.socket,
+        "--config",
+        write_config(tmp_path),
+        "health",
+        env={"ROLLOUTD_SOCKET": str(tmp_path / "other.sock")},
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -240,7 +258,9 @@ def test_flags_set_writes_the_file_and_the_audit_log(own: Daemon) -> None:
     """`flags set --percentage 25` rewrites flags.json (both seed fields), backs up the old file and audits actor and reason."""
     state = own.config.parent / "state"
     original = (state / "flags.json").read_text()
-    done = ctl("--socket", own.socket, "flags", "set", "hybrid_rag_enabled", "--percentage", "25", "--reason", "stage 3 early")
+    done = ctl(
+        "--socket", own.socket, "flags", "set", "hybrid_rag_enabled", "--percentage", "25", "--reason", "stage 3 early"
+    )
     assert done.returncode == 0, done.stderr
     assert "hybrid_rag_enabled: on, 25%" in done.stdout
     on_disk = json.loads((state / "flags.json").read_text())
@@ -263,7 +283,9 @@ def test_flags_set_writes_the_file_and_the_audit_log(own: Daemon) -> None:
 
 def test_flags_set_enabled_false_disables(own: Daemon) -> None:
     """`flags set NAME --enabled false` turns the flag off for everyone (reason DISABLED)."""
-    done = ctl("--socket", own.socket, "flags", "set", "memory_compression_enabled", "--enabled", "false", "--reason", "r")
+    done = ctl(
+        "--socket", own.socket, "flags", "set", "memory_compression_enabled", "--enabled", "false", "--reason", "r"
+    )
     assert done.returncode == 0, done.stderr
     answer = ofrep(own, "memory_compression_enabled", {"targetingKey": "t", "agent": "Builder"})
     assert (answer["value"], answer["reason"]) == (False, "DISABLED")
@@ -273,7 +295,12 @@ def test_restore_lists_backups_and_restores_through_the_daemon(own: Daemon) -> N
     """`flags restore` lists backups; `flags restore BACKUP --reason r` makes flags.json hold the backup's flags."""
     state = own.config.parent / "state"
     for pct in ("25", "50"):
-        assert ctl("--socket", own.socket, "flags", "set", "hybrid_rag_enabled", "--percentage", pct, "--reason", "r").returncode == 0
+        assert (
+            ctl(
+                "--socket", own.socket, "flags", "set", "hybrid_rag_enabled", "--percentage", pct, "--reason", "r"
+            ).returncode
+            == 0
+        )
     listed = ctl("--socket", own.socket, "flags", "restore")
     assert listed.returncode == 0, listed.stderr
     backups = sorted((state / "backups").glob("flags.*.json"))
@@ -300,7 +327,11 @@ def test_emergency_stop_turns_the_kill_switch_on(own: Daemon) -> None:
     on_disk = json.loads((own.config.parent / "state" / "flags.json").read_text())
     assert on_disk["emergency_shutdown"]["enabled"] is True
     answer = ofrep(own, "memory_compression_enabled", {"targetingKey": "t", "agent": "Builder"})
-    assert (answer["value"], answer["reason"], answer["metadata"].get("disabledBy")) == (False, "DISABLED", "emergency_shutdown")
+    assert (answer["value"], answer["reason"], answer["metadata"].get("disabledBy")) == (
+        False,
+        "DISABLED",
+        "emergency_shutdown",
+    )
     listed = ctl("--socket", own.socket, "flags", "list")
     assert "emergency_shutdown is ON" in listed.stdout
     health = ctl("--socket", own.socket, "health")
@@ -313,7 +344,12 @@ def test_offline_restore_recovers_a_corrupt_flags_file(own: Daemon) -> None:
     """With flags.json corrupt the daemon exits 78 naming file and line; `--config CFG flags restore` lists and restores offline; the daemon starts again."""
     state = own.config.parent / "state"
     flags_path = state / "flags.json"
-    assert ctl("--socket", own.socket, "flags", "set", "hybrid_rag_enabled", "--percentage", "25", "--reason", "r").returncode == 0
+    assert (
+        ctl(
+            "--socket", own.socket, "flags", "set", "hybrid_rag_enabled", "--percentage", "25", "--reason", "r"
+        ).returncode
+        == 0
+    )
     own.stop()
     text = flags_path.read_text()
     flags_path.write_text(text[: len(text) // 2])
@@ -337,8 +373,9 @@ def test_offline_restore_recovers_a_corrupt_flags_file(own: Daemon) -> None:
     record = audit_records(own.config.parent)[-1]
     assert record["event"] == "restore" and "recover from truncation" in record["reason"]
     relisted = ctl("--config", own.config, "flags", "restore")
-    assert re.search(r"^flags\.\S+\.json\s+\d+\s+-\s+INVALID: ", relisted.stdout, re.M), \
+    assert re.search(r"^flags\.\S+\.json\s+\d+\s+-\s+INVALID: ", relisted.stdout, re.M), (
         "the corrupt file itself is kept as a backup, marked not restorable"
+    )
 
     again = Daemon(own.config).start()
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from controller import decide as rules
 from controller.commit import commit
 from controller.decide import CommandRefused, Decision, Phase, RolloutState
 from controller.guards import assess
+from controller.host.replay import SimClock
 from controller.plan_clock import JumpDetector
 from controller.plan_load import parse_plan
-from controller.host.replay import SimClock
 from controller.service import PlanMismatch
 from controller.state_db import StateDB
 from flags.model import KILL_SWITCH
@@ -48,8 +48,14 @@ from tests.support.service_rig import (  # noqa: F401  (rigs is a fixture)
 pytestmark = pytest.mark.anyio
 
 OUTAGE = "cannot connect to http://127.0.0.1:9/api/v1/query: connection refused (is Prometheus running?)"
-SEED_KEYS = ("p95_latency_ms", "p99_latency_ms", "cache_hit_rate", "retrieval_accuracy_precision_at_10",
-             "retrieval_accuracy_recall_at_10", "cost_reduction_percentage")
+SEED_KEYS = (
+    "p95_latency_ms",
+    "p99_latency_ms",
+    "cache_hit_rate",
+    "retrieval_accuracy_precision_at_10",
+    "retrieval_accuracy_recall_at_10",
+    "cost_reduction_percentage",
+)
 
 
 class WatchedDB(StateDB):
@@ -69,7 +75,7 @@ class WatchedDB(StateDB):
 
 async def test_open_on_an_empty_state_dir_starts_the_rollout_at_the_clocks_time(rigs) -> None:
     """A first open() begins the rollout at the wall clock's time, durably, with nothing applied yet."""
-    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     rig = rigs(clock=SimClock(start))
     assert await rig.controller.open() == []
     state = rig.controller.state
@@ -109,8 +115,11 @@ async def test_healthy_rounds_apply_each_stage_at_its_hour_with_its_cohort(rigs)
     assert actions(await rig.at(12)) == ["stage_applied"]
     assert_plan_flags(rig.state_dir, PHASE5, 10.0, SECOND_COHORT)
     applied = [(d["stage"], d["at"], d["status"]) for d in rig.journal() if d["action"] == "stage_applied"]
-    assert applied == [(0, "2025-10-23T09:00:00Z", "done"), (1, "2025-10-23T13:00:00Z", "done"),
-                       (2, "2025-10-23T21:00:00Z", "done")]
+    assert applied == [
+        (0, "2025-10-23T09:00:00Z", "done"),
+        (1, "2025-10-23T13:00:00Z", "done"),
+        (2, "2025-10-23T21:00:00Z", "done"),
+    ]
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -138,8 +147,12 @@ async def test_day_one_checkpoint_writes_the_seeds_report_and_a_go_verdict(rigs)
     assert report["metrics"]["retrieval_accuracy_recall_at_10"] == SEED_VALUES["retrieval_accuracy_recall_at_10"]
     assert report["metrics"]["cost_reduction_percentage"] is None
     assert "cost" in report["unmeasured"]["cost_reduction_percentage"]
-    assert (report["issues_detected"], report["rollback_triggered"], report["rollback_count"],
-            report["manual_interventions"]) == ([], False, 0, 0)
+    assert (
+        report["issues_detected"],
+        report["rollback_triggered"],
+        report["rollback_count"],
+        report["manual_interventions"],
+    ) == ([], False, 0, 0)
     assert report["next_milestone"] == PHASE5.checkpoints[0].next_milestone
     assert report["recommendation"] == "GO"
     assert all(c["verdict"] == "GO" for c in report["criteria"]), report["criteria"]
@@ -196,15 +209,16 @@ async def test_the_report_lists_every_query_it_ran(rigs) -> None:
     assert sorted(set(rig.source.asked)) == sorted(ran)
 
 
-async def test_a_checkpoint_recorded_before_a_crash_is_judged_on_open_before_the_next_stage(rigs,
-                                                                                          tmp_path: Path) -> None:
+async def test_a_checkpoint_recorded_before_a_crash_is_judged_on_open_before_the_next_stage(
+    rigs, tmp_path: Path
+) -> None:
     """A crash after the checkpoint was journaled but before its verdict: the next open() writes
     the report and journals the verdict first, and only then does the stage it held back apply."""
     plan = parse_plan(COMPACT, "compact.toml")
     state_dir = tmp_path / "state"
     store, db = FlagStore.open(state_dir), StateDB(state_dir)
     state, now = rules.start(plan, T0), T0
-    while now <= hours(2):   # the old process: observes, decides, commits; never judges
+    while now <= hours(2):  # the old process: observes, decides, commits; never judges
         observations = [assess(g, healthy(plan)[g.name], now) for g in plan.guards]
         transition = rules.decide(plan, state, now, observations)
         commit(db, store, plan, transition, now)
@@ -276,7 +290,11 @@ async def test_emergency_stop_writes_flags_before_the_journal(rigs) -> None:
     assert all(flags[name]["enabled"] is False for name in PHASE5.flags)
     last = rig.journal()[-1]
     assert (last["action"], last["status"], last["percentage"]) == ("emergency", "done", 0.0)
-    assert last["reason"] == "alice: p99 is on fire"
+    assert (last["reason"], last["actor"], last["trigger"]) == (
+        "p99 is on fire",
+        "alice",
+        {"kind": "emergency", "detail": ""},
+    )
     assert rig.controller.state.phase is Phase.EMERGENCY
     assert rig.controller.status()["emergency"] is True
 
@@ -357,7 +375,8 @@ async def test_hold_keeps_due_stages_back_and_resume_applies_them(rigs) -> None:
     await rig.controller.open()
     await rig.at(0)
     held = await rig.controller.command("hold", reason="waiting for the dashboards", actor="alice")
-    assert actions(held) == ["hold"] and held[0].reason == "operator: alice: waiting for the dashboards"
+    assert actions(held) == ["hold"] and (held[0].reason, held[0].actor) == ("waiting for the dashboards", "alice")
+    assert rig.controller.state.hold_reason == "operator: alice: waiting for the dashboards"
     assert actions(await rig.at(4, 5)) == []
     assert rig.controller.state.stage == 0
     assert actions(await rig.controller.command("resume", actor="alice")) == ["resume"]
@@ -397,7 +416,8 @@ async def test_promote_applies_the_next_stage_now(rigs) -> None:
     await rig.at(0)
     rig.clock.now = hours(1)
     promoted = await rig.controller.command("promote", reason="canary looks good")
-    assert actions(promoted) == ["stage_applied"] and "promoted by operator" in promoted[0].reason
+    assert actions(promoted) == ["stage_applied"] and promoted[0].reason.startswith("promoted to ")
+    assert (promoted[0].trigger.kind, promoted[0].trigger.detail) == ("operator", "promote")
     assert_plan_flags(rig.state_dir, PHASE5, 5.0, FIRST_COHORT)
     assert rig.controller.state.manual_interventions == 1
     assert actions(await rig.at(4)) == [], "the promoted stage is not applied a second time"
@@ -409,7 +429,8 @@ async def test_rollback_to_a_stage_sets_its_flags_and_waits_for_resume(rigs) -> 
     await rig.controller.open()
     await rig.at(0, 4, 12)
     rolled = await rig.controller.command("rollback", reason="bad answers", to_stage=0, actor="carol")
-    assert actions(rolled) == ["rollback"] and rolled[0].reason == "operator: carol: bad answers"
+    assert actions(rolled) == ["rollback"] and (rolled[0].reason, rolled[0].actor) == ("bad answers", "carol")
+    assert rig.controller.state.hold_reason == "operator: carol: bad answers"
     state = rig.controller.state
     assert (state.phase, state.stage, state.percentage, state.rollbacks) == (Phase.ROLLED_BACK, 0, 0.0, 1)
     assert_plan_flags(rig.state_dir, PHASE5, 0.0, [])
@@ -418,16 +439,20 @@ async def test_rollback_to_a_stage_sets_its_flags_and_waits_for_resume(rigs) -> 
     assert actions(await rig.at(13 + 5 / 60)) == ["stage_applied"]
 
 
-@pytest.mark.parametrize("name, kwargs, message", [
-    ("rollback", {}, "rollback needs a target: --to N"),
-    ("rollback", {"to_stage": 2}, "stage 2 is ahead of the applied stage 1; use `promote`"),
-    ("rollback", {"to_stage": 9}, "no stage 9: stages are 0-5"),
-    ("resume", {}, "nothing to resume: the rollout is running"),
-    ("approve", {}, "no checkpoint is waiting for approval"),
-    ("launch", {}, "unknown command 'launch'; commands: hold, resume, approve, promote, rollback"),
-])
-async def test_commands_that_do_not_apply_are_refused_with_the_reason(rigs, name: str, kwargs: dict,
-                                                                      message: str) -> None:
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("rollback", {}, "rollback needs a target: --to N"),
+        ("rollback", {"to_stage": 2}, "stage 2 is ahead of the applied stage 1; use `promote`"),
+        ("rollback", {"to_stage": 9}, "no stage 9: stages are 0-5"),
+        ("resume", {}, "nothing to resume: the rollout is running"),
+        ("approve", {}, "no checkpoint is waiting for approval"),
+        ("launch", {}, "unknown command 'launch'; commands: hold, resume, approve, promote, rollback"),
+    ],
+)
+async def test_commands_that_do_not_apply_are_refused_with_the_reason(
+    rigs, name: str, kwargs: dict, message: str
+) -> None:
     """A refused command raises CommandRefused saying why and what to do, and changes nothing."""
     rig = rigs()
     await rig.controller.open()

@@ -235,13 +235,22 @@ def test_the_daemon_runs_and_serves_retrieval_under_memory_deny_write_execute(tm
     # installs for MemoryDenyWriteExecute=: no mapping may be, or become, writable and
     # executable. A native library that JITs or needs an executable stack fails here.
     config = write_config(tmp_path)
-    write_seed_flags(tmp_path, {name: {"enabled": True, "rollout_strategy": "all", "rollout_percentage": 100.0,
-                                       "constraints": [{"context_name": "agent", "operator": "IN",
-                                                        "values": FIRST_COHORTS}]} for name in PHASE5_FLAGS})
+    write_seed_flags(
+        tmp_path,
+        {
+            name: {
+                "enabled": True,
+                "rollout_strategy": "all",
+                "rollout_percentage": 100.0,
+                "constraints": [{"context_name": "agent", "operator": "IN", "values": FIRST_COHORTS}],
+            }
+            for name in PHASE5_FLAGS
+        },
+    )
     wrapper = (
         "import ctypes, mmap, sys\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
-        "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"              # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+        "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
         "    sys.exit(77)\n"
         "try:\n"
         "    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
@@ -252,8 +261,13 @@ def test_the_daemon_runs_and_serves_retrieval_under_memory_deny_write_execute(tm
         "sys.exit(main(sys.argv[1:]))\n"
     )
     repo = SYSTEMD_DIR.parent
-    proc = subprocess.Popen([sys.executable, "-c", wrapper, "--config", str(config)], cwd=repo, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", wrapper, "--config", str(config)],
+        cwd=repo,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = "http://" + load_config(config).daemon.listen
     try:
         deadline = time.monotonic() + 30
@@ -266,12 +280,15 @@ def test_the_daemon_runs_and_serves_retrieval_under_memory_deny_write_execute(tm
         if proc.poll() == 77:
             pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
         assert proc.poll() is None, f"rolloutd died under PR_SET_MDWE:\n{proc.communicate()[0]}"
-        memories = [{"id": "a", "text": "Dana owns ledger-sync."},
-                    {"id": "b", "text": "Release R-1 of ledger-sync.", "links": ["a"]}]
+        memories = [
+            {"id": "a", "text": "Dana owns ledger-sync."},
+            {"id": "b", "text": "Release R-1 of ledger-sync.", "links": ["a"]},
+        ]
         added = httpx.post(url + "/v1/memories:batch", json={"memories": memories}, timeout=10)
         assert added.status_code == 201, added.text
-        answer = httpx.post(url + "/v1/retrieve", json={"agent": "QA", "query": "who owns ledger-sync", "top_k": 2},
-                            timeout=10)
+        answer = httpx.post(
+            url + "/v1/retrieve", json={"agent": "QA", "query": "who owns ledger-sync", "top_k": 2}, timeout=10
+        )
         assert answer.status_code == 200 and {r["id"] for r in answer.json()["results"]} == {"a", "b"}, answer.text
     finally:
         proc.terminate()

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from retrieval.cache import LocalCache
+from retrieval.cache_memory import LocalCache
 from retrieval.embedded_store import EmbeddedStore
-from retrieval.embedder import HashingEmbedder
+from retrieval.embedder_hashing import HashingEmbedder
 from retrieval.graph_store import StoreUnavailable
 from retrieval.memory import Memory
 from retrieval.quality import LabelledSetError
@@ -81,8 +81,11 @@ class StepTimer:
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample /metrics would show, by (name, sorted labels)."""
     text = generate_latest(registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def names(registry: CollectorRegistry) -> set[str]:
@@ -107,8 +110,15 @@ def synthetic() -> ValidationSet:
     return ValidationSet.synthetic(300)
 
 
-def job_for(r: Retriever, vset: ValidationSet, registry: CollectorRegistry, *, validation: Switch | None = None,
-            probe: Switch | None = None, **kwargs) -> ValidationJob:
+def job_for(
+    r: Retriever,
+    vset: ValidationSet,
+    registry: CollectorRegistry,
+    *,
+    validation: Switch | None = None,
+    probe: Switch | None = None,
+    **kwargs,
+) -> ValidationJob:
     validation, probe = validation or Switch(), probe or Switch()
     gauges = ValidationGauges(registry, validation_on=validation, probe_on=probe)
     return ValidationJob(r, vset, gauges, validation_on=validation, probe_on=probe, **kwargs)
@@ -137,8 +147,7 @@ def test_probe_questions_rotate_through_the_set(synthetic: ValidationSet) -> Non
 # --- seeding --------------------------------------------------------------------------------
 
 
-async def test_synthetic_corpus_is_seeded_once_and_survives_a_reopen(tmp_path: Path,
-                                                                     synthetic: ValidationSet) -> None:
+async def test_synthetic_corpus_is_seeded_once_and_survives_a_reopen(tmp_path: Path, synthetic: ValidationSet) -> None:
     """The first call adds the corpus to the reserved namespace; later calls and a restart add nothing."""
     r = open_retriever(tmp_path)
     await r.open()
@@ -159,10 +168,14 @@ async def test_synthetic_corpus_is_seeded_once_and_survives_a_reopen(tmp_path: P
 async def test_a_drifted_validation_namespace_is_brought_back(retriever: Retriever, synthetic: ValidationSet) -> None:
     """A missing memory, a changed text and a stranger are all repaired by the next seeding."""
     await synthetic.ensure_seeded(retriever)
-    first, second = synthetic.memories[0], synthetic.memories[-1]   # an owner (linked to), a note
+    first, second = synthetic.memories[0], synthetic.memories[-1]  # an owner (linked to), a note
     await retriever.delete(VALIDATION_NAMESPACE, first["id"])
-    await retriever.add([Memory(**{**second, "text": "rewritten by an older release"}),
-                         Memory(id="stranger", namespace=VALIDATION_NAMESPACE, text="not in the set")])
+    await retriever.add(
+        [
+            Memory(**{**second, "text": "rewritten by an older release"}),
+            Memory(id="stranger", namespace=VALIDATION_NAMESPACE, text="not in the set"),
+        ]
+    )
     assert await synthetic.ensure_seeded(retriever) == 300
     contents = retriever.contents(VALIDATION_NAMESPACE)
     assert len(contents) == 300 and "stranger" not in contents and first["id"] in contents
@@ -170,7 +183,9 @@ async def test_a_drifted_validation_namespace_is_brought_back(retriever: Retriev
 
 
 @pytest.fixture
-async def flaky(tmp_path: Path, synthetic: ValidationSet) -> AsyncIterator[tuple[FlakyStore, Retriever, CollectorRegistry, ValidationJob]]:
+async def flaky(
+    tmp_path: Path, synthetic: ValidationSet
+) -> AsyncIterator[tuple[FlakyStore, Retriever, CollectorRegistry, ValidationJob]]:
     """A retriever over a store that can be made to refuse, with a job and its registry."""
     store = FlakyStore(tmp_path)
     r = open_retriever(tmp_path, store)
@@ -222,30 +237,33 @@ async def test_hybrid_beats_vector_on_multi_hop_questions(retriever: Retriever, 
         hybrid, vector = m.by_hops["hybrid"][hops], m.by_hops["vector"][hops]
         assert hybrid.top3 >= vector.top3 + 0.5, (hops, hybrid, vector)
         assert hybrid.recall_at_10 >= vector.recall_at_10 + 0.5, (hops, hybrid, vector)
-    assert m.by_hops["vector"][0].top3 == 1.0          # the direct question is vector search's home ground
+    assert m.by_hops["vector"][0].top3 == 1.0  # the direct question is vector search's home ground
     assert await validate(retriever, synthetic.questions, ("hybrid",)) == {"hybrid": m.scores["hybrid"]}
 
 
-async def test_synthetic_queries_leave_the_traffic_metrics_alone(retriever: Retriever,
-                                                                 synthetic: ValidationSet) -> None:
+async def test_synthetic_queries_leave_the_traffic_metrics_alone(
+    retriever: Retriever, synthetic: ValidationSet
+) -> None:
     """A whole round (validation on three paths plus the probe) adds nothing to hybrid_rag_queries_total."""
+
     def queries() -> dict[str, float | None]:
-        return {p: retriever.metrics.registry.get_sample_value("hybrid_rag_queries_total", {"path": p})
-                for p in PATHS}
+        return {p: retriever.metrics.registry.get_sample_value("hybrid_rag_queries_total", {"path": p}) for p in PATHS}
 
     before = queries()
-    assert await job_for(retriever, synthetic, CollectorRegistry()).run_once() == Round(Status.MEASURED,
-                                                                                         Status.MEASURED)
+    assert await job_for(retriever, synthetic, CollectorRegistry()).run_once() == Round(
+        Status.MEASURED, Status.MEASURED
+    )
     assert queries() == before
     await retriever.retrieve("incident INC-20000", VALIDATION_NAMESPACE, 10, ROUTES["hybrid"])
-    assert queries()["hybrid"] == before["hybrid"] + 1   # the counter does move for agents' traffic
+    assert queries()["hybrid"] == before["hybrid"] + 1  # the counter does move for agents' traffic
 
 
 # --- gauges ---------------------------------------------------------------------------------
 
 
-async def test_gauges_appear_when_measured_and_vanish_when_turned_off(retriever: Retriever,
-                                                                      synthetic: ValidationSet) -> None:
+async def test_gauges_appear_when_measured_and_vanish_when_turned_off(
+    retriever: Retriever, synthetic: ValidationSet
+) -> None:
     """Measured values are exported; a predicate turned off hides them at the next scrape and they stay
     gone, even once turned back on, until a fresh measurement."""
     registry, validation, probe = CollectorRegistry(), Switch(), Switch()
@@ -259,17 +277,21 @@ async def test_gauges_appear_when_measured_and_vanish_when_turned_off(retriever:
     assert samples[("hybrid_rag_top3_accuracy_percent", ())] == pytest.approx(scores["hybrid"].top3 * 100)
     assert 90 <= samples[("hybrid_rag_top3_accuracy_percent", ())] <= 100
     assert samples[("hybrid_rag_validation_last_run_timestamp_seconds", ())] == 1_700_000_000.0
-    labelled = {dict(labels)["path"] + "/" + dict(labels)["metric"]
-                for name, labels in samples if name == "hybrid_rag_validation_score"}
-    assert labelled == {f"{p}/{m}" for p in PATHS
-                        for m in ("precision_at_10", "recall_at_10", "top3", "mrr", "ndcg_at_10")}
+    labelled = {
+        dict(labels)["path"] + "/" + dict(labels)["metric"]
+        for name, labels in samples
+        if name == "hybrid_rag_validation_score"
+    }
+    assert labelled == {
+        f"{p}/{m}" for p in PATHS for m in ("precision_at_10", "recall_at_10", "top3", "mrr", "ndcg_at_10")
+    }
     assert samples[("hybrid_rag_benchmark_p95_latency_seconds", ())] > 0
 
     validation.on = False
-    assert not names(registry) & {*UNLABELLED, "hybrid_rag_validation_score"}   # no round ran: scrape time
+    assert not names(registry) & {*UNLABELLED, "hybrid_rag_validation_score"}  # no round ran: scrape time
     assert set(PROBE) <= names(registry)
     validation.on = True
-    assert not names(registry) & set(UNLABELLED)                                   # not the stale value back
+    assert not names(registry) & set(UNLABELLED)  # not the stale value back
 
     probe.on = False
     validation.on = False
@@ -293,8 +315,7 @@ async def test_probe_exports_nearest_rank_p95_and_p50(retriever: Retriever, synt
     assert not names(registry) & set(UNLABELLED)
 
 
-async def test_probe_with_the_real_clock_exports_a_positive_p95(retriever: Retriever,
-                                                               synthetic: ValidationSet) -> None:
+async def test_probe_with_the_real_clock_exports_a_positive_p95(retriever: Retriever, synthetic: ValidationSet) -> None:
     """Timed for real, the probe's p95 is above zero and at least its p50."""
     registry = CollectorRegistry()
     await job_for(retriever, synthetic, registry, validation=Switch(False)).run_once()
@@ -308,29 +329,48 @@ async def test_probe_with_the_real_clock_exports_a_positive_p95(retriever: Retri
 
 async def test_labelled_set_file_is_queried_where_its_memories_are(retriever: Retriever, tmp_path: Path) -> None:
     """A JSONL set over memories the caller stored is scored as written, and nothing is seeded."""
-    await retriever.add([
-        Memory("owner-mei", "team-a", "Mei Tanaka owns billing-api and signs off every change to it."),
-        Memory("deploy-q3", "team-a", "The Deploy agent approved the Q3 deploy of billing-api on Friday.",
-               links=("owner-mei",)),
-        Memory("standup", "team-a", "The Support agent summarised the standup: search-cache is on track."),
-    ])
+    await retriever.add(
+        [
+            Memory("owner-mei", "team-a", "Mei Tanaka owns billing-api and signs off every change to it."),
+            Memory(
+                "deploy-q3",
+                "team-a",
+                "The Deploy agent approved the Q3 deploy of billing-api on Friday.",
+                links=("owner-mei",),
+            ),
+            Memory("standup", "team-a", "The Support agent summarised the standup: search-cache is on track."),
+        ]
+    )
     path = tmp_path / "labelled.jsonl"
-    path.write_text("\n".join(json.dumps(q) for q in [
-        {"query": "Who approved the Q3 deploy?", "relevant": ["deploy-q3"], "namespace": "team-a"},
-        {"query": "Who signs off the Q3 deploy?", "relevant": ["owner-mei", "deploy-q3"],
-         "grades": {"owner-mei": 3, "deploy-q3": 1}, "namespace": "team-a", "hops": 1},
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            json.dumps(q)
+            for q in [
+                {"query": "Who approved the Q3 deploy?", "relevant": ["deploy-q3"], "namespace": "team-a"},
+                {
+                    "query": "Who signs off the Q3 deploy?",
+                    "relevant": ["owner-mei", "deploy-q3"],
+                    "grades": {"owner-mei": 3, "deploy-q3": 1},
+                    "namespace": "team-a",
+                    "hops": 1,
+                },
+            ]
+        )
+        + "\n"
+    )
     vset = ValidationSet.labelled(path)
     assert vset.namespaces == ("team-a",) and vset.memories == ()
     registry = CollectorRegistry()
-    assert await job_for(retriever, vset, registry, probe=Switch(False)).run_once() == Round(Status.MEASURED,
-                                                                                             Status.OFF)
+    assert await job_for(retriever, vset, registry, probe=Switch(False)).run_once() == Round(
+        Status.MEASURED, Status.OFF
+    )
     assert retriever.count("team-a") == 3 and retriever.count(VALIDATION_NAMESPACE) == 0
     scores = await validate(retriever, vset.questions)
     samples = scrape(registry)
     assert samples[("hybrid_rag_recall_at_10", ())] == pytest.approx(scores["hybrid"].recall_at_10) == 1.0
     assert samples[("hybrid_rag_validation_score", (("metric", "mrr"), ("path", "graph")))] == pytest.approx(
-        scores["graph"].mrr)
+        scores["graph"].mrr
+    )
 
 
 async def test_labelled_set_over_an_empty_namespace_is_not_measured(retriever: Retriever, tmp_path: Path) -> None:
@@ -354,8 +394,7 @@ def test_a_broken_labelled_set_is_refused_with_its_line(tmp_path: Path) -> None:
 # --- the loop -------------------------------------------------------------------------------
 
 
-async def test_run_survives_a_failing_round_and_wakes_on_demand(retriever: Retriever,
-                                                                synthetic: ValidationSet) -> None:
+async def test_run_survives_a_failing_round_and_wakes_on_demand(retriever: Retriever, synthetic: ValidationSet) -> None:
     """A round that raises is logged, not raised; `wake()` runs the next one before the interval is up."""
     failed, measured = anyio.Event(), anyio.Event()
     calls = 0
@@ -374,8 +413,9 @@ async def test_run_survives_a_failing_round_and_wakes_on_demand(retriever: Retri
 
     registry = CollectorRegistry()
     gauges = ValidationGauges(registry)
-    job = ValidationJob(retriever, synthetic, gauges, validation_on=flaky_on, probe_on=lambda: False,
-                        interval=3600, clock=clock)
+    job = ValidationJob(
+        retriever, synthetic, gauges, validation_on=flaky_on, probe_on=lambda: False, interval=3600, clock=clock
+    )
     with anyio.fail_after(8):
         async with anyio.create_task_group() as tg:
             tg.start_soon(job.run)

@@ -123,7 +123,12 @@ async def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     path = tmp_path / "vectors.idx"
     await index.save(path)
     loaded = await VectorIndex.load(path)
-    assert (loaded.kind, len(loaded), loaded.epoch, loaded.tombstones) == (kind, len(index), index.epoch, index.tombstones)
+    assert (loaded.kind, len(loaded), loaded.epoch, loaded.tombstones) == (
+        kind,
+        len(index),
+        index.epoch,
+        index.tombstones,
+    )
     assert await loaded.search(vectors[:30], k=10) == await index.search(vectors[:30], k=10)
     await loaded.add([5000], vectors[:1])  # a loaded index is fully usable
     assert loaded.contains(5000) and not loaded.contains(0)
@@ -204,7 +209,7 @@ async def test_hnsw_recall_at_10_against_exact() -> None:
     await exact.add(range(5_000), base)
     await approx.add(range(5_000), base)
     truth, found = await exact.search(queries, 10), await approx.search(queries, 10)
-    recall = np.mean([len({i for i, _ in t} & {i for i, _ in f}) / 10 for t, f in zip(truth, found)])
+    recall = np.mean([len({i for i, _ in t} & {i for i, _ in f}) / 10 for t, f in zip(truth, found, strict=False)])
     assert recall >= 0.9, f"recall@10 {recall:.3f} < 0.9"
 
 
@@ -221,7 +226,7 @@ async def test_ivf_trains_at_its_threshold_and_keeps_recall(tmp_path: Path) -> N
     await approx.remove(range(100))
     await exact.remove(range(100))
     truth, found = await exact.search(queries, 10), await approx.search(queries, 10)
-    recall = np.mean([len({i for i, _ in t} & {i for i, _ in f}) / 10 for t, f in zip(truth, found)])
+    recall = np.mean([len({i for i, _ in t} & {i for i, _ in f}) / 10 for t, f in zip(truth, found, strict=False)])
     assert recall >= 0.9, f"recall@10 {recall:.3f} < 0.9"
     assert not {i for row in found for i, _ in row} & set(range(100))
     await approx.save(tmp_path / "ivf.rvix")
@@ -234,10 +239,10 @@ async def test_ivf_trains_again_as_it_grows() -> None:
     vectors = unit_vectors(2_500, dim=32, seed=5, clusters=20)
     index = VectorIndex(32, "ivf", ivf_train_at=500)
     await index.add(range(600), vectors[:600])
-    assert index.trained and index._index.nlist == round(600 ** 0.5)
+    assert index.trained and index._index.nlist == round(600**0.5)
     for start in range(600, 2_500, 300):
         await index.add(range(start, min(start + 300, 2_500)), vectors[start : start + 300])
-    assert index._index.nlist == round(2_400 ** 0.5) and len(index) == 2_500 and index._index.ntotal == 2_500
+    assert index._index.nlist == round(2_400**0.5) and len(index) == 2_500 and index._index.ntotal == 2_500
     hits = await index.search(vectors[2_400:2_450], 1)
     assert [row[0][0] for row in hits] == list(range(2_400, 2_450))
 

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,19 @@ from controller.plan_load import load_plan
 from controller.status import rollout_status
 from controller.views.watch_view import render
 from tests.support.daemon_harness import REPO, Daemon, write_config
-from tests.support.rehearsal import Rehearsal, Stage
-from tests.support.rehearsal import daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
+from tests.support.plans import checkpoint, guard, plan_toml, stage
+from tests.support.rehearsal import Rehearsal, Stage, daemons, exporter, rehearse, scraped  # noqa: F401  (fixtures)
 
 PHASE5 = load_plan(REPO / "deploy" / "plans" / "phase5.toml")
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)   # the seeds' hour 0
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)  # the seeds' hour 0
 STEP = timedelta(minutes=5)
-REALISTIC = {"error_rate": 0.0003, "p95_latency": 0.084, "test_pass_rate": 99.6, "cache_hit_rate": 0.81,
-             "retrieval_precision": 0.86}
+REALISTIC = {
+    "error_rate": 0.0003,
+    "p95_latency": 0.084,
+    "test_pass_rate": 99.6,
+    "cache_hit_rate": 0.81,
+    "retrieval_precision": 0.86,
+}
 WIDTHS = (60, 80, 100, 120, 200)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 COHORT = ("Builder", "Deploy", "QA")
@@ -100,8 +105,9 @@ class Run:
     def frame(self, width: int, scale: float = 1.0, **options: Any) -> list[str]:
         """The frame at this plan time, seen at the matching wall time."""
         wall = PlanClock(T0, scale).wall_time(self.now)
-        return render(self.status(scale, options.pop("kill_switch", False)), self.journal, width=width, now=wall,
-                      **options)
+        return render(
+            self.status(scale, options.pop("kill_switch", False)), self.journal, width=width, now=wall, **options
+        )
 
 
 def p95_warning_since(hours: float) -> Callable[[float], dict[str, float]]:
@@ -113,8 +119,9 @@ SCENARIOS = {
     "awaiting approval": Run().to(50),
     "rolled back": Run().to(20, lambda h: {"p95_latency": 0.35} if h > 19.8 else {}),
     "completed": Run().to(48.1).then(lambda r: approve(PHASE5, r.state, r.now, "signed off")).to(80),
-    "emergency": Run().to(13).then(lambda r: emergency(r.state, r.now, "operator: fire")),
-    "held": Run().to(5).then(lambda r: hold(r.state, r.now, "alice: dashboards are red")),
+    "emergency": Run().to(13).then(lambda r: emergency(r.state, r.now, "fire", actor="signal:SIGUSR1")),
+    "held": Run().to(5).then(lambda r: hold(r.state, r.now, "dashboards are red", actor="alice")),
+    "blind": Run().to(4.5, lambda h: {"test_pass_rate": None} if h > 4.4 else {}),
 }
 
 
@@ -151,8 +158,8 @@ def test_the_cursor_moves_with_plan_time(width: int) -> None:
     for hours in (6, 30, 60):
         bar = bar_of(Run().to(hours).frame(width))
         assert bar.index(">") == 2 + round(hours / 72 * (size - 1)), bar
-        assert set(bar[2:bar.index(">")]) <= {"=", "|", "+", "!"} and "=" in bar[2:bar.index(">")]
-        assert "=" not in bar[bar.index(">"):]
+        assert set(bar[2 : bar.index(">")]) <= {"=", "|", "+", "!"} and "=" in bar[2 : bar.index(">")]
+        assert "=" not in bar[bar.index(">") :]
         columns.append(bar.index(">"))
     assert columns == sorted(columns) and len(set(columns)) == 3
 
@@ -174,10 +181,10 @@ def test_timeline_marks_stages_checkpoints_and_the_applied_percentage() -> None:
     size = 200 - 4
     col = {h: 2 + round(h / 72 * (size - 1)) for h in (0, 4, 12, 24, 48, 49, 52, 56, 72)}
     for hours, pct in ((0, "0%"), (4, "5%"), (12, "10%"), (49, "15%"), (52, "20%"), (56, "25%")):
-        assert above[col[hours]:].startswith(pct) and bar[col[hours]] == "|", hours
+        assert above[col[hours] :].startswith(pct) and bar[col[hours]] == "|", hours
     assert (bar[col[24]], bar[col[48]], bar[col[72]]) == ("+", "!", "+")
     for hours, label in ((24, "24h"), (48, "48h!"), (72, "72h"), (12, "12h")):
-        assert below[col[hours] - len(label) + 1 if hours == 72 else col[hours]:].startswith(label), label
+        assert below[col[hours] - len(label) + 1 if hours == 72 else col[hours] :].startswith(label), label
     assert "^h 30.2" in below
     assert "applied: 10% of 5 agents: Builder, Deploy, QA, Support, Marketing" in lines
 
@@ -186,19 +193,22 @@ def test_next_transition_in_wall_time_and_plan_time() -> None:
     """At time_scale 60 the 48h checkpoint, 17h50m of plan time away (at h 30.17), is 17m50s of wall time away."""
     lines = SCENARIOS["running with a warning"].frame(140, scale=60)
     assert line_with(lines, "next in").startswith(
-        "next in 17m50s: Day 2 checkpoint (48 hours): go/no-go for Day 3  (plan h 48, 17.8 plan h away)")
+        "next in 17m50s: Day 2 checkpoint (48 hours): go/no-go for Day 3  (plan h 48, 17.8 plan h away)"
+    )
 
 
 @pytest.mark.parametrize("width", (100, 200))
 def test_guards_show_values_in_their_units_against_every_threshold(width: int) -> None:
     """Wide: each guard's value (ratio as %, seconds as ms, percent as %), its warning, critical, emergency limits."""
     lines = SCENARIOS["running with a warning"].frame(width)
-    expected = {"error_rate": ["0.03%", ">0.1%", ">0.5%", ">1%", "pass"],
-                "test_pass_rate": ["99.6%", "<98%", "<95%", "<90%", "pass"],
-                "cache_hit_rate": ["81%", "<50%", "<30%", "-"],
-                "retrieval_precision": ["86%", "<70%", "<50%"]}
-    for guard, cells in expected.items():
-        assert line_with(lines, guard).split()[:len(cells) + 1] == [guard, *cells]
+    expected = {
+        "error_rate": ["0.03%", ">0.1%", ">0.5%", ">1%", "pass"],
+        "test_pass_rate": ["99.6%", "<98%", "<95%", "<90%", "pass"],
+        "cache_hit_rate": ["81%", "<50%", "<30%", "-"],
+        "retrieval_precision": ["86%", "<70%", "<50%"],
+    }
+    for name, cells in expected.items():
+        assert line_with(lines, name).split()[: len(cells) + 1] == [name, *cells]
 
 
 def test_narrow_guards_fold_thresholds_into_one_column() -> None:
@@ -213,7 +223,7 @@ def test_a_breaching_guard_is_marked_with_its_streak_and_position() -> None:
     lines = SCENARIOS["running with a warning"].frame(200)
     row = line_with(lines, "p95_latency")
     assert row.startswith("! p95_latency") and "250ms" in row and "BREACH warning x2" in row
-    gauge = row[row.index("["):row.index("]") + 1]
+    gauge = row[row.index("[") : row.index("]") + 1]
     zones = gauge[1:-1].split("|")
     assert len(zones) == 4 and ">" in zones[1] and set(zones[0]) == {"="}, gauge
     assert not any(line_with(lines, g).startswith("!") for g in ("error_rate", "test_pass_rate", "cache_hit_rate"))
@@ -223,15 +233,15 @@ def test_decisions_most_recent_first_and_fitting_the_height() -> None:
     """The journal is listed newest first; with a height, the frame has exactly that many lines and keeps the newest."""
     run = SCENARIOS["running with a warning"]
     lines = run.frame(120)
-    rows = lines[lines.index(line_with(lines, "last decisions")) + 1:]
+    rows = lines[lines.index(line_with(lines, "last decisions")) + 1 :]
     assert len(rows) == len(run.journal)
     assert rows[0].split()[:3] == ["h", "30.08", "10-24"] and "warning" in rows[0] and "p95_latency" in rows[0]
     hours = [float(row.split()[1]) for row in rows]
     assert hours == sorted(hours, reverse=True)
     short = run.frame(120, height=len(lines) - 3)
     assert len(short) == len(lines) - 3
-    assert short[short.index(line_with(short, "last decisions")) + 1:] == rows[:-3]
-    assert len(run.frame(120, height=12)) == 12   # too short for every section: cut, never longer
+    assert short[short.index(line_with(short, "last decisions")) + 1 :] == rows[:-3]
+    assert len(run.frame(120, height=12)) == 12  # too short for every section: cut, never longer
 
 
 def test_awaiting_approval_says_how_to_approve() -> None:
@@ -247,6 +257,12 @@ def test_holding_and_rolled_back_say_why_and_what_resumes() -> None:
     """A hold shows the operator's reason and `rolloutctl resume`; a rollback shows the guard's reason."""
     held = SCENARIOS["held"].frame(120)
     assert held[1] == 'HOLDING: operator: alice: dashboards are red  run `rolloutctl resume --reason "..."`'
+    assert "hold" in line_with(held, "h  5.00") and line_with(held, "h  5.00").endswith(
+        "operator: alice: dashboards are red"
+    ), "the decision row names the actor from its field"
+    blind = SCENARIOS["blind"].frame(120)
+    assert blind[1].startswith("HOLDING: not advancing while blind: test_pass_rate")
+    assert blind[1].endswith("(clears itself once every guard reports)"), "an automatic hold, by held_by_operator"
     back = SCENARIOS["rolled back"].frame(120)
     assert back[1].startswith("ROLLED BACK: p95_latency 0.35 > critical 0.3 for 2 consecutive check(s)")
     assert "rolloutctl resume" in back[2]
@@ -259,7 +275,7 @@ def test_emergency_and_completed() -> None:
     assert lines[1].startswith("EMERGENCY: the kill switch is on") and "--clear-emergency" in lines[2]
     done = SCENARIOS["completed"].frame(100)
     assert "COMPLETED" in done[0] and "next: nothing left to schedule" in done
-    assert bar_of(done).rstrip().endswith(">")   # past the plan's end, the cursor stays at its end
+    assert bar_of(done).rstrip().endswith(">")  # past the plan's end, the cursor stays at its end
 
 
 def test_phase_colours() -> None:
@@ -280,8 +296,14 @@ def test_operator_text_cannot_move_the_cursor() -> None:
 
 def ctl(socket: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ROLLOUTD_SOCKET", "COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "deploy", "--socket", str(socket), *args], cwd=REPO,
-                          env={**env, "COLUMNS": "100"}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", "--socket", str(socket), *args],
+        cwd=REPO,
+        env={**env, "COLUMNS": "100"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("once", [True, False])
@@ -299,37 +321,24 @@ def test_interval_must_be_sensible(tmp_path: Path) -> None:
     assert done.returncode == 2 and "between 0.1 and 3600" in done.stderr
 
 
-BUILTIN_PLAN = """
-[plan]
-name = "watched"
-flags = ["watched_ranker"]
-guard_interval = "5m"
-failure_limit = 5
-
-[[stages]]
-at = 0
-percentage = 0
-agents = []
-
-[[stages]]
-at = "100h"
-percentage = 25
-agents = ["Builder", "Deploy", "QA"]
-
-[[checkpoints]]
-name = "half-way review"
-at = "50h"
-requires_approval = true
-
-[[guards]]
-name = "p95_latency"
-builtin = "p95_latency_seconds"
-unit = "seconds"
-direction = "above"
-warning = 0.2
-critical = 0.3
-no_data = "pass"
-"""
+BUILTIN_PLAN = plan_toml(
+    name="watched",
+    flags=["watched_ranker"],
+    failure_limit=5,
+    stages=[stage(0, 0), stage("100h", 25, ["Builder", "Deploy", "QA"])],
+    checkpoints=[checkpoint("50h", name="half-way review", requires_approval=True)],
+    guards=[
+        guard(
+            "p95_latency",
+            builtin="p95_latency_seconds",
+            unit="seconds",
+            direction="above",
+            warning=0.2,
+            critical=0.3,
+            no_data="pass",
+        )
+    ],
+)
 
 
 @pytest.fixture
@@ -348,15 +357,19 @@ def test_once_piped_prints_one_plain_frame(quiet_daemon: Daemon) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("watched  RUNNING  plan h ") and " / 100  time x60  kill switch off" in lines[0]
     assert max(map(len, lines)) <= 100 and "\n\n\n" not in done.stdout
-    assert bar_of(lines).startswith("  >---") and "? p95_latency" not in done.stdout   # silence passes here
+    assert bar_of(lines).startswith("  >---") and "? p95_latency" not in done.stdout  # silence passes here
 
 
 def test_piped_frames_follow_each_other_until_sigint(quiet_daemon: Daemon) -> None:
     """Piped without --once: a plain frame per interval, separated by a blank line; SIGINT exits 0."""
     env = {k: v for k, v in os.environ.items() if k not in ("ROLLOUTD_SOCKET", "LINES")}
-    proc = subprocess.Popen([sys.executable, "-m", "deploy", "--socket", str(quiet_daemon.socket), "watch",
-                             "--interval", "0.2"], cwd=REPO, env={**env, "COLUMNS": "90"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy", "--socket", str(quiet_daemon.socket), "watch", "--interval", "0.2"],
+        cwd=REPO,
+        env={**env, "COLUMNS": "90"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     seen, deadline = b"", time.monotonic() + 15
     try:
@@ -433,14 +446,16 @@ FRAME, END = b"\x1b[?2026h\x1b[H", b"\x1b[?2026l"
 
 def complete(out: bytes) -> bytes:
     """The output up to the end of the last whole frame (the next may still be on its way)."""
-    return out[:out.rfind(END) + len(END)] if END in out else b""
+    return out[: out.rfind(END) + len(END)] if END in out else b""
 
 
 def frames(out: bytes) -> list[list[str]]:
     """Each whole painted frame, as its visible lines."""
     # Lines end in CR LF, which the pty's output processing (ONLCR) turns into CR CR LF.
-    return [[ANSI.sub("", line).rstrip("\r") for line in chunk.split(END)[0].decode().split("\r\n")]
-            for chunk in complete(out).split(FRAME)[1:]]
+    return [
+        [ANSI.sub("", line).rstrip("\r") for line in chunk.split(END)[0].decode().split("\r\n")]
+        for chunk in complete(out).split(FRAME)[1:]
+    ]
 
 
 def test_live_view_in_a_terminal(rehearse: Callable[..., Rehearsal], terminal: Pty) -> None:  # noqa: F811
@@ -449,12 +464,21 @@ def test_live_view_in_a_terminal(rehearse: Callable[..., Rehearsal], terminal: P
     unreachable: retrying ..."; SIGINT exits 0 having left the alternate screen and shown the cursor again."""
     r = rehearse([Stage("0m", 0), Stage("20m", 5, COHORT), Stage("100h", 25, COHORT)], time_scale=600.0)
     env = {k: v for k, v in os.environ.items() if k not in ("ROLLOUTD_SOCKET", "COLUMNS", "LINES", "NO_COLOR")}
-    proc = subprocess.Popen([sys.executable, "-m", "deploy", "--socket", str(r.daemon.socket), "watch",
-                             "--interval", "0.2"], cwd=REPO, env={**env, "TERM": "xterm-256color"},
-                            stdin=terminal.slave, stdout=terminal.slave, stderr=terminal.slave, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy", "--socket", str(r.daemon.socket), "watch", "--interval", "0.2"],
+        cwd=REPO,
+        env={**env, "TERM": "xterm-256color"},
+        stdin=terminal.slave,
+        stdout=terminal.slave,
+        stderr=terminal.slave,
+        start_new_session=True,
+    )
     try:
-        out = complete(terminal.wait_for(lambda o: len(frames(o)) >= 4 and b"5% of 3 agents" in complete(o),
-                                         "4 frames, stage 1 applied"))
+        out = complete(
+            terminal.wait_for(
+                lambda o: len(frames(o)) >= 4 and b"5% of 3 agents" in complete(o), "4 frames, stage 1 applied"
+            )
+        )
         assert out.startswith(b"\x1b[?1049h\x1b[?25l") and b"\x1b[2J" not in out
         assert not termios.tcgetattr(terminal.slave)[3] & termios.ECHO
         shown = frames(out)
@@ -463,14 +487,18 @@ def test_live_view_in_a_terminal(rehearse: Callable[..., Rehearsal], terminal: P
         last = shown[-1]
         assert last[0].startswith("rehearsal  RUNNING  plan h ") and "time x600" in last[0]
         assert {"p95_latency", "test_pass_rate"} <= {line.split()[0] for line in last if line.strip()}
-        assert len({f[0].split("plan h ")[1].split()[0] for f in shown}) >= 2   # plan time moves between frames
+        assert len({f[0].split("plan h ")[1].split()[0] for f in shown}) >= 2  # plan time moves between frames
 
         terminal.resize(30, 70)
         proc.send_signal(signal.SIGWINCH)
         before = len(terminal.output())
+
         def narrow_frame(o: bytes) -> bool:
-            return any(f and max(map(len, f)) <= 69 and len(f) <= 30 and any("timeline" in line for line in f)
-                       for f in frames(o[before:]))
+            return any(
+                f and max(map(len, f)) <= 69 and len(f) <= 30 and any("timeline" in line for line in f)
+                for f in frames(o[before:])
+            )
+
         narrow = terminal.wait_for(narrow_frame, "a frame at 70 columns")
         assert b"\x1b[2J" not in narrow
 

@@ -28,10 +28,10 @@ from controller.host.daemon import run_daemon
 from controller.host.sdnotify import Notifier
 from tests.support.daemon_harness import Daemon, write_config
 
-INTERVAL = 1.0                 # WATCHDOG_USEC as the tests set it: a ping is due every 0.5 s
+INTERVAL = 1.0  # WATCHDOG_USEC as the tests set it: a ping is due every 0.5 s
 PERIOD = INTERVAL / 2
-SLACK = 0.3                    # scheduling noise allowed on a loaded two-core machine
-STALL = 3.0                    # well past INTERVAL: systemd would have killed the unit
+SLACK = 0.3  # scheduling noise allowed on a loaded two-core machine
+STALL = 3.0  # well past INTERVAL: systemd would have killed the unit
 READY_TIMEOUT = 30.0
 
 
@@ -84,7 +84,7 @@ def recorder(tmp_path: Path) -> Iterator[NotifyRecorder]:
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [round(b - a, 3) for a, b in zip(times, times[1:])]
+    return [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
 
 
 def between(times: list[float], start: float, end: float) -> list[float]:
@@ -99,8 +99,9 @@ class InProcessDaemon:
 
     def __init__(self, tmp_path: Path, recorder: NotifyRecorder) -> None:
         self.config = load_config(write_config(tmp_path))
-        self.notifier = Notifier(env={"NOTIFY_SOCKET": str(recorder.path),
-                                      "WATCHDOG_USEC": str(int(INTERVAL * 1_000_000))})
+        self.notifier = Notifier(
+            env={"NOTIFY_SOCKET": str(recorder.path), "WATCHDOG_USEC": str(int(INTERVAL * 1_000_000))}
+        )
         self.exit_status: int | None = None
 
     async def run(self) -> None:
@@ -116,7 +117,8 @@ class InProcessDaemon:
 
 @pytest.mark.anyio
 async def test_a_stalled_event_loop_stops_the_pings_past_the_interval_and_they_resume(
-        tmp_path: Path, recorder: NotifyRecorder) -> None:
+    tmp_path: Path, recorder: NotifyRecorder
+) -> None:
     """Pings every half interval; a 3 s block of the loop leaves a gap past WatchdogSec=; then they resume."""
     daemon = InProcessDaemon(tmp_path, recorder)
     async with anyio.create_task_group() as group:
@@ -125,7 +127,7 @@ async def test_a_stalled_event_loop_stops_the_pings_past_the_interval_and_they_r
             ready = await anyio.to_thread.run_sync(recorder.wait_for, "READY", "1", READY_TIMEOUT)
             await anyio.to_thread.run_sync(recorder.wait_for, "WATCHDOG", "1", 10.0, 5)
             stalled = time.monotonic()
-            time.sleep(STALL)   # noqa: ASYNC251  (the point: nothing else on this loop runs now)
+            time.sleep(STALL)  # noqa: ASYNC251  (the point: nothing else on this loop runs now)
             resumed = time.monotonic()
             so_far = len(recorder.times())
             await anyio.to_thread.run_sync(recorder.wait_for, "WATCHDOG", "1", 10.0, so_far + 4)
@@ -146,7 +148,8 @@ async def test_a_stalled_event_loop_stops_the_pings_past_the_interval_and_they_r
 
 @pytest.mark.anyio
 async def test_a_busy_loop_that_is_late_to_every_wakeup_still_pings_on_schedule(
-        tmp_path: Path, recorder: NotifyRecorder) -> None:
+    tmp_path: Path, recorder: NotifyRecorder
+) -> None:
     """Blocking the loop 0.3 s at a time (less than a period) delays single pings but never lets them drift."""
     daemon, block, busy_for = InProcessDaemon(tmp_path, recorder), 0.3, 6.0
     async with anyio.create_task_group() as group:
@@ -156,8 +159,8 @@ async def test_a_busy_loop_that_is_late_to_every_wakeup_still_pings_on_schedule(
             first = await anyio.to_thread.run_sync(recorder.wait_for, "WATCHDOG", "1", 10.0, 2)
             until = time.monotonic() + busy_for
             while time.monotonic() < until:
-                time.sleep(block)   # noqa: ASYNC251  (a slow callback, as a CPU-bound one would be)
-                await anyio.sleep(0.02)   # long enough for the loop to run everything that fell due
+                time.sleep(block)  # noqa: ASYNC251  (a slow callback, as a CPU-bound one would be)
+                await anyio.sleep(0.02)  # long enough for the loop to run everything that fell due
             daemon.stop()
             await anyio.to_thread.run_sync(recorder.wait_for, "STOPPING", "1", 10.0)
     assert daemon.exit_status == 0
@@ -174,7 +177,8 @@ async def test_a_busy_loop_that_is_late_to_every_wakeup_still_pings_on_schedule(
 
 
 def test_a_stopped_daemon_process_stops_pinging_and_resumes_after_sigcont(
-        tmp_path: Path, recorder: NotifyRecorder) -> None:
+    tmp_path: Path, recorder: NotifyRecorder
+) -> None:
     """SIGSTOP silences the pings past WatchdogSec=; SIGCONT brings them back at half the interval."""
     env = {"NOTIFY_SOCKET": str(recorder.path), "WATCHDOG_USEC": str(int(INTERVAL * 1_000_000))}
     daemon = Daemon(write_config(tmp_path), env=env).start(wait=False)
@@ -208,7 +212,7 @@ def test_watchdog_meant_for_another_pid_sends_no_pings(tmp_path: Path, recorder:
     daemon = Daemon(write_config(tmp_path), env=env).start(wait=False)
     try:
         ready = recorder.wait_for("READY", "1", READY_TIMEOUT)
-        time.sleep(1.0)   # five pings' worth at this interval
+        time.sleep(1.0)  # five pings' worth at this interval
         # The loop ran meanwhile (it answers), so silence on the socket is the watchdog's choice.
         assert httpx.get(daemon.base_url + "/readyz", timeout=5.0).status_code == 200
     finally:

@@ -25,30 +25,39 @@ import os
 import random
 import signal
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 
 import anyio
 import httpx
 
+from flags.clock import utcnow
 from flags.errors import FlagsError
 from flags.evaluate import FlagSet
-from flags.model import utcnow
 from flags.parse import parse_flags_text
 from retrieval.gating import ALL_ON, route_for
 from retrieval.quality import Question
 from retrieval.retriever import NotReady, RetrievalFailed, Retriever
 
 # (agent, sessions): the seeds' agents; busier agents have more sessions.
-FLEET = (("Builder", 600), ("Deploy", 300), ("QA", 400), ("Support", 500), ("Marketing", 200),
-         ("Analyst", 250), ("Legal", 100), ("Thon", 150))
-PER_SESSION_RATE = 2.5      # queries per wall second from each session in the rollout
-FRESH_SHARE = 0.05          # questions asked for the first time (about a session's own task): cache misses
-TICK = 0.02                 # wall seconds between request batches
-REFRESH = 0.25              # wall seconds between re-reading which sessions are in the rollout
-TALLY_EVERY = 0.25          # wall seconds between writes of the tally file
+FLEET = (
+    ("Builder", 600),
+    ("Deploy", 300),
+    ("QA", 400),
+    ("Support", 500),
+    ("Marketing", 200),
+    ("Analyst", 250),
+    ("Legal", 100),
+    ("Thon", 150),
+)
+PER_SESSION_RATE = 2.5  # queries per wall second from each session in the rollout
+FRESH_SHARE = 0.05  # questions asked for the first time (about a session's own task): cache misses
+TICK = 0.02  # wall seconds between request batches
+REFRESH = 0.25  # wall seconds between re-reading which sessions are in the rollout
+TALLY_EVERY = 0.25  # wall seconds between writes of the tally file
 
 
 @dataclass
@@ -57,8 +66,8 @@ class Tally:
 
     sent: int = 0
     answered: int = 0
-    failed: int = 0           # 5xx: the retriever failed (an injected fault shows here)
-    refused: int = 0          # 403/503: not rolled out to this caller, or an emergency
+    failed: int = 0  # 5xx: the retriever failed (an injected fault shows here)
+    refused: int = 0  # 403/503: not rolled out to this caller, or an emergency
     hits: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     by_agent: dict[str, int] = field(default_factory=dict)
@@ -96,19 +105,24 @@ def _write(path: Path, tally: Tally) -> None:
     os.replace(tmp, path)
 
 
-def start_fleet(base_url: str, flags: Path, questions: Sequence[str], rate: float,
-                tally: Path) -> tuple[multiprocessing.process.BaseProcess, object]:
+def start_fleet(
+    base_url: str, flags: Path, questions: Sequence[str], rate: float, tally: Path
+) -> tuple[multiprocessing.process.BaseProcess, ProcessEvent]:
     """The fleet in a process of its own; returns it and the event that stops it."""
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
-    process = context.Process(target=run_fleet, args=(base_url, str(flags), list(questions), rate, str(tally), stop),
-                              name="rolloutd-demo-fleet", daemon=True)
+    process = context.Process(
+        target=run_fleet,
+        args=(base_url, str(flags), list(questions), rate, str(tally), stop),
+        name="rolloutd-demo-fleet",
+        daemon=True,
+    )
     process.start()
     return process, stop
 
 
-def run_fleet(base_url: str, flags: str, questions: list[str], rate: float, tally: str, stop: object) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group; the demo stops the fleet
+def run_fleet(base_url: str, flags: str, questions: list[str], rate: float, tally: str, stop: ProcessEvent) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the demo stops the fleet
     fleet = Fleet(base_url, FlagsFile(Path(flags)), utcnow, questions, rate=rate)
     anyio.run(fleet.run_until, stop, Path(tally), backend="asyncio")
 
@@ -129,8 +143,16 @@ def in_rollout(snapshot: FlagSet, now: datetime) -> list[tuple[str, str]]:
 
 
 class Fleet:
-    def __init__(self, base_url: str, snapshot: Callable[[], FlagSet], clock: Callable[[], datetime],
-                 questions: Sequence[str], *, rate: float, seed: int = 4) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        snapshot: Callable[[], FlagSet],
+        clock: Callable[[], datetime],
+        questions: Sequence[str],
+        *,
+        rate: float,
+        seed: int = 4,
+    ) -> None:
         self._url, self._snapshot, self._clock = base_url, snapshot, clock
         self._questions = list(questions)
         self._weights = zipf_weights(len(self._questions))
@@ -141,8 +163,10 @@ class Fleet:
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(base_url=self._url, timeout=10.0, limits=limits, trust_env=False) as client, \
-                anyio.create_task_group() as tg:
+        async with (
+            httpx.AsyncClient(base_url=self._url, timeout=10.0, limits=limits, trust_env=False) as client,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(self._refresh)
             owed = 0.0
             while True:
@@ -156,11 +180,11 @@ class Fleet:
                 owed -= int(owed)
                 await anyio.sleep(TICK)
 
-    async def run_until(self, stop: object, tally: Path) -> None:
+    async def run_until(self, stop: ProcessEvent, tally: Path) -> None:
         """Run, writing the tally every TALLY_EVERY seconds, until `stop` (a process Event) is set."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.run)
-            while not stop.is_set():  # type: ignore[attr-defined]
+            while not stop.is_set():
                 _write(tally, self.tally)
                 await anyio.sleep(TALLY_EVERY)
             _write(tally, self.tally)
@@ -176,8 +200,9 @@ class Fleet:
         t.sent += 1
         t.by_agent[agent] = t.by_agent.get(agent, 0) + 1
         try:
-            response = await client.post("/v1/retrieve", json={"agent": agent, "targetingKey": key,
-                                                               "query": question, "top_k": 10})
+            response = await client.post(
+                "/v1/retrieve", json={"agent": agent, "targetingKey": key, "query": question, "top_k": 10}
+            )
         except httpx.HTTPError:
             t.failed += 1
             return
@@ -195,8 +220,16 @@ class Fleet:
 class RegressionSuite:
     """Labelled questions through the retriever; the rolling pass rate pushed to the daemon."""
 
-    def __init__(self, retriever: Retriever, questions: Sequence[Question], push: Callable[[float], object], *,
-                 interval: float, per_run: int = 4, memory: int = 60) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        questions: Sequence[Question],
+        push: Callable[[float], Awaitable[object]],
+        *,
+        interval: float,
+        per_run: int = 4,
+        memory: int = 60,
+    ) -> None:
         self._retriever, self._questions, self._push = retriever, list(questions), push
         self.interval, self._per_run = interval, per_run
         self.results: deque[bool] = deque(maxlen=memory)

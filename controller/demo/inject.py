@@ -22,17 +22,20 @@ USAGE = "write KIND[=AMOUNT]@START[+DURATION], e.g. latency@30h, latency=250ms@3
 
 @dataclass(frozen=True)
 class Injection:
-    kind: str                      # "latency" (amount in seconds) or "errors" (amount a share, 0-1)
+    kind: str  # "latency" (amount in seconds) or "errors" (amount a share, 0-1)
     amount: float
     start: timedelta
-    duration: timedelta | None = None   # None: until the demo ends
+    duration: timedelta | None = None  # None: until the demo ends
 
     def active(self, elapsed: timedelta) -> bool:
         return elapsed >= self.start and (self.duration is None or elapsed < self.start + self.duration)
 
     def describe(self) -> str:
-        amount = (f"+{self.amount * 1000:g} ms per retrieval" if self.kind == "latency"
-                  else f"{self.amount:.1%} of retrievals fail")
+        amount = (
+            f"+{self.amount * 1000:g} ms per retrieval"
+            if self.kind == "latency"
+            else f"{self.amount:.1%} of retrievals fail"
+        )
         until = f" for {format_duration(self.duration)}" if self.duration else ""
         return f"{self.kind} ({amount}) from hour {self.start.total_seconds() / 3600:g}{until}"
 

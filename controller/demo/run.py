@@ -33,11 +33,11 @@ from typing import Any, TextIO
 import anyio
 import httpx
 
-from controller.host.config import Config, load_config
-from controller.host.daemon import DaemonHooks, Running, run_daemon
 from controller.demo.fleet import RegressionSuite, Tally, start_fleet
 from controller.demo.inject import Injection, active_faults, parse_injection
 from controller.demo.view import DemoView
+from controller.host.config import Config, load_config
+from controller.host.daemon import DaemonHooks, Running, run_daemon
 from controller.host.logs import configure_logging
 from controller.host.sdnotify import Notifier
 from retrieval.corpus import generate
@@ -49,8 +49,8 @@ MARKER = ".rolloutd-demo"
 AUTO_APPROVE = "approved automatically by `rolloutd demo`; in production an operator runs `rolloutctl approve`"
 DEFAULT_SPEED = 1440.0  # plan seconds per wall second: 72 plan hours in 180 s
 MIN_WINDOW_QUERIES = 15  # fewer retrievals than this in a guard window make its ratios noise
-SUITE_EVERY = 0.5       # wall seconds between regression-suite runs (each pushes its pass rate)
-WARM = 2000             # questions in the cache before the rollout starts: yesterday's traffic
+SUITE_EVERY = 0.5  # wall seconds between regression-suite runs (each pushes its pass rate)
+WARM = 2000  # questions in the cache before the rollout starts: yesterday's traffic
 
 
 @dataclass
@@ -83,15 +83,31 @@ def demo(argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rolloutd demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="faults: latency@30h, latency=250ms@30h+2h, errors@40h, errors=2%%@40h+90m")
-    p.add_argument("--speed", type=float, default=DEFAULT_SPEED,
-                   help="plan seconds per wall second (default 1440: the 72-hour plan in about 3 minutes)")
-    p.add_argument("--inject", action="append", default=[], metavar="KIND[=AMOUNT]@HOUR[+DURATION]",
-                   help="inject a fault into the retriever at a plan time (repeatable)")
-    p.add_argument("--out", type=Path, default=Path("rolloutd-demo"),
-                   help="where the demo keeps its state, reports and log (default ./rolloutd-demo; replaced)")
+    p = argparse.ArgumentParser(
+        prog="rolloutd demo",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="faults: latency@30h, latency=250ms@30h+2h, errors@40h, errors=2%%@40h+90m",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=DEFAULT_SPEED,
+        help="plan seconds per wall second (default 1440: the 72-hour plan in about 3 minutes)",
+    )
+    p.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="KIND[=AMOUNT]@HOUR[+DURATION]",
+        help="inject a fault into the retriever at a plan time (repeatable)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("rolloutd-demo"),
+        help="where the demo keeps its state, reports and log (default ./rolloutd-demo; replaced)",
+    )
     p.add_argument("--rate", type=float, default=150.0, help="the fleet's maximum queries per wall second (150)")
     p.add_argument("--memories", type=int, default=3000, help="memories in the synthetic corpus (3000)")
     p.add_argument("--plain", action="store_true", help="one line per decision even on a terminal")
@@ -110,23 +126,26 @@ def _prepare(out: Path) -> Path:
 
 
 def _write_config(out: Path, speed: float) -> Path:
-    with socket.socket() as probe:          # a free port for the public listener
+    with socket.socket() as probe:  # a free port for the public listener
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     sock = out / "admin.sock"
-    if len(str(sock)) > 100:                # AF_UNIX paths are short
+    if len(str(sock)) > 100:  # AF_UNIX paths are short
         sock = Path(f"/tmp/rolloutd-demo-{os.getpid()}.sock")
-    text = (f"[daemon]\nstate_dir = {json.dumps(str(out / 'state'))}\nlisten = \"127.0.0.1:{port}\"\n"
-            f"admin_socket = {json.dumps(str(sock))}\nplan = {json.dumps(str(PLAN))}\ntime_scale = {speed!r}\n"
-            "drain_seconds = 2\n\n[retrieval]\n# validation every 6 plan hours: the gauges keep their value between rounds\n"
-            "validation_interval_seconds = 21600\n")
+    text = (
+        f'[daemon]\nstate_dir = {json.dumps(str(out / "state"))}\nlisten = "127.0.0.1:{port}"\n'
+        f"admin_socket = {json.dumps(str(sock))}\nplan = {json.dumps(str(PLAN))}\ntime_scale = {speed!r}\n"
+        "drain_seconds = 2\n\n[retrieval]\n# validation every 6 plan hours: the gauges keep their value between rounds\n"
+        "validation_interval_seconds = 21600\n"
+    )
     path = out / "rolloutd.toml"
     path.write_text(text)
     return path
 
 
-async def run_demo(config: Config, args: argparse.Namespace, injections: list[Injection], out: Path,
-                   screen: TextIO) -> int:
+async def run_demo(
+    config: Config, args: argparse.Namespace, injections: list[Injection], out: Path, screen: TextIO
+) -> int:
     outcome, started = Outcome(), anyio.Event()
     faults = Faults()
 
@@ -138,6 +157,7 @@ async def run_demo(config: Config, args: argparse.Namespace, injections: list[In
     began = time.monotonic()
     view = DemoView(screen, plain=args.plain or not screen.isatty())
     async with anyio.create_task_group() as tg:
+
         async def daemon() -> None:
             outcome.code = await run_daemon(config, notifier=Notifier(env={}), hooks=hooks)
             started.set()
@@ -155,8 +175,9 @@ async def run_demo(config: Config, args: argparse.Namespace, injections: list[In
     return outcome.code
 
 
-async def _drive(outcome: Outcome, args: argparse.Namespace, injections: list[Injection], faults: Faults,
-                 view: DemoView, out: Path) -> None:
+async def _drive(
+    outcome: Outcome, args: argparse.Namespace, injections: list[Injection], faults: Faults, view: DemoView, out: Path
+) -> None:
     """Seed, start the fleet, the suite and the faults, show the timeline, stop at the plan's end."""
     running = outcome.running
     assert running is not None and running.rollout is not None
@@ -166,18 +187,22 @@ async def _drive(outcome: Outcome, args: argparse.Namespace, injections: list[In
     async with httpx.AsyncClient(base_url=base, timeout=30.0, trust_env=False) as client:
         await _ready(client)
         for i in range(0, len(corpus.memories), 1000):
-            response = await client.post("/v1/memories:batch", json={"memories": corpus.memories[i:i + 1000]})
+            response = await client.post("/v1/memories:batch", json={"memories": corpus.memories[i : i + 1000]})
             response.raise_for_status()
         await _warm(running.retriever, corpus.questions[:WARM])
-    view.note(f"seeded {len(corpus.memories)} memories, cached the {min(WARM, len(corpus.questions))} most asked "
-              "questions; "
-              f"fleet of 8 agents at up to {args.rate:g} q/s; "
-              f"plan hour 0 was {controller.state.started_at:%H:%M:%S} UTC")
+    view.note(
+        f"seeded {len(corpus.memories)} memories, cached the {min(WARM, len(corpus.questions))} most asked "
+        "questions; "
+        f"fleet of 8 agents at up to {args.rate:g} q/s; "
+        f"plan hour 0 was {controller.state.started_at:%H:%M:%S} UTC"
+    )
     window = min(g.window for g in controller.plan.guards).total_seconds() / args.speed
     if window * args.rate < MIN_WINDOW_QUERIES:
-        view.note(f"note: at {args.speed:g}x a guard window is {window * 1000:.0f} ms of wall time, about "
-                  f"{window * args.rate:.0f} retrievals at {args.rate:g} q/s: ratios that noisy can breach "
-                  "on their own (lower --speed or raise --rate)")
+        view.note(
+            f"note: at {args.speed:g}x a guard window is {window * 1000:.0f} ms of wall time, about "
+            f"{window * args.rate:.0f} retrievals at {args.rate:g} q/s: ratios that noisy can breach "
+            "on their own (lower --speed or raise --rate)"
+        )
     tally = out / "fleet.json"
     process, stop = start_fleet(base, running.store.path, [q.query for q in corpus.questions], args.rate, tally)
     suite = RegressionSuite(running.retriever, corpus.questions, partial(_push, running), interval=SUITE_EVERY)
@@ -190,12 +215,12 @@ async def _drive(outcome: Outcome, args: argparse.Namespace, injections: list[In
                 await anyio.sleep(0.1)
             tg.cancel_scope.cancel()
     finally:
-        stop.set()   # type: ignore[attr-defined]
-        with anyio.CancelScope(shield=True):   # Ctrl-C stops the daemon first; still reap the fleet
+        stop.set()
+        with anyio.CancelScope(shield=True):  # Ctrl-C stops the daemon first; still reap the fleet
             await anyio.to_thread.run_sync(process.join, 10)
     view.refresh(controller, Tally.read(tally))
-    view.finish(controller, out / "report.html")   # read while the state is still open
-    os.kill(os.getpid(), signal.SIGTERM)    # the daemon's own graceful stop
+    view.finish(controller, out / "report.html")  # read while the state is still open
+    os.kill(os.getpid(), signal.SIGTERM)  # the daemon's own graceful stop
 
 
 async def _warm(retriever: Any, questions: list[Any]) -> None:
@@ -227,8 +252,9 @@ async def _ready(client: httpx.AsyncClient, timeout: float = 120.0) -> None:
             await anyio.sleep(0.05)
 
 
-async def _apply_faults(controller: Any, injections: list[Injection], faults: Faults, view: DemoView,
-                        outcome: Outcome) -> None:
+async def _apply_faults(
+    controller: Any, injections: list[Injection], faults: Faults, view: DemoView, outcome: Outcome
+) -> None:
     """Turn the injections on and off as plan time passes."""
     current = (0.0, 0.0)
     while injections:
@@ -237,8 +263,11 @@ async def _apply_faults(controller: Any, injections: list[Injection], faults: Fa
         if wanted != current:
             faults.latency, faults.error_ratio = wanted
             hours = elapsed.total_seconds() / 3600
-            text = (f"h{hours:5.2f} fault: " + ", ".join(i.describe() for i in injections if i.active(elapsed))
-                    if any(wanted) else f"h{hours:5.2f} fault cleared")
+            text = (
+                f"h{hours:5.2f} fault: " + ", ".join(i.describe() for i in injections if i.active(elapsed))
+                if any(wanted)
+                else f"h{hours:5.2f} fault cleared"
+            )
             outcome.injected.append(text)
             view.note(text)
             current = wanted

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import anyio
 import structlog
@@ -34,18 +35,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controller.host.public_http import Readiness
-from flags.errors import (BackupNotFoundError, FlagsError, FlagsFileError, FlagValidationError, StorageError,
-                          UnknownFlagError)
+from flags.errors import (
+    BackupNotFoundError,
+    FlagsError,
+    FlagsFileError,
+    FlagValidationError,
+    StorageError,
+    UnknownFlagError,
+)
 from flags.model import Flag
 from flags.request_json import RequestRejected, read_json
 from flags.store import FlagStore
 
 log = structlog.get_logger("rolloutd.admin")
-MAX_BODY = 64 << 10   # a reason, an actor, a flag change: far below this
+MAX_BODY = 64 << 10  # a reason, an actor, a flag change: far below this
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequest(Exception):
+    """A 4xx answer in waiting: raised by a handler, turned into `{"error": problem}` by `guarded`.
+
+    Outside controller/errors.py's tree on purpose: it is HTTP plumbing (a status code and
+    the text of the answer), raised and caught within these ASGI apps, never seen by a caller.
+    """
+
     def __init__(self, problem: str, status: int = 400) -> None:
         super().__init__(problem)
         self.status = status
@@ -67,13 +80,17 @@ async def emergency_stop(store: FlagStore, actor: str, reason: str) -> None:
     a disk that refuses the writes delays them, never the kill switch (see FlagStore.kill)."""
     store.kill()
     if store.load_error is not None:
-        log.error("emergency.overwrites_invalid_flags_file", file=str(store.path), problem=store.load_error.problem,
-                  kept_as="a backup in " + str(store.backup_dir))
+        log.error(
+            "emergency.overwrites_invalid_flags_file",
+            file=str(store.path),
+            problem=store.load_error.problem,
+            kept_as="a backup in " + str(store.backup_dir),
+        )
     await anyio.to_thread.run_sync(partial(store.persist_kill, actor=actor, reason=reason))
     log.critical("emergency.activated", actor=actor, reason=reason)
 
 
-Emergency = Callable[[str, str], Awaitable[Any]]   # (actor, reason)
+Emergency = Callable[[str, str], Awaitable[Any]]  # (actor, reason)
 
 
 async def engage_emergency(store: FlagStore, emergency: Emergency | None, actor: str, reason: str) -> None:
@@ -85,8 +102,13 @@ async def engage_emergency(store: FlagStore, emergency: Emergency | None, actor:
     try:
         await (emergency(actor, reason) if emergency is not None else emergency_stop(store, actor, reason))
     except Exception as exc:  # noqa: BLE001  (the kill switch is on; say what failed after it)
-        log.critical("emergency.incomplete", actor=actor, error=f"{type(exc).__name__}: {exc}",
-                     kill_switch="on, in memory", note="the kill switch is still written to disk")
+        log.critical(
+            "emergency.incomplete",
+            actor=actor,
+            error=f"{type(exc).__name__}: {exc}",
+            kill_switch="on, in memory",
+            note="the kill switch is still written to disk",
+        )
         await anyio.to_thread.run_sync(partial(store.persist_kill, actor=actor, reason=reason))
 
 
@@ -97,25 +119,44 @@ def durability(store: FlagStore) -> dict[str, Any]:
     return {"durable": False, "problem": str(store.held_error) if store.held_error else "the write is pending"}
 
 
-def build_admin_app(store: FlagStore, clock: Callable[[], datetime], readiness: Readiness,
-                    info: dict[str, Any], *, emergency: Emergency | None = None,
-                    extra_routes: list[Route] | None = None) -> Starlette:
+def build_admin_app(
+    store: FlagStore,
+    clock: Callable[[], datetime],
+    readiness: Readiness,
+    info: dict[str, Any],
+    *,
+    emergency: Emergency | None = None,
+    extra_routes: list[Route] | None = None,
+) -> Starlette:
     """The admin app; `emergency` replaces the kill-switch-only stop when a rollout runs
     (its flags go off too), and `extra_routes` are the rollout's own (rollout_api.py)."""
     started = time.monotonic()
 
     async def health(request: Request) -> Response:
         snap = store.snapshot
-        return JSONResponse({
-            "status": "ok", "ready": readiness.ready, "problems": readiness.problems,
-            "pid": os.getpid(), "uptime_seconds": round(time.monotonic() - started, 3),
-            "flags": len(snap), "revision": snap.revision, "kill_switch": snap.kill_switch, **info,
-        })
+        return JSONResponse(
+            {
+                "status": "ok",
+                "ready": readiness.ready,
+                "problems": readiness.problems,
+                "pid": os.getpid(),
+                "uptime_seconds": round(time.monotonic() - started, 3),
+                "flags": len(snap),
+                "revision": snap.revision,
+                "kill_switch": snap.kill_switch,
+                **info,
+            }
+        )
 
     async def list_flags(request: Request) -> Response:
         snap, now = store.snapshot, clock()
-        return JSONResponse({"revision": snap.revision, "kill_switch": snap.kill_switch,
-                             "flags": [flag_summary(f, now) for _, f in sorted(snap.flags.items())]})
+        return JSONResponse(
+            {
+                "revision": snap.revision,
+                "kill_switch": snap.kill_switch,
+                "flags": [flag_summary(f, now) for _, f in sorted(snap.flags.items())],
+            }
+        )
 
     async def show_flag(request: Request) -> Response:
         flag = store.get(request.path_params["name"])
@@ -133,14 +174,20 @@ def build_admin_app(store: FlagStore, clock: Callable[[], datetime], readiness: 
             raise BadRequest(f"percentage must be a number from 0 to 100, got {percentage!r}")
         name = request.path_params["name"]
         actor, reason = actor_of(body), reason_of(body)
-        await anyio.to_thread.run_sync(partial(store.set, name, enabled=enabled, percentage=percentage, actor=actor, reason=reason))
+        await anyio.to_thread.run_sync(
+            partial(store.set, name, enabled=enabled, percentage=percentage, actor=actor, reason=reason)
+        )
         log.warning("flag.set", flag=name, enabled=enabled, percentage=percentage, actor=actor, reason=reason)
         return JSONResponse(flag_summary(store.get(name), clock()))
 
     async def backups(request: Request) -> Response:
         items = await anyio.to_thread.run_sync(store.backups)
-        return JSONResponse({"directory": str(store.backup_dir), "backups": [
-            {"name": b.name, "size": b.size, "flags": b.flags, "problem": b.problem} for b in items]})
+        return JSONResponse(
+            {
+                "directory": str(store.backup_dir),
+                "backups": [{"name": b.name, "size": b.size, "flags": b.flags, "problem": b.problem} for b in items],
+            }
+        )
 
     async def restore(request: Request) -> Response:
         body = await body_of(request)
@@ -183,7 +230,7 @@ def guarded(handler: Handler) -> Handler:
             return JSONResponse({"error": str(exc)}, status_code=404)
         except FlagsFileError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
-        except StorageError as exc:   # the disk refused a write; nothing was changed
+        except StorageError as exc:  # the disk refused a write; nothing was changed
             return JSONResponse({"error": str(exc)}, status_code=507)
         except (FlagValidationError, FlagsError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -204,7 +251,7 @@ async def body_of(request: Request) -> dict[str, Any]:
 def reason_of(body: dict[str, Any]) -> str:
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():
-        raise BadRequest("a reason is required (--reason \"...\"): it goes into the audit log")
+        raise BadRequest('a reason is required (--reason "..."): it goes into the audit log')
     return reason.strip()
 
 

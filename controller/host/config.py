@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.errors import ConfigError
 from flags.parse import deeper_than, unreadable
+from retrieval.embedder import EmbedderError, check_spec
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "daemon": {
@@ -47,19 +49,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-MAX_DEPTH = 8   # tables and arrays within one another; a config needs 3
+MAX_DEPTH = 8  # tables and arrays within one another; a config needs 3
 TOO_DEEP = f"nested too deeply: tables and arrays more than {MAX_DEPTH} levels within one another (a config needs 3)"
-EXAMPLE_URLS = {("prometheus", "url"): "http://127.0.0.1:9090", ("notifications", "alertmanager_url"):
-                "http://127.0.0.1:9093", ("notifications", "webhook_urls"): "https://hooks.slack.com/services/..."}
-
-
-class ConfigError(ValueError):
-    """The configuration file cannot be used."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+EXAMPLE_URLS = {
+    ("prometheus", "url"): "http://127.0.0.1:9090",
+    ("notifications", "alertmanager_url"): "http://127.0.0.1:9093",
+    ("notifications", "webhook_urls"): "https://hooks.slack.com/services/...",
+}
 
 
 @dataclass(frozen=True)
@@ -114,7 +110,7 @@ class Config:
         fixed = ("state_dir", "listen_host", "listen_port", "admin_socket", "admin_socket_group")
         names = [name for name in fixed if getattr(self.daemon, name) != getattr(new.daemon, name)]
         if (self.prometheus_url, self.prometheus_timeout) != (new.prometheus_url, new.prometheus_timeout):
-            names.append("prometheus")   # the guards' client is built once, at start
+            names.append("prometheus")  # the guards' client is built once, at start
         if (self.mongodb_uri, self.redis_url, self.retrieval) != (new.mongodb_uri, new.redis_url, new.retrieval):
             names.append("retrieval")
         return names
@@ -126,14 +122,16 @@ def load_config(path: Path | str) -> Config:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(path, "no such file; pass the path of a rolloutd TOML config (see systemd/rolloutd.toml)") from None
+        raise ConfigError(
+            path, "no such file; pass the path of a rolloutd TOML config (see systemd/rolloutd.toml)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, f"cannot read it: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"not valid TOML: {exc}") from None
-    except RecursionError:   # tomllib recurses per level of nesting
+    except RecursionError:  # tomllib recurses per level of nesting
         raise ConfigError(path, TOO_DEEP) from None
-    except ValueError as exc:   # e.g. a number past Python's 4300-digit limit for integers
+    except ValueError as exc:  # e.g. a number past Python's 4300-digit limit for integers
         raise ConfigError(path, f"not valid TOML: {unreadable(exc)}") from None
     if deeper_than(raw, MAX_DEPTH):
         raise ConfigError(path, TOO_DEEP)
@@ -144,13 +142,18 @@ def check_state_dir(config: Config) -> None:
     """Raise ConfigError when [daemon] state_dir cannot hold rolloutd's files (checked at start)."""
     wanted = config.daemon.state_dir
     existing = next(p for p in (wanted, *wanted.absolute().parents) if p.exists() or p == p.parent)
-    where = f"[daemon] state_dir = \"{wanted}\""
+    where = f'[daemon] state_dir = "{wanted}"'
     if not existing.is_dir():
-        raise ConfigError(config.source, f"{where}: {existing} is a file, not a directory; point state_dir at a "
-                                         "directory, or move the file aside")
+        raise ConfigError(
+            config.source,
+            f"{where}: {existing} is a file, not a directory; point state_dir at a directory, or move the file aside",
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(config.source, f"{where}: {existing} is not writable by this user (uid {os.getuid()}); "
-                                         "give rolloutd's user write access to it (systemd: StateDirectory=)")
+        raise ConfigError(
+            config.source,
+            f"{where}: {existing} is not writable by this user (uid {os.getuid()}); "
+            "give rolloutd's user write access to it (systemd: StateDirectory=)",
+        )
 
 
 def config_from_dict(raw: dict[str, Any], path: Path) -> Config:
@@ -175,25 +178,28 @@ def config_from_dict(raw: dict[str, Any], path: Path) -> Config:
         redis_url=merged["retrieval"]["redis_url"],
         prometheus_timeout=_positive(merged["prometheus"], "timeout_seconds", path, "prometheus"),
         webhook_urls=_urls(merged["notifications"]["webhook_urls"], path),
-        alertmanager_url=_http_url(merged["notifications"]["alertmanager_url"], ("notifications", "alertmanager_url"),
-                                   path),
+        alertmanager_url=_http_url(
+            merged["notifications"]["alertmanager_url"], ("notifications", "alertmanager_url"), path
+        ),
         retrieval=_retrieval(merged["retrieval"], path),
         raw=raw,
     )
 
 
 def _retrieval(r: dict[str, Any], path: Path) -> RetrievalSection:
-    from retrieval.embedder import EmbedderError, check_spec  # noqa: PLC0415
 
     if not isinstance(r["embedder"], str):
-        raise ConfigError(path, f"[retrieval] embedder = {r['embedder']!r}: expected a string like \"hashing\"")
+        raise ConfigError(path, f'[retrieval] embedder = {r["embedder"]!r}: expected a string like "hashing"')
     try:
         check_spec(r["embedder"])
     except EmbedderError as exc:
         raise ConfigError(path, f"[retrieval] embedder: {exc}") from None
     if r["index"] not in ("flat", "ivf", "hnsw"):
-        raise ConfigError(path, f"[retrieval] index = {r['index']!r}: expected \"flat\" (exact), \"ivf\" or \"hnsw\" "
-                                "(approximate, for large collections)")
+        raise ConfigError(
+            path,
+            f'[retrieval] index = {r["index"]!r}: expected "flat" (exact), "ivf" or "hnsw" '
+            "(approximate, for large collections)",
+        )
     for key in ("rrf_k", "hops"):
         value = r[key]
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (1000 if key == "rrf_k" else 5):
@@ -205,10 +211,16 @@ def _retrieval(r: dict[str, Any], path: Path) -> RetrievalSection:
             raise ConfigError(path, f"[retrieval] {key} = {value!r}: expected a number >= 0")
     labelled = r["labelled_set"]
     if labelled is not None and (not isinstance(labelled, str) or not labelled.strip()):
-        raise ConfigError(path, f"[retrieval] labelled_set = {labelled!r}: expected the path of a JSONL file, or leave it out")
+        raise ConfigError(
+            path, f"[retrieval] labelled_set = {labelled!r}: expected the path of a JSONL file, or leave it out"
+        )
     return RetrievalSection(
-        embedder=r["embedder"], index=r["index"], rrf_k=r["rrf_k"],
-        vector_weight=float(r["vector_weight"]), graph_weight=float(r["graph_weight"]), hops=r["hops"],
+        embedder=r["embedder"],
+        index=r["index"],
+        rrf_k=r["rrf_k"],
+        vector_weight=float(r["vector_weight"]),
+        graph_weight=float(r["graph_weight"]),
+        hops=r["hops"],
         vector_timeout=_positive(r, "vector_timeout_ms", path, "retrieval") / 1000,
         graph_timeout=_positive(r, "graph_timeout_ms", path, "retrieval") / 1000,
         cache_ttl=_positive(r, "cache_ttl_seconds", path, "retrieval"),
@@ -220,11 +232,11 @@ def _retrieval(r: dict[str, Any], path: Path) -> RetrievalSection:
 def parse_listen(value: Any, path: Path) -> tuple[str, int]:
     """`host:port` (IPv6 as `[::1]:8787`) → (host, port)."""
     if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(path, f"[daemon] listen = {value!r}: expected \"HOST:PORT\", e.g. \"127.0.0.1:8787\"")
+        raise ConfigError(path, f'[daemon] listen = {value!r}: expected "HOST:PORT", e.g. "127.0.0.1:8787"')
     host, _, port_text = value.rpartition(":")
     host = host.strip("[]")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535 or not host:
-        raise ConfigError(path, f"[daemon] listen = {value!r}: expected \"HOST:PORT\" with a port from 0 to 65535")
+        raise ConfigError(path, f'[daemon] listen = {value!r}: expected "HOST:PORT" with a port from 0 to 65535')
     return host, int(port_text)
 
 
@@ -232,17 +244,28 @@ def _merge_defaults(raw: dict[str, Any], path: Path) -> dict[str, dict[str, Any]
     merged: dict[str, dict[str, Any]] = {}
     for section, body in raw.items():
         if section not in DEFAULTS:
-            raise ConfigError(path, f"unknown section [{section}]{_suggest(section, DEFAULTS)}; known: {', '.join(DEFAULTS)}")
+            raise ConfigError(
+                path, f"unknown section [{section}]{_suggest(section, DEFAULTS)}; known: {', '.join(DEFAULTS)}"
+            )
         if not isinstance(body, dict):
             raise ConfigError(path, f"{section} must be a [{section}] table")
         for key in body:
             if key not in DEFAULTS[section]:
-                raise ConfigError(path, f"unknown key {key!r} in [{section}]{_suggest(key, DEFAULTS[section])}; "
-                                        f"known: {', '.join(DEFAULTS[section])}")
+                raise ConfigError(
+                    path,
+                    f"unknown key {key!r} in [{section}]{_suggest(key, DEFAULTS[section])}; "
+                    f"known: {', '.join(DEFAULTS[section])}",
+                )
     for section, defaults in DEFAULTS.items():
         merged[section] = {**defaults, **raw.get(section, {})}
-    for section, key in (("prometheus", "url"), ("notifications", "alertmanager_url"), ("retrieval", "mongodb_uri"), ("retrieval", "redis_url"),
-                         ("daemon", "plan"), ("daemon", "admin_socket_group")):
+    for section, key in (
+        ("prometheus", "url"),
+        ("notifications", "alertmanager_url"),
+        ("retrieval", "mongodb_uri"),
+        ("retrieval", "redis_url"),
+        ("daemon", "plan"),
+        ("daemon", "admin_socket_group"),
+    ):
         value = merged[section][key]
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigError(path, f"[{section}] {key} = {value!r}: expected a non-empty string, or leave it out")
@@ -265,9 +288,12 @@ def _positive(section: dict[str, Any], key: str, path: Path, name: str = "daemon
 
 def _urls(value: Any, path: Path) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(path, f"[notifications] webhook_urls = {value!r}: expected a list of URLs, "
-                                "e.g. [\"https://hooks.slack.com/services/...\"]")
-    return tuple(_http_url(url, ("notifications", "webhook_urls"), path) for url in value)
+        raise ConfigError(
+            path,
+            f"[notifications] webhook_urls = {value!r}: expected a list of URLs, "
+            'e.g. ["https://hooks.slack.com/services/..."]',
+        )
+    return tuple(url for url in value if _http_url(url, ("notifications", "webhook_urls"), path))
 
 
 def _http_url(value: str | None, where: tuple[str, str], path: Path) -> str | None:
@@ -276,17 +302,26 @@ def _http_url(value: str | None, where: tuple[str, str], path: Path) -> str | No
         return None
     try:
         parts = urllib.parse.urlsplit(value)
-        parts.port   # noqa: B018  (parsing the port is the check)
+        parts.port  # noqa: B018  (parsing the port is the check)
     except ValueError as exc:
         problem: str | None = f"its port: {exc}"
     else:
-        problem = ("no http:// or https:// scheme" if parts.scheme not in ("http", "https")
-                   else "no host" if not parts.hostname
-                   else "it contains white space" if any(c.isspace() for c in value) else None)
+        problem = (
+            "no http:// or https:// scheme"
+            if parts.scheme not in ("http", "https")
+            else "no host"
+            if not parts.hostname
+            else "it contains white space"
+            if any(c.isspace() for c in value)
+            else None
+        )
     if problem is not None:
         section, key = where
-        raise ConfigError(path, f"[{section}] {key}: {value!r} is not an http(s) URL rolloutd can use ({problem}); "
-                                f"write it like \"{EXAMPLE_URLS[where]}\"")
+        raise ConfigError(
+            path,
+            f"[{section}] {key}: {value!r} is not an http(s) URL rolloutd can use ({problem}); "
+            f'write it like "{EXAMPLE_URLS[where]}"',
+        )
     return value
 
 

@@ -24,44 +24,45 @@ import argparse
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import structlog
 import uvicorn
 from anyio.abc import TaskStatus
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
+from controller.errors import ConfigError, ListenerError, RolloutStartError, StateFileError
 from controller.host.admin_api import build_admin_app, engage_emergency
-from controller.host.rollout_api import rollout_routes
-from controller.host.rollout_metrics import RolloutCollector
-from controller.host.rollout_runtime import Rollout, RolloutStartError, open_rollout, reload_plan
-from controller.host.config import Config, ConfigError, check_state_dir, load_config
-from controller.state_file import StateFileError
+from controller.host.config import Config, check_state_dir, load_config
 from controller.host.http_errors import contain_errors
-from controller.host.openapi_admin import admin_document
-from controller.host.openapi_public import document_route
-from controller.host.listeners import ListenerError, bind_tcp, bind_unix
+from controller.host.listeners import bind_tcp, bind_unix
 from controller.host.logs import configure_logging
 from controller.host.metrics import build_registry
-from prometheus_client import CollectorRegistry
+from controller.host.openapi_admin import admin_document
+from controller.host.openapi_public import document_route
 from controller.host.public_http import Readiness, build_public_app
 from controller.host.retrieval_runtime import build_retriever, build_validation, load_validation_set, open_and_keep
-from controller.sources.builtin_signals import Sampler
-from controller.host.signals_api import signal_routes
+from controller.host.rollout_api import rollout_routes
+from controller.host.rollout_metrics import RolloutCollector
+from controller.host.rollout_runtime import Rollout, open_rollout, reload_plan
 from controller.host.sdnotify import Notifier
+from controller.host.signals_api import signal_routes
+from controller.sources.builtin_signals import Sampler
+from flags.clock import utcnow
+from flags.errors import FlagsFileError, StorageError, StoreLockedError
+from flags.store import FlagStore
+from retrieval.faults import Faults
 from retrieval.http_api import retrieval_routes
 from retrieval.quality import LabelledSetError
-from retrieval.faults import Faults
 from retrieval.retriever import Retriever
 from retrieval.validation import ValidationJob
-from flags.errors import FlagsFileError, StorageError, StoreLockedError
-from flags.model import utcnow
-from flags.store import FlagStore
 
 log = structlog.get_logger("rolloutd")
 EX_CONFIG = 78
@@ -71,9 +72,12 @@ Clock = Callable[[], datetime]
 
 def run(argv: list[str]) -> int:
     """`rolloutd --config PATH`: the daemon in the foreground until SIGTERM; the exit status."""
-    parser = argparse.ArgumentParser(prog="rolloutd", description="Roll feature flags out to an agent fleet, safely.",
-                                     epilog="Also: rolloutd demo [--speed N] [--inject KIND@HOUR] (see `rolloutd demo --help`), "
-                                            "rolloutd replay --config PATH --from T0 [--to T1] [--json]")
+    parser = argparse.ArgumentParser(
+        prog="rolloutd",
+        description="Roll feature flags out to an agent fleet, safely.",
+        epilog="Also: rolloutd demo [--speed N] [--inject KIND@HOUR] (see `rolloutd demo --help`), "
+        "rolloutd replay --config PATH --from T0 [--to T1] [--json]",
+    )
     parser.add_argument("--config", required=True, type=Path, help="the TOML config file (see systemd/rolloutd.toml)")
     args = parser.parse_args(argv)
     configure_logging()
@@ -103,13 +107,14 @@ class Running:
 class DaemonHooks:
     """What `rolloutd demo` adds to the daemon's run; production runs pass none."""
 
-    faults: Faults | None = None              # injected into the retriever on purpose
-    auto_approve: str | None = None           # answers approval gates, with this reason journaled
-    started: Callable[[Running], None] | None = None   # called once serving, before READY=1
+    faults: Faults | None = None  # injected into the retriever on purpose
+    auto_approve: str | None = None  # answers approval gates, with this reason journaled
+    started: Callable[[Running], None] | None = None  # called once serving, before READY=1
 
 
-async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock: Clock = utcnow,
-                     hooks: DaemonHooks = DaemonHooks()) -> int:
+async def run_daemon(
+    config: Config, *, notifier: Notifier | None = None, clock: Clock = utcnow, hooks: DaemonHooks = DaemonHooks()
+) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     notifier = notifier or Notifier()
     with anyio.open_signal_receiver(*HANDLED) as signals:  # queue signals that arrive during start-up
@@ -122,26 +127,36 @@ async def run_daemon(config: Config, *, notifier: Notifier | None = None, clock:
             validation_set = load_validation_set(config)
         except LabelledSetError as exc:
             store.close()
-            return _refuse("retrieval.labelled_set_invalid", exc, problem=str(exc),
-                           remedy="fix the file or remove [retrieval] labelled_set to use the synthetic corpus")
+            return _refuse(
+                "retrieval.labelled_set_invalid",
+                exc,
+                problem=str(exc),
+                remedy="fix the file or remove [retrieval] labelled_set to use the synthetic corpus",
+            )
         registry = build_registry(lambda: store.snapshot, clock)
         retriever = build_retriever(config, registry, hooks.faults)
         validation = build_validation(config, retriever, validation_set, registry, store, clock)
         try:
-            rollout = await open_rollout(config, store, clock, Sampler(retriever.metrics, validation.gauges, clock),
-                                         auto_approve=hooks.auto_approve)
+            rollout = await open_rollout(
+                config,
+                store,
+                clock,
+                Sampler(retriever.metrics, validation.gauges, clock),
+                auto_approve=hooks.auto_approve,
+            )
         except RolloutStartError as exc:
             store.close()
             return _refuse("rollout.cannot_start", exc, problem=str(exc))
         except StateFileError as exc:
             store.close()
             return _refuse("state.unusable", exc, file=str(exc.path), problem=exc.problem, remedy=exc.remedy)
-        except StorageError as exc:   # a full disk refused what opening the rollout had to write
+        except StorageError as exc:  # a full disk refused what opening the rollout had to write
             store.close()
             return _refuse("state_dir.full", exc, error=str(exc))
         try:
-            return await _serve_until_stopped(config, store, rollout, Retrieval(retriever, validation, registry),
-                                              notifier, signals, clock, hooks)
+            return await _serve_until_stopped(
+                config, store, rollout, Retrieval(retriever, validation, registry), notifier, signals, clock, hooks
+            )
         except ListenerError as exc:
             return _refuse("listen.failed", exc, error=str(exc))
         finally:
@@ -161,21 +176,32 @@ def _refuse(event: str, message: object, **fields: Any) -> int:
 def _refuse_store(exc: Exception, config: Config) -> int:
     """Why the flag store (the first thing opened in state_dir) could not be opened."""
     if isinstance(exc, FlagsFileError):
-        return _refuse("flags.invalid", exc, file=str(exc.path), line=exc.line, problem=exc.problem,
-                       remedy="fix the file or run `rolloutctl flags restore --state-dir DIR`")
+        return _refuse(
+            "flags.invalid",
+            exc,
+            file=str(exc.path),
+            line=exc.line,
+            problem=exc.problem,
+            remedy="fix the file or run `rolloutctl flags restore --state-dir DIR`",
+        )
     if isinstance(exc, StoreLockedError):
         return _refuse("flags.locked", exc, error=str(exc))
-    if isinstance(exc, StorageError):   # a full disk at the very first start: flags.json cannot be created
+    if isinstance(exc, StorageError):  # a full disk at the very first start: flags.json cannot be created
         return _refuse("state_dir.full", exc, error=str(exc))
     if isinstance(exc, ConfigError):
         return _refuse("state_dir.unusable", exc, file=str(config.daemon.state_dir), problem=exc.problem)
     assert isinstance(exc, OSError)
-    if exc.filename is None:   # a sentence already (the store's StorageError: a full disk, ...)
+    if exc.filename is None:  # a sentence already (the store's StorageError: a full disk, ...)
         return _refuse("state_dir.unusable", exc, file=str(config.daemon.state_dir), problem=str(exc))
     remedy = "move aside or repair what is named, or restore state_dir from a backup"
     problem = exc.strerror or str(exc)
-    return _refuse("state_dir.unusable", f"{exc.filename}: {problem}; {remedy}", file=str(exc.filename),
-                   problem=problem, remedy=remedy)
+    return _refuse(
+        "state_dir.unusable",
+        f"{exc.filename}: {problem}; {remedy}",
+        file=str(exc.filename),
+        problem=problem,
+        remedy=remedy,
+    )
 
 
 @dataclass(frozen=True)
@@ -185,15 +211,32 @@ class Retrieval:
     registry: CollectorRegistry
 
 
-async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollout | None, retrieval: Retrieval,
-                               notifier: Notifier, signals: Any, clock: Clock, hooks: DaemonHooks) -> int:
+async def _serve_until_stopped(
+    config: Config,
+    store: FlagStore,
+    rollout: Rollout | None,
+    retrieval: Retrieval,
+    notifier: Notifier,
+    signals: Any,
+    clock: Clock,
+    hooks: DaemonHooks,
+) -> int:
     readiness = Readiness()
     snapshot = lambda: store.snapshot  # noqa: E731  (always the current snapshot)
     registry, retriever, validation = retrieval.registry, retrieval.retriever, retrieval.validation
-    info = {"listen": config.daemon.listen, "admin_socket": str(config.daemon.admin_socket),
-            "state_dir": str(config.daemon.state_dir), "config": str(config.source)}
-    public = _server(build_public_app(snapshot, clock, registry, readiness,
-                                      extra_routes=retrieval_routes(retriever, snapshot, clock)), config, "public")
+    info = {
+        "listen": config.daemon.listen,
+        "admin_socket": str(config.daemon.admin_socket),
+        "state_dir": str(config.daemon.state_dir),
+        "config": str(config.source),
+    }
+    public = _server(
+        build_public_app(
+            snapshot, clock, registry, readiness, extra_routes=retrieval_routes(retriever, snapshot, clock)
+        ),
+        config,
+        "public",
+    )
     controller = rollout.controller if rollout else None
     if controller is not None:
         registry.register(RolloutCollector(controller))
@@ -201,8 +244,9 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
     routes = rollout_routes(controller, rollout.schedule.wake_at_next_transition if rollout else lambda: None)
     routes += signal_routes(rollout.builtin if rollout else None)
     routes.append(document_route("/v1/openapi.json", admin_document()))
-    admin = _server(build_admin_app(store, clock, readiness, info, emergency=emergency, extra_routes=routes), config,
-                    "admin")
+    admin = _server(
+        build_admin_app(store, clock, readiness, info, emergency=emergency, extra_routes=routes), config, "admin"
+    )
     tcp = bind_tcp(config.daemon.listen_host, config.daemon.listen_port)
     uds = bind_unix(config.daemon.admin_socket, config.daemon.admin_socket_group)
     holder = {"config": config}
@@ -213,10 +257,12 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
                 await serving.start(_serve, admin, uds)
                 readiness.set("starting", None)
                 readiness.set("retrieval", retriever.problem)
+
                 def retrieval_problem(problem: str | None) -> None:
                     readiness.set("retrieval", problem)
                     if problem is None:
-                        validation.wake()   # measure now rather than one interval after start
+                        validation.wake()  # measure now rather than one interval after start
+
                 background.start_soon(open_and_keep, retriever, retrieval_problem)
                 background.start_soon(validation.run)
                 if rollout is not None:
@@ -227,13 +273,26 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
                 host, port = tcp.getsockname()[:2]
                 if hooks.started is not None:
                     hooks.started(Running(retriever, rollout, store, host, port, config.daemon.admin_socket))
-                log.info("daemon.ready", listen=f"{host}:{port}", admin_socket=str(config.daemon.admin_socket),
-                         flags=len(store.snapshot), kill_switch=store.snapshot.kill_switch, priority="notice")
+                log.info(
+                    "daemon.ready",
+                    listen=f"{host}:{port}",
+                    admin_socket=str(config.daemon.admin_socket),
+                    flags=len(store.snapshot),
+                    kill_switch=store.snapshot.kill_switch,
+                    priority="notice",
+                )
                 notifier.ready(_status(store, host, port, rollout))
                 if notifier.watchdog_seconds:
                     background.start_soon(_watchdog, notifier, notifier.watchdog_seconds)
-                await _handle_signals(signals, store, rollout, holder, notifier,
-                                      partial(_status, store, host, port, rollout), (public, admin))
+                await _handle_signals(
+                    signals,
+                    store,
+                    rollout,
+                    holder,
+                    notifier,
+                    partial(_status, store, host, port, rollout),
+                    (public, admin),
+                )
                 readiness.set("stopping", "draining in-flight requests")
                 notifier.stopping(f"draining for up to {holder['config'].daemon.drain_seconds:g}s")
                 for server in (public, admin):
@@ -244,15 +303,21 @@ async def _serve_until_stopped(config: Config, store: FlagStore, rollout: Rollou
     finally:
         config.daemon.admin_socket.unlink(missing_ok=True)
         with anyio.CancelScope(shield=True):
-            await retriever.close()   # saves the vector indexes changed since the last save
+            await retriever.close()  # saves the vector indexes changed since the last save
     log.info("daemon.stopped", priority="notice")
     return 0
 
 
 def _server(app: Starlette, config: Config, listener: str) -> uvicorn.Server:
     settings = uvicorn.Config(
-        contain_errors(app, listener), lifespan="off", log_config=None, access_log=False, server_header=False,
-        http="httptools", timeout_graceful_shutdown=config.daemon.drain_seconds,
+        contain_errors(app, listener),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        http="httptools",
+        # uvicorn annotates int, and hands it to asyncio as a timeout, which takes seconds as a float
+        timeout_graceful_shutdown=config.daemon.drain_seconds,  # type: ignore[arg-type]  # see above
     )
     return uvicorn.Server(settings)
 
@@ -267,8 +332,15 @@ async def _serve(server: uvicorn.Server, sock: socket.socket, *, task_status: Ta
     await server.shutdown(sockets=[sock])
 
 
-async def _handle_signals(signals: Any, store: FlagStore, rollout: Rollout | None, holder: dict[str, Config],
-                          notifier: Notifier, status: Callable[[], str], servers: tuple[uvicorn.Server, ...]) -> None:
+async def _handle_signals(
+    signals: Any,
+    store: FlagStore,
+    rollout: Rollout | None,
+    holder: dict[str, Config],
+    notifier: Notifier,
+    status: Callable[[], str],
+    servers: tuple[uvicorn.Server, ...],
+) -> None:
     """React to signals until one says stop."""
     async for signum in signals:
         name = signal.Signals(signum).name
@@ -281,16 +353,20 @@ async def _handle_signals(signals: Any, store: FlagStore, rollout: Rollout | Non
             if rollout is not None:
                 reload_plan(rollout, holder["config"])
             notifier.ready(status())
-        elif signum == signal.SIGUSR1:   # never raises: the kill switch is on in memory first, whatever the disk says
+        elif signum == signal.SIGUSR1:  # never raises: the kill switch is on in memory first, whatever the disk says
             stop = rollout.controller.emergency_stop if rollout is not None else None
             await engage_emergency(store, stop, "signal:SIGUSR1", "emergency shutdown requested with SIGUSR1")
             if rollout is not None:
                 rollout.schedule.wake_at_next_transition()
             notifier.status(status())
         elif signum == signal.SIGUSR2:
-            log.info("daemon.status", status=status(), revision=store.snapshot.revision,
-                     flags={n: f.to_dict() for n, f in store.snapshot.flags.items()},
-                     rollout=rollout.controller.status() if rollout else None)
+            log.info(
+                "daemon.status",
+                status=status(),
+                revision=store.snapshot.revision,
+                flags={n: f.to_dict() for n, f in store.snapshot.flags.items()},
+                rollout=rollout.controller.status() if rollout else None,
+            )
 
 
 async def _reload(store: FlagStore, holder: dict[str, Config], servers: tuple[uvicorn.Server, ...]) -> None:
@@ -304,14 +380,19 @@ async def _reload(store: FlagStore, holder: dict[str, Config], servers: tuple[uv
         if needs_restart:
             log.warning("config.restart_needed", settings=needs_restart)
         for server in servers:
-            server.config.timeout_graceful_shutdown = new.daemon.drain_seconds
+            server.config.timeout_graceful_shutdown = new.daemon.drain_seconds  # type: ignore[assignment]  # as above
         holder["config"] = new
         log.info("config.reloaded", file=str(new.source))
     try:
         snap = await anyio.to_thread.run_sync(store.reload)
     except FlagsFileError as exc:
-        log.error("flags.reload_rejected", file=str(exc.path), line=exc.line, problem=exc.problem,
-                  kept_revision=store.snapshot.revision)
+        log.error(
+            "flags.reload_rejected",
+            file=str(exc.path),
+            line=exc.line,
+            problem=exc.problem,
+            kept_revision=store.snapshot.revision,
+        )
     else:
         log.info("flags.reloaded", revision=snap.revision, flags=len(snap))
 
@@ -341,4 +422,3 @@ def _status(store: FlagStore, host: str, port: int, rollout: Rollout | None = No
         state = rollout.controller.state
         text += f"; rollout {state.plan} {state.phase} at {state.percentage:g}%"
     return text
-

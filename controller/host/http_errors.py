@@ -35,11 +35,22 @@ def contain_errors(app: Starlette, listener: str) -> ASGIApp:
     """`app` with a JSON 500 and one log line for every exception its routes let escape."""
 
     async def internal_error(request: Request, exc: Exception) -> Response:
-        log.error("http.unhandled", listener=listener, method=request.method, path=request.url.path,
-                  error=f"{type(exc).__name__}: {str(exc)[:200]}", at=_origin(exc))
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}) while serving {request.method} "
-                                      f"{request.url.path}; the daemon logged it as http.unhandled",
-                             "errorCode": "GENERAL"}, status_code=500)
+        log.error(
+            "http.unhandled",
+            listener=listener,
+            method=request.method,
+            path=request.url.path,
+            error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            at=_origin(exc),
+        )
+        return JSONResponse(
+            {
+                "error": f"internal error ({type(exc).__name__}) while serving {request.method} "
+                f"{request.url.path}; the daemon logged it as http.unhandled",
+                "errorCode": "GENERAL",
+            },
+            status_code=500,
+        )
 
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(HTTPException, _refused)
@@ -55,15 +66,18 @@ def contain_errors(app: Starlette, listener: str) -> ASGIApp:
 
 async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}", "errorCode": "GENERAL"},
-                        status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(
+        {"error": f"{exc.detail}: {request.method} {request.url.path}", "errorCode": "GENERAL"},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 def _origin(exc: BaseException) -> str:
     """`file:line in function` of the innermost frame in our own code (else the innermost)."""
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if f.filename.startswith(_OURS)]
-    frame = (ours or frames or [None])[-1]
-    if frame is None:
+    if not (candidates := ours or frames):
         return "unknown"
+    frame = candidates[-1]
     return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"

@@ -13,9 +13,7 @@ import socket
 import stat
 from pathlib import Path
 
-
-class ListenerError(RuntimeError):
-    pass
+from controller.errors import ListenerError
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -24,7 +22,9 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host, port), family=family, backlog=1024)
     except OSError as exc:
         raise ListenerError(f"cannot listen on {host}:{port}: {exc.strerror}; change [daemon] listen") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets; asyncio skips proto=0 ones
+    sock.setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+    )  # inherited by accepted sockets; asyncio skips proto=0 ones
     sock.setblocking(False)
     return sock
 
@@ -33,9 +33,11 @@ def bind_unix(path: Path, group: str | None = None) -> socket.socket:
     """Listen on `path` with mode 0660 (group `group` if given)."""
     try:
         path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    except OSError as exc:   # a file where the directory should be, or no permission
-        raise ListenerError(f"cannot create the admin socket's directory {path.parent}: {exc.strerror}; "
-                            "change [daemon] admin_socket or move what is in the way aside") from None
+    except OSError as exc:  # a file where the directory should be, or no permission
+        raise ListenerError(
+            f"cannot create the admin socket's directory {path.parent}: {exc.strerror}; "
+            "change [daemon] admin_socket or move what is in the way aside"
+        ) from None
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o117)  # the socket is born 0660: no window where others may connect
@@ -43,7 +45,9 @@ def bind_unix(path: Path, group: str | None = None) -> socket.socket:
         sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise ListenerError(f"cannot create the admin socket {path}: {exc.strerror}; change [daemon] admin_socket") from None
+        raise ListenerError(
+            f"cannot create the admin socket {path}: {exc.strerror}; change [daemon] admin_socket"
+        ) from None
     finally:
         os.umask(old)
     os.chmod(path, 0o660)
@@ -82,5 +86,7 @@ def _chgrp(path: Path, group: str) -> None:
     try:
         os.chown(path, -1, gid)
     except OSError as exc:
-        raise ListenerError(f"cannot give {path} to group {group!r}: {exc.strerror}; the daemon must be a member "
-                            f"of that group, or leave admin_socket_group out") from None
+        raise ListenerError(
+            f"cannot give {path} to group {group!r}: {exc.strerror}; the daemon must be a member "
+            f"of that group, or leave admin_socket_group out"
+        ) from None

@@ -20,35 +20,46 @@ import json
 import logging
 import sys
 import traceback
-from datetime import datetime, timezone
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
 
 SYSLOG_PRIORITY = {
-    "emerg": 0, "alert": 1, "critical": 2, "crit": 2, "error": 3, "err": 3,
-    "warning": 4, "warn": 4, "notice": 5, "info": 6, "debug": 7,
+    "emerg": 0,
+    "alert": 1,
+    "critical": 2,
+    "crit": 2,
+    "error": 3,
+    "err": 3,
+    "warning": 4,
+    "warn": 4,
+    "notice": 5,
+    "info": 6,
+    "debug": 7,
 }
 
 
-def render_line(event: dict[str, Any]) -> str:
+def render_line(event: MutableMapping[str, Any]) -> str:
     """`<N>{json}` for one event; `priority` (a syslog name) overrides the level's."""
     level = str(event.get("level", "info")).lower()
     wanted = str(event.pop("priority", level)).lower()
     priority = SYSLOG_PRIORITY.get(wanted, 6)
     if wanted in SYSLOG_PRIORITY:
         event["level"] = wanted
-    event.setdefault("time", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    event.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
     return f"<{priority}>" + json.dumps(event, default=str, separators=(",", ":"))
 
 
-def _renderer(_logger: Any, _method: str, event: dict[str, Any]) -> str:
+def _renderer(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
     return render_line(event)
 
 
-def configure_logging(stream: TextIO | None = None, level: int = logging.INFO, *,
-                      log_crashes: bool | None = None) -> None:
+def configure_logging(
+    stream: TextIO | None = None, level: int = logging.INFO, *, log_crashes: bool | None = None
+) -> None:
     """Send structlog and stdlib logging to `stream` as prefixed JSON lines; and an uncaught
     exception too, when `log_crashes` (by default: when logging to stdout)."""
     out = stream or sys.stdout
@@ -83,8 +94,12 @@ class _CrashWriter:
         if issubclass(kind, KeyboardInterrupt):
             sys.__excepthook__(kind, exc, tb)
             return
-        event = {"event": "daemon.crashed", "level": "crit", "error": f"{kind.__name__}: {exc}",
-                 "exception": "".join(traceback.format_exception(kind, exc, tb))}
+        event = {
+            "event": "daemon.crashed",
+            "level": "crit",
+            "error": f"{kind.__name__}: {exc}",
+            "exception": "".join(traceback.format_exception(kind, exc, tb)),
+        }
         print(render_line(event), file=self.out, flush=True)
 
 

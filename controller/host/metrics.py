@@ -6,8 +6,8 @@ be stale or disagree with the flags file.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -26,16 +26,22 @@ class FlagsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         flags = self._snapshot()
         now = self._clock()
-        enabled = GaugeMetricFamily("rolloutd_flag_enabled", "1 when the flag is enabled in flags.json.", labels=["flag"])
-        percent = GaugeMetricFamily("rolloutd_flag_rollout_percent",
-                                    "Share of contexts (0-100) the flag is rolled out to now.", labels=["flag"])
+        enabled = GaugeMetricFamily(
+            "rolloutd_flag_enabled", "1 when the flag is enabled in flags.json.", labels=["flag"]
+        )
+        percent = GaugeMetricFamily(
+            "rolloutd_flag_rollout_percent", "Share of contexts (0-100) the flag is rolled out to now.", labels=["flag"]
+        )
         for name, flag in sorted(flags.flags.items()):
             enabled.add_metric([name], 1.0 if flag.enabled else 0.0)
             percent.add_metric([name], flag.percentage_at(now))
         yield enabled
         yield percent
-        yield GaugeMetricFamily("rolloutd_emergency_shutdown",
-                                "1 while emergency_shutdown (the kill switch) is on.", value=1.0 if flags.kill_switch else 0.0)
+        yield GaugeMetricFamily(
+            "rolloutd_emergency_shutdown",
+            "1 while emergency_shutdown (the kill switch) is on.",
+            value=1.0 if flags.kill_switch else 0.0,
+        )
 
 
 def build_registry(snapshot: Callable[[], FlagSet], clock: Callable[[], datetime]) -> CollectorRegistry:

@@ -3,8 +3,8 @@ and /openapi.json describing all of them (controller/host/openapi_public.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from flags.evaluate import FlagSet
 from controller.host.openapi_public import document_route, public_document
+from flags.evaluate import FlagSet
 from flags.ofrep import ofrep_routes
 
 
@@ -34,9 +34,13 @@ class Readiness:
         return not self.problems
 
 
-def build_public_app(snapshot: Callable[[], FlagSet], clock: Callable[[], datetime],
-                     registry: CollectorRegistry, readiness: Readiness,
-                     extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+def build_public_app(
+    snapshot: Callable[[], FlagSet],
+    clock: Callable[[], datetime],
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

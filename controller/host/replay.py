@@ -16,23 +16,25 @@ daemon.
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from controller.host.config import ConfigError, load_config
-from controller.decide import Decision, Phase
+from controller.decide import Phase
+from controller.decision import Decision
+from controller.errors import ConfigError, PlanError
+from controller.host.config import load_config
 from controller.host.logs import configure_logging
 from controller.plan_clock import iso_z
-from controller.plan_load import PlanError, load_plan
-from controller.sources.prometheus import PrometheusSource
+from controller.plan_load import load_plan
 from controller.service import Controller
+from controller.sources.prometheus import PrometheusSource
 from controller.state_db import StateDB
 from flags.store import FlagStore
 
@@ -50,23 +52,32 @@ class SimClock:
 def parse_time(text: str) -> datetime:
     """ISO-8601 (`2025-10-23T09:00:00Z`) or a unix timestamp; naive means UTC."""
     try:
-        moment = datetime.fromtimestamp(float(text), timezone.utc)
+        moment = datetime.fromtimestamp(float(text), UTC)
     except ValueError:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a time: write 2025-10-23T09:00:00Z or a unix timestamp") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a time: write 2025-10-23T09:00:00Z or a unix timestamp"
+            ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rolloutd replay", description="Run the plan against Prometheus history.")
     p.add_argument("--config", required=True, type=Path, help="the rolloutd config (its plan and [prometheus] url)")
     p.add_argument("--from", dest="start", required=True, type=parse_time, metavar="T0", help="the plan's hour 0")
-    p.add_argument("--to", dest="end", type=parse_time, metavar="T1",
-                   help="where to stop (default: the plan's last event plus two guard intervals, or now)")
+    p.add_argument(
+        "--to",
+        dest="end",
+        type=parse_time,
+        metavar="T1",
+        help="where to stop (default: the plan's last event plus two guard intervals, or now)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object a line per decision")
-    p.add_argument("--approve", action="store_true", help="approve checkpoints as soon as they ask (said in the journal)")
+    p.add_argument(
+        "--approve", action="store_true", help="approve checkpoints as soon as they ask (said in the journal)"
+    )
     p.add_argument("--reports", type=Path, metavar="DIR", help="copy the checkpoint reports here")
     p.add_argument("--verbose", action="store_true", help="log every guard evaluation to stderr (JSON lines)")
     return p
@@ -74,18 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def replay(argv: list[str], out: TextIO = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(sys.stderr, logging.INFO if args.verbose else logging.ERROR)   # stdout is the decisions
+    configure_logging(sys.stderr, logging.INFO if args.verbose else logging.ERROR)  # stdout is the decisions
     try:
         config = load_config(args.config)
         if config.daemon.plan is None:
             raise ConfigError(args.config, "[daemon] plan is not set: replay needs a plan")
         if config.prometheus_url is None:
             raise ConfigError(args.config, "[prometheus] url is not set: replay reads Prometheus history")
-        plan = replace(load_plan(config.daemon.plan), start=args.start)   # hour 0 is T0, whatever the plan says
+        plan = replace(load_plan(config.daemon.plan), start=args.start)  # hour 0 is T0, whatever the plan says
     except (ConfigError, PlanError) as exc:
         print(f"rolloutd replay: {exc}", file=sys.stderr)
         return EX_CONFIG
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     end = args.end or min(now, args.start + plan.end + 2 * plan.guard_interval)
     if end <= args.start:
         print(f"rolloutd replay: --to {end.isoformat()} is not after --from {args.start.isoformat()}", file=sys.stderr)
@@ -96,11 +107,18 @@ async def replay(argv: list[str], out: TextIO = sys.stdout) -> int:
         store = FlagStore.open(Path(scratch))
         db = StateDB(Path(scratch), durable=False)
         client = PrometheusSource.build_client(config.prometheus_url, timeout=config.prometheus_timeout)
-        controller = Controller(plan, db, store, PrometheusSource(client), wall=clock, state_dir=Path(scratch),
-                                auto_approve="approved by `rolloutd replay --approve`" if args.approve else None)
+        controller = Controller(
+            plan,
+            db,
+            store,
+            PrometheusSource(client),
+            wall=clock,
+            state_dir=Path(scratch),
+            auto_approve="approved by `rolloutd replay --approve`" if args.approve else None,
+        )
         try:
             _print(await controller.open(), args.start, args.json, out, totals)
-            regular_at = clock.now   # the regular rounds' grid, as the daemon's guards job keeps it
+            regular_at = clock.now  # the regular rounds' grid, as the daemon's guards job keeps it
             while clock.now <= end and controller.state.phase not in (Phase.COMPLETED, Phase.EMERGENCY):
                 regular = clock.now >= regular_at
                 _print(await controller.evaluate(regular=regular), args.start, args.json, out, totals)
@@ -116,11 +134,23 @@ async def replay(argv: list[str], out: TextIO = sys.stdout) -> int:
             db.close()
             store.close()
         state = controller.state
-    summary = {"summary": True, "phase": str(state.phase), "stage": state.stage, "percentage": state.percentage,
-               "rollbacks": state.rollbacks, "decisions": totals, "from": iso_z(args.start), "to": iso_z(min(clock.now, end))}
-    print(json.dumps(summary) if args.json else
-          f"replay ended {summary['to']}: {state.phase} at {state.percentage:g}% (stage {state.stage}), "
-          f"{state.rollbacks} rollback(s)", file=out)
+    summary = {
+        "summary": True,
+        "phase": str(state.phase),
+        "stage": state.stage,
+        "percentage": state.percentage,
+        "rollbacks": state.rollbacks,
+        "decisions": totals,
+        "from": iso_z(args.start),
+        "to": iso_z(min(clock.now, end)),
+    }
+    print(
+        json.dumps(summary)
+        if args.json
+        else f"replay ended {summary['to']}: {state.phase} at {state.percentage:g}% (stage {state.stage}), "
+        f"{state.rollbacks} rollback(s)",
+        file=out,
+    )
     return 0
 
 
@@ -138,6 +168,8 @@ def _print(decisions: list[Decision], start: datetime, as_json: bool, out: TextI
         if as_json:
             print(json.dumps({**d.to_dict(), "plan_hour": round(hours, 4)}), file=out, flush=True)
         else:
-            print(f"{iso_z(d.at)}  +{hours:6.2f}h  {d.action:<17} stage {d.stage:>2} {d.percentage:>5g}%  {d.reason}",
-                  file=out, flush=True)
-
+            print(
+                f"{iso_z(d.at)}  +{hours:6.2f}h  {d.action:<17} stage {d.stage:>2} {d.percentage:>5g}%  {d.said}",
+                file=out,
+                flush=True,
+            )

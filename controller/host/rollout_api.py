@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import anyio
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from controller.errors import CommandRefused
 from controller.host.admin_api import BadRequest, actor_of, body_of, guarded, reason_of
-from controller.decide import CommandRefused
 from controller.service import COMMANDS, Controller
 
 NO_PLAN = "this daemon runs no rollout: set [daemon] plan in its config and restart it"
 NEEDS_REASON = ("hold", "rollback")
-MAX_OBSERVATIONS = 10_000   # rows per request
+MAX_OBSERVATIONS = 10_000  # rows per request
 
 
 def rollout_routes(controller: Controller | None, on_change: Callable[[], None] = lambda: None) -> list[Route]:
@@ -52,11 +52,11 @@ def rollout_routes(controller: Controller | None, on_change: Callable[[], None] 
         since, limit = _int(request, "since", 0), _int(request, "limit", 1000)
         if not 1 <= limit <= MAX_OBSERVATIONS:
             raise BadRequest(f"limit must be 1 to {MAX_OBSERVATIONS}, got {limit}; page on with ?since=SEQ")
-        guard = request.query_params.get("guard")   # a guard a reloaded plan dropped still has its history
+        guard = request.query_params.get("guard")  # a guard a reloaded plan dropped still has its history
         if guard is not None and not guard.strip():
             raise BadRequest("guard must name a guard, got an empty value")
         read = partial(need().observations, since_seq=since, limit=limit, guard=guard)
-        return JSONResponse({"observations": await anyio.to_thread.run_sync(read)})   # ~10 ms a 5000-row page
+        return JSONResponse({"observations": await anyio.to_thread.run_sync(read)})  # ~10 ms a 5000-row page
 
     async def command(request: Request) -> Response:
         name = request.path_params["command"]
@@ -66,14 +66,13 @@ def rollout_routes(controller: Controller | None, on_change: Callable[[], None] 
         reason = reason_of(body) if name in NEEDS_REASON else _optional_text(body, "reason")
         to = body.get("to")
         if name != "rollback" and to is not None:
-            raise BadRequest(f"\"to\" is for rollback only; {name} takes no stage")
+            raise BadRequest(f'"to" is for rollback only; {name} takes no stage')
         if name == "rollback" and (isinstance(to, bool) or not isinstance(to, int)):
-            raise BadRequest(f"rollback needs \"to\": a stage index (0 for the first stage, -1 for none), got {to!r}")
+            raise BadRequest(f'rollback needs "to": a stage index (0 for the first stage, -1 for none), got {to!r}')
         clear = body.get("clear_emergency", False)
         if not isinstance(clear, bool):
             raise BadRequest(f"clear_emergency must be true or false, got {clear!r}")
-        decisions = await need().command(name, reason=reason, actor=actor_of(body), to_stage=to,
-                                         clear_emergency=clear)
+        decisions = await need().command(name, reason=reason, actor=actor_of(body), to_stage=to, clear_emergency=clear)
         on_change()
         return JSONResponse({"decisions": [d.to_dict() for d in decisions], "status": need().status()})
 

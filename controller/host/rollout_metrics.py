@@ -17,7 +17,7 @@ goes up across restarts (as `_total` promises).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -36,36 +36,50 @@ class RolloutCollector(Collector):
         state, plan = c.state, c.plan
         name = [plan.name]
         yield _gauge("rolloutd_rollout_stage", "Index of the applied stage (-1: none yet).", name, state.stage)
-        yield _gauge("rolloutd_rollout_percentage", "The applied stage's rollout percentage (0-100).", name,
-                     state.percentage)
-        phase = GaugeMetricFamily("rolloutd_rollout_phase", "1 for the rollout's current phase.",
-                                  labels=["rollout", "phase"])
+        yield _gauge(
+            "rolloutd_rollout_percentage", "The applied stage's rollout percentage (0-100).", name, state.percentage
+        )
+        phase = GaugeMetricFamily(
+            "rolloutd_rollout_phase", "1 for the rollout's current phase.", labels=["rollout", "phase"]
+        )
         for p in Phase:
             phase.add_metric([plan.name, str(p)], 1.0 if state.phase is p else 0.0)
         yield phase
-        yield _gauge("rolloutd_rollout_emergency", "1 while the rollout is in emergency shutdown.", name,
-                     1.0 if state.phase is Phase.EMERGENCY else 0.0)
-        rollbacks = CounterMetricFamily("rolloutd_rollout_rollbacks", "Rollbacks, by what triggered them.",
-                                        labels=["rollout", "trigger"])
+        yield _gauge(
+            "rolloutd_rollout_emergency",
+            "1 while the rollout is in emergency shutdown.",
+            name,
+            1.0 if state.phase is Phase.EMERGENCY else 0.0,
+        )
+        rollbacks = CounterMetricFamily(
+            "rolloutd_rollout_rollbacks", "Rollbacks, by what triggered them.", labels=["rollout", "trigger"]
+        )
         for trigger, count in sorted(c.rollback_counts.items()):
             rollbacks.add_metric([plan.name, trigger], count)
         yield rollbacks
-        value = GaugeMetricFamily("rolloutd_guard_value", "The guard's last observed value.", labels=["rollout", "guard"])
-        verdict = GaugeMetricFamily("rolloutd_guard_verdict", "1 for the guard's last verdict.",
-                                    labels=["rollout", "guard", "verdict"])
-        breaches = GaugeMetricFamily("rolloutd_guard_consecutive_breaches", "Consecutive breaching evaluations.",
-                                     labels=["rollout", "guard"])
-        failures = GaugeMetricFamily("rolloutd_guard_consecutive_failures",
-                                     "Consecutive failed evaluations (errors, or no data where silence is blindness).",
-                                     labels=["rollout", "guard"])
+        value = GaugeMetricFamily(
+            "rolloutd_guard_value", "The guard's last observed value.", labels=["rollout", "guard"]
+        )
+        verdict = GaugeMetricFamily(
+            "rolloutd_guard_verdict", "1 for the guard's last verdict.", labels=["rollout", "guard", "verdict"]
+        )
+        breaches = GaugeMetricFamily(
+            "rolloutd_guard_consecutive_breaches", "Consecutive breaching evaluations.", labels=["rollout", "guard"]
+        )
+        failures = GaugeMetricFamily(
+            "rolloutd_guard_consecutive_failures",
+            "Consecutive failed evaluations (errors, or no data where silence is blindness).",
+            labels=["rollout", "guard"],
+        )
         for guard in plan.guards:
             counters = state.guards.get(guard.name)
             last = counters.last if counters else None
             if last is not None and last.value is not None:
                 value.add_metric([plan.name, guard.name], last.value)
             for outcome in Outcome:
-                verdict.add_metric([plan.name, guard.name, str(outcome)],
-                                   1.0 if last is not None and last.outcome is outcome else 0.0)
+                verdict.add_metric(
+                    [plan.name, guard.name, str(outcome)], 1.0 if last is not None and last.outcome is outcome else 0.0
+                )
             breaches.add_metric([plan.name, guard.name], counters.breaches if counters else 0)
             failures.add_metric([plan.name, guard.name], counters.failures(guard) if counters else 0)
         yield from (value, verdict, breaches, failures)

@@ -14,24 +14,21 @@ import anyio
 import httpx
 import structlog
 
-from controller.sources.builtin_signals import BuiltinSource, Sampler, missing_builtins
+from controller.errors import PlanError, PlanMismatch, RolloutStartError
 from controller.host.config import Config
 from controller.notify import Notifications
-from controller.plan_clock import Clock, JumpDetector
 from controller.plan import BUILTIN_SIGNALS
-from controller.plan_load import PlanError, load_plan
+from controller.plan_clock import Clock, JumpDetector
+from controller.plan_load import load_plan
+from controller.schedule import Schedule
+from controller.service import Controller
+from controller.sources.builtin_signals import BuiltinSource, Sampler, missing_builtins
 from controller.sources.prometheus import PrometheusSource
 from controller.sources.protocol import GuardSource
-from controller.schedule import Schedule
-from controller.service import Controller, PlanMismatch
 from controller.state_db import StateDB
 from flags.store import FlagStore
 
 log = structlog.get_logger("rolloutd.rollout")
-
-
-class RolloutStartError(Exception):
-    """The rollout cannot start; the message says what to fix."""
 
 
 @dataclass
@@ -40,8 +37,8 @@ class Rollout:
     schedule: Schedule
     notifications: Notifications
     db: StateDB
-    client: httpx.AsyncClient | None          # the Prometheus client, when guards read Prometheus
-    builtin: BuiltinSource | None = None      # the built-in signals, when they serve the guards
+    client: httpx.AsyncClient | None  # the Prometheus client, when guards read Prometheus
+    builtin: BuiltinSource | None = None  # the built-in signals, when they serve the guards
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
         """Stop scheduling (an evaluation in progress finishes) and give notifications a
@@ -56,8 +53,9 @@ class Rollout:
         self.db.close()
 
 
-async def open_rollout(config: Config, store: FlagStore, wall: Clock, sampler: Sampler | None = None, *,
-                       auto_approve: str | None = None) -> Rollout | None:
+async def open_rollout(
+    config: Config, store: FlagStore, wall: Clock, sampler: Sampler | None = None, *, auto_approve: str | None = None
+) -> Rollout | None:
     """The configured rollout, recovered and ready to schedule; None when no plan is configured.
     `sampler` reads the daemon's own measurements: the guards' source when no Prometheus is set."""
     if config.daemon.plan is None:
@@ -80,9 +78,18 @@ async def open_rollout(config: Config, store: FlagStore, wall: Clock, sampler: S
     db: StateDB | None = None
     try:
         db = await anyio.to_thread.run_sync(StateDB, config.daemon.state_dir)
-        controller = Controller(plan, db, store, source, wall=wall, state_dir=config.daemon.state_dir,
-                                time_scale=config.daemon.time_scale, notifications=notifications,
-                                jumps=JumpDetector(wall), auto_approve=auto_approve)
+        controller = Controller(
+            plan,
+            db,
+            store,
+            source,
+            wall=wall,
+            state_dir=config.daemon.state_dir,
+            time_scale=config.daemon.time_scale,
+            notifications=notifications,
+            jumps=JumpDetector(wall),
+            auto_approve=auto_approve,
+        )
         await controller.open()
     except BaseException as exc:
         if db is not None:
@@ -91,39 +98,59 @@ async def open_rollout(config: Config, store: FlagStore, wall: Clock, sampler: S
             await client.aclose()
         if isinstance(exc, PlanMismatch):
             raise RolloutStartError(str(exc)) from None
-        raise   # StateFileError: the daemon names the file and the remedy
-    log.info("rollout.guard_source", source="prometheus" if client else "builtin",
-             prometheus=config.prometheus_url, **({"sample_every_seconds": builtin.resolution} if builtin else {}))
+        raise  # StateFileError: the daemon names the file and the remedy
+    log.info(
+        "rollout.guard_source",
+        source="prometheus" if client else "builtin",
+        prometheus=config.prometheus_url,
+        **({"sample_every_seconds": builtin.resolution} if builtin else {}),
+    )
     return Rollout(controller, Schedule(controller, config.daemon.time_scale), notifications, db, client, builtin)
 
 
 def _needs_prometheus(config: Config, guards: list[str]) -> str:
-    return (f"{config.source}: no [prometheus] url is configured, so guards read built-in signals, but "
-            f"guard(s) {', '.join(guards)} of {config.daemon.plan} name no `builtin` signal; set [prometheus] url, "
-            f"or give each of them `builtin = ...` (one of: {', '.join(BUILTIN_SIGNALS)})")
+    return (
+        f"{config.source}: no [prometheus] url is configured, so guards read built-in signals, but "
+        f"guard(s) {', '.join(guards)} of {config.daemon.plan} name no `builtin` signal; set [prometheus] url, "
+        f"or give each of them `builtin = ...` (one of: {', '.join(BUILTIN_SIGNALS)})"
+    )
 
 
 def reload_plan(rollout: Rollout, config: Config) -> None:
     """Adopt the plan file again (SIGHUP); a bad or foreign plan is rejected and the old one kept."""
     if config.daemon.plan is None:
-        log.error("plan.reload_rejected", problem="[daemon] plan was removed from the config; a rollout "
-                  "cannot be dropped by a reload", kept=rollout.controller.plan.name)
+        log.error(
+            "plan.reload_rejected",
+            problem="[daemon] plan was removed from the config; a rollout cannot be dropped by a reload",
+            kept=rollout.controller.plan.name,
+        )
         return
     try:
         plan = load_plan(config.daemon.plan)
         if rollout.builtin is not None and (missing := missing_builtins(plan)):
-            log.error("plan.reload_rejected", file=str(config.daemon.plan), problem=_needs_prometheus(config, missing),
-                      kept=rollout.controller.plan.digest[:12])
+            log.error(
+                "plan.reload_rejected",
+                file=str(config.daemon.plan),
+                problem=_needs_prometheus(config, missing),
+                kept=rollout.controller.plan.digest[:12],
+            )
             return
         rollout.controller.set_plan(plan)
     except PlanError as exc:
-        log.error("plan.reload_rejected", file=str(exc.file), problems=[p.render(exc.file) for p in exc.problems],
-                  kept=rollout.controller.plan.digest[:12])
+        log.error(
+            "plan.reload_rejected",
+            file=str(exc.file),
+            problems=[p.render(exc.file) for p in exc.problems],
+            kept=rollout.controller.plan.digest[:12],
+        )
         return
     except PlanMismatch as exc:
-        log.error("plan.reload_rejected", file=str(config.daemon.plan), problem=str(exc),
-                  kept=rollout.controller.plan.digest[:12])
+        log.error(
+            "plan.reload_rejected",
+            file=str(config.daemon.plan),
+            problem=str(exc),
+            kept=rollout.controller.plan.digest[:12],
+        )
         return
     rollout.schedule.replan()
     log.info("plan.reloaded", file=str(config.daemon.plan), rollout=plan.name, digest=plan.digest[:12])
-

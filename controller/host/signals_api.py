@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controller.host.admin_api import BadRequest, body_of, guarded
-from controller.sources.builtin_signals import PUSHED, BuiltinSource
 from controller.plan import BUILTIN_SIGNALS
+from controller.sources.builtin_signals import PUSHED, BuiltinSource
 
 
 def signal_routes(builtin: BuiltinSource | None) -> list[Route]:
@@ -31,11 +31,16 @@ def signal_routes(builtin: BuiltinSource | None) -> list[Route]:
             known = "unknown signal" if name not in BUILTIN_SIGNALS else "measured by the daemon itself"
             return JSONResponse({"error": f"{name!r}: {known}; pushable: {', '.join(PUSHED)}"}, status_code=404)
         if builtin is None:
-            return JSONResponse({"error": "this daemon's guards read Prometheus ([prometheus] url is set) or it "
-                                 "runs no plan: export the value to Prometheus instead"}, status_code=409)
+            return JSONResponse(
+                {
+                    "error": "this daemon's guards read Prometheus ([prometheus] url is set) or it "
+                    "runs no plan: export the value to Prometheus instead"
+                },
+                status_code=409,
+            )
         value = (await body_of(request)).get("value")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise BadRequest(f"\"value\" must be a finite number, got {value!r}")
+            raise BadRequest(f'"value" must be a finite number, got {value!r}')
         builtin.push(name, float(value))
         return JSONResponse({"signal": name, "value": float(value)})
 

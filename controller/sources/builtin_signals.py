@@ -34,21 +34,29 @@ from prometheus_client.registry import Collector
 
 from controller.guards import Observation, assess
 from controller.plan import BUILTIN_SIGNALS, Direction, Guard, Plan, format_duration
-from controller.sources.promql_measures import measured
 from controller.report import UNMEASURABLE, Measurement
+from controller.sources.promql_measures import measured
 from retrieval.metrics import LATENCY_BUCKETS, RetrievalMetrics
 
 Clock = Callable[[], datetime]
-GAUGES = {"precision_at_10": "hybrid_rag_precision_at_10", "recall_at_10": "hybrid_rag_recall_at_10",
-          "top3_accuracy_percent": "hybrid_rag_top3_accuracy_percent"}
+GAUGES = {
+    "precision_at_10": "hybrid_rag_precision_at_10",
+    "recall_at_10": "hybrid_rag_recall_at_10",
+    "top3_accuracy_percent": "hybrid_rag_top3_accuracy_percent",
+}
 PUSHED = ("regression_pass_rate",)
-MIN_RESOLUTION, MAX_RESOLUTION = 0.01, 15.0   # wall seconds between samples
-STALE_FLOOR = 5.0                             # wall seconds a pushed value lasts at least
+MIN_RESOLUTION, MAX_RESOLUTION = 0.01, 15.0  # wall seconds between samples
+STALE_FLOOR = 5.0  # wall seconds a pushed value lasts at least
 # The seeds' report metrics (report.SEED_METRICS keys) as built-in signals: (signal, quantile or None)
-SEED_SIGNALS = {"test_pass_rate": "regression_pass_rate", "error_rate": "error_ratio",
-                "p95_latency_ms": "p95_latency_seconds", "p99_latency_ms": "p99_latency_seconds",
-                "cache_hit_rate": "cache_hit_ratio", "retrieval_accuracy_precision_at_10": "precision_at_10",
-                "retrieval_accuracy_recall_at_10": "recall_at_10"}
+SEED_SIGNALS = {
+    "test_pass_rate": "regression_pass_rate",
+    "error_rate": "error_ratio",
+    "p95_latency_ms": "p95_latency_seconds",
+    "p99_latency_ms": "p99_latency_seconds",
+    "cache_hit_rate": "cache_hit_ratio",
+    "retrieval_accuracy_precision_at_10": "precision_at_10",
+    "retrieval_accuracy_recall_at_10": "recall_at_10",
+}
 
 
 @dataclass(frozen=True)
@@ -60,14 +68,16 @@ class Sample:
     errors: float = 0.0
     hits: float = 0.0
     misses: float = 0.0
-    buckets: tuple[float, ...] = ()          # cumulative count per LATENCY_BUCKETS upper bound, then +Inf
-    gauges: Mapping[str, float] = field(default_factory=dict)   # signal name -> value, the present ones
+    buckets: tuple[float, ...] = ()  # cumulative count per LATENCY_BUCKETS upper bound, then +Inf
+    gauges: Mapping[str, float] = field(default_factory=dict)  # signal name -> value, the present ones
 
 
 # --- pure arithmetic ----------------------------------------------------------------------
 
 
-def histogram_quantile(q: float, counts: tuple[float, ...], bounds: tuple[float, ...] = LATENCY_BUCKETS) -> float | None:
+def histogram_quantile(
+    q: float, counts: tuple[float, ...], bounds: tuple[float, ...] = LATENCY_BUCKETS
+) -> float | None:
     """Prometheus's histogram_quantile over cumulative bucket counts (the last is +Inf):
     linear interpolation inside the bucket; None when the histogram is empty."""
     if not counts or counts[-1] <= 0:
@@ -75,7 +85,7 @@ def histogram_quantile(q: float, counts: tuple[float, ...], bounds: tuple[float,
     rank = q * counts[-1]
     for i, count in enumerate(counts):
         if count >= rank:
-            if i == len(bounds):               # the +Inf bucket: the highest finite bound
+            if i == len(bounds):  # the +Inf bucket: the highest finite bound
                 return bounds[-1]
             lower = bounds[i - 1] if i else 0.0
             below = counts[i - 1] if i else 0.0
@@ -100,7 +110,11 @@ def window_value(signal: str, newer: Sample, older: Sample | None, min_samples: 
         return hits / (hits + misses) if hits + misses > 0 and hits + misses >= min_samples else None
     if signal in ("p95_latency_seconds", "p99_latency_seconds"):
         q = 0.95 if signal.startswith("p95") else 0.99
-        counts = newer.buckets if not older.buckets else tuple(a - b for a, b in zip(newer.buckets, older.buckets))
+        counts = (
+            newer.buckets
+            if not older.buckets
+            else tuple(a - b for a, b in zip(newer.buckets, older.buckets, strict=False))
+        )
         return histogram_quantile(q, counts) if counts and counts[-1] >= min_samples else None
     raise KeyError(f"unknown built-in signal {signal!r}; known: {', '.join(sorted(BUILTIN_SIGNALS))}")
 
@@ -130,11 +144,11 @@ class History:
 
     def add(self, sample: Sample) -> None:
         if self._times and sample.t < self._times[-1]:
-            return   # a wall clock stepped back: keep the history monotonic, skip this one
+            return  # a wall clock stepped back: keep the history monotonic, skip this one
         self._times.append(sample.t)
         self._samples.append(sample)
         cutoff = bisect.bisect_left(self._times, sample.t - self.retention)
-        if cutoff > max(64, len(self._times) // 8):   # trim in batches, not on every sample
+        if cutoff > max(64, len(self._times) // 8):  # trim in batches, not on every sample
             del self._times[:cutoff], self._samples[:cutoff]
 
     def at(self, t: float) -> Sample | None:
@@ -148,7 +162,7 @@ class History:
         return self._samples[i] if i < len(self._samples) else None
 
     def between(self, start: float, end: float) -> list[Sample]:
-        return self._samples[bisect.bisect_left(self._times, start):bisect.bisect_right(self._times, end)]
+        return self._samples[bisect.bisect_left(self._times, start) : bisect.bisect_right(self._times, end)]
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -162,7 +176,7 @@ class Sampler:
 
     def __init__(self, metrics: RetrievalMetrics, gauges: Collector | None, clock: Clock) -> None:
         self._metrics, self._gauges, self._clock = metrics, gauges, clock
-        self._pushed: dict[str, tuple[float, float]] = {}   # signal -> (value, wall time pushed)
+        self._pushed: dict[str, tuple[float, float]] = {}  # signal -> (value, wall time pushed)
 
     def push(self, signal: str, value: float) -> None:
         if signal not in PUSHED:
@@ -181,8 +195,15 @@ class Sampler:
             for family in self._gauges.collect():
                 if family.name in wanted and family.samples:
                     gauges[wanted[family.name]] = family.samples[0].value
-        return Sample(t=now, queries=_total(m.queries), errors=_total(m.errors), hits=_total(m.cache_hits),
-                      misses=_total(m.cache_misses), buckets=_buckets(m.latency), gauges=gauges)
+        return Sample(
+            t=now,
+            queries=_total(m.queries),
+            errors=_total(m.errors),
+            hits=_total(m.cache_hits),
+            misses=_total(m.cache_misses),
+            buckets=_buckets(m.latency),
+            gauges=gauges,
+        )
 
 
 def _total(counter: Collector) -> float:
@@ -214,7 +235,7 @@ class BuiltinSource:
         longest = max([g.window for g in plan.guards] + [plan.guard_interval]).total_seconds()
         self._stale_after = max(STALE_FLOOR, 3 * longest / time_scale)
         self.history = History(_retention(plan, time_scale))
-        self._seen: dict[str, list[tuple[float, float | None]]] = {}   # guard -> (wall t, value) it observed
+        self._seen: dict[str, list[tuple[float, float | None]]] = {}  # guard -> (wall t, value) it observed
         self.take_sample()
 
     def push(self, signal: str, value: float) -> None:
@@ -244,8 +265,13 @@ class BuiltinSource:
 
     async def observe(self, guard: Guard, at: datetime) -> Observation:
         if guard.builtin is None:
-            return assess(guard, None, at, error=f"guard {guard.name} has no built-in signal and no Prometheus "
-                          "is configured: set [prometheus] url, or give the guard `builtin = ...`")
+            return assess(
+                guard,
+                None,
+                at,
+                error=f"guard {guard.name} has no built-in signal and no Prometheus "
+                "is configured: set [prometheus] url, or give the guard `builtin = ...`",
+            )
         self.take_sample()
         window = guard.window.total_seconds() / self._scale
         value = self.value(guard.builtin, window, at, guard.min_samples)
@@ -260,7 +286,7 @@ class BuiltinSource:
         seen.append((t, value))
         cutoff = t - self.history.retention
         if seen[0][0] < cutoff and len(seen) > 64:
-            del seen[:bisect.bisect_left(seen, (cutoff,))]
+            del seen[: bisect.bisect_left(seen, (cutoff,))]
 
     async def criterion(self, plan: Plan, guard: Guard, window: float, step: float, at: datetime) -> Measurement:
         """The worst value the guard observed in the window (what its evaluations saw and the
@@ -270,15 +296,17 @@ class BuiltinSource:
             return Measurement(None, "the guard has no built-in signal and no Prometheus is configured")
         t = at.timestamp()
         seen = self._seen.get(guard.name, [])
-        inside = [v for when, v in seen[bisect.bisect_left(seen, (t - window,)):] if when <= t]
+        inside = [v for when, v in seen[bisect.bisect_left(seen, (t - window,)) :] if when <= t]
         if inside:
             what = f"builtin:{guard.builtin}[{format_duration(guard.window)}] worst of {len(inside)} evaluations"
             return measured(worst(inside, guard.direction), what)
         what = f"builtin:{guard.builtin}[{format_duration(guard.window)}] worst over {window:g}s"
         guard_window = guard.window.total_seconds() / self._scale
         steps = max(1, int(window // max(step, 1e-6)))
-        values = [self.value(guard.builtin, guard_window, at - timedelta(seconds=i * step), guard.min_samples)
-                  for i in range(steps + 1)]
+        values = [
+            self.value(guard.builtin, guard_window, at - timedelta(seconds=i * step), guard.min_samples)
+            for i in range(steps + 1)
+        ]
         return measured(worst(values, guard.direction), what)
 
     async def seed_metric(self, key: str, window: float, at: datetime) -> Measurement:
@@ -286,7 +314,7 @@ class BuiltinSource:
         if signal is None:
             return Measurement(None, UNMEASURABLE.get(key, "no built-in signal measures it"))
         what = f"builtin:{signal} over {window:g}s"
-        if signal in GAUGES or signal in PUSHED:   # like min_over_time: the worst value seen in the period
+        if signal in GAUGES or signal in PUSHED:  # like min_over_time: the worst value seen in the period
             t = at.timestamp()
             value = worst((s.gauges.get(signal) for s in self.history.between(t - window, t)), Direction.BELOW)
         else:

@@ -4,8 +4,8 @@
     └── PrometheusSource      GET /api/v1/query?query=...&time=<at> on an injected httpx.AsyncClient;
                               reports' criteria and seed metrics are PromQL too (PromQLMeasures)
 
-    PrometheusError(Exception)   raised by `read`/`query_value` (reports, replay), turned into
-                                 an ERROR observation by `PrometheusSource.observe`
+    PrometheusError      (controller/errors.py) raised by `read`/`query_value` (reports, replay),
+                         turned into an ERROR observation by `PrometheusSource.observe`
 
 What an answer becomes (`assess` in `controller/guards.py` makes the observation):
 
@@ -44,17 +44,17 @@ from typing import Any
 import anyio
 import httpx
 
+from controller.errors import PrometheusError
 from controller.guards import Observation, assess
 from controller.plan import Direction, Guard
-from controller.sources.promql_measures import PrometheusError, PromQLMeasures
-from controller.sources.protocol import GuardSource
+from controller.sources.promql_measures import PromQLMeasures
 
 __all__ = ["PrometheusError", "PrometheusSource", "query_value", "read"]
 
 QUERY_PATH = "/api/v1/query"
 _SNIPPET = 100  # characters of a non-Prometheus body worth showing in a log line
 MAX_BODY = 16 * 1024 * 1024  # bytes; an instant query's answer is far smaller, a hostile one need not be
-_BRIEF = reprlib.Repr()      # bounded in depth and length, so a deep or huge answer prints as a snippet
+_BRIEF = reprlib.Repr()  # bounded in depth and length, so a deep or huge answer prints as a snippet
 _BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 4, 60, 60
 
 
@@ -80,8 +80,12 @@ class PrometheusSource(PromQLMeasures):
         """An AsyncClient for `url` with explicit timeouts; the caller owns (and closes) it."""
         # trust_env=False: an operator's HTTP(S)_PROXY must not capture the metrics backend,
         # and a guard check that hangs would hold every rollout decision behind it.
-        return httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                                 trust_env=False, follow_redirects=False)
+        return httpx.AsyncClient(
+            base_url=url,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            trust_env=False,
+            follow_redirects=False,
+        )
 
     async def observe(self, guard: Guard, at: datetime) -> Observation:
         """Evaluate the guard's query at `at`; every failure is an ERROR observation."""
@@ -103,14 +107,26 @@ class PrometheusSource(PromQLMeasures):
         return await query_value(self._client, promql, at, direction, deadline=self._deadline)
 
 
-async def query_value(client: httpx.AsyncClient, promql: str, at: datetime,
-                      direction: Direction | None = None, *, deadline: float | None = None) -> float | None:
+async def query_value(
+    client: httpx.AsyncClient,
+    promql: str,
+    at: datetime,
+    direction: Direction | None = None,
+    *,
+    deadline: float | None = None,
+) -> float | None:
     """The query's value at `at` (None: no samples); raises PrometheusError on any failure."""
     return (await read(client, promql, at, direction, deadline=deadline)).value
 
 
-async def read(client: httpx.AsyncClient, promql: str, at: datetime,
-               direction: Direction | None = None, *, deadline: float | None = None) -> Reading:
+async def read(
+    client: httpx.AsyncClient,
+    promql: str,
+    at: datetime,
+    direction: Direction | None = None,
+    *,
+    deadline: float | None = None,
+) -> Reading:
     """Run one instant query within `deadline` seconds (None: the client's read timeout);
     several series need a `direction` to pick the worst. Any failure is a PrometheusError."""
     endpoint = str(client.base_url).rstrip("/") + QUERY_PATH
@@ -128,9 +144,10 @@ async def read(client: httpx.AsyncClient, promql: str, at: datetime,
         return _reading(endpoint, _body(endpoint, response), direction)
     except PrometheusError:
         raise
-    except Exception as exc:  # a shape nobody foresaw is one more kind of bad answer, never a dropped round
-        raise PrometheusError(f"unexpected answer from {endpoint}: {type(exc).__name__}: "
-                              f"{_snippet(str(exc)) or 'no details'}") from None
+    except Exception as exc:  # noqa: BLE001  (a shape nobody foresaw is one more bad answer, never a dropped round)
+        raise PrometheusError(
+            f"unexpected answer from {endpoint}: {type(exc).__name__}: {_snippet(str(exc)) or 'no details'}"
+        ) from None
 
 
 async def _fetch(client: httpx.AsyncClient, request: httpx.Request, endpoint: str) -> httpx.Response:
@@ -158,8 +175,12 @@ def unix_seconds(at: datetime) -> str:
 
 def _transport_message(endpoint: str, exc: Exception) -> str:
     if isinstance(exc, httpx.TimeoutException):
-        phase = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read",
-                 httpx.WriteTimeout: "write", httpx.PoolTimeout: "pool"}.get(type(exc), "read")
+        phase = {
+            httpx.ConnectTimeout: "connect",
+            httpx.ReadTimeout: "read",
+            httpx.WriteTimeout: "write",
+            httpx.PoolTimeout: "pool",
+        }.get(type(exc), "read")
         limit = exc.request.extensions.get("timeout", {}).get(phase)
         within = f" within {limit:g}s" if limit is not None else ""
         return f"no answer from {endpoint}{within} ({phase} timeout)"
@@ -195,8 +216,10 @@ def _body(endpoint: str, response: httpx.Response) -> dict[str, Any]:
         raise PrometheusError(f"{endpoint} answered HTTP {response.status_code}: {_explain(body, response)}")
     if not isinstance(body, dict):
         kind = response.headers.get("content-type", "no content type")
-        raise PrometheusError(f"unexpected answer from {endpoint}: HTTP {response.status_code} {kind}, "
-                              f"{not_json}: {_snippet(response.text)!r}")
+        raise PrometheusError(
+            f"unexpected answer from {endpoint}: HTTP {response.status_code} {kind}, "
+            f"{not_json}: {_snippet(response.text)!r}"
+        )
     if body.get("status") != "success":
         raise PrometheusError(f"{endpoint} answered status {body.get('status')!r}: {_explain(body, response)}")
     return body
@@ -212,7 +235,7 @@ def _explain(body: Any, response: httpx.Response) -> str:
 
 
 def _snippet(text: str) -> str:
-    text = " ".join(text[:4 * _SNIPPET].split())
+    text = " ".join(text[: 4 * _SNIPPET].split())
     return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "..."
 
 
@@ -221,14 +244,17 @@ def _reading(endpoint: str, body: dict[str, Any], direction: Direction | None) -
     kind = data.get("resultType") if isinstance(data, dict) else None
     result = data.get("result") if isinstance(data, dict) else None
     if kind in ("matrix", "string"):
-        raise PrometheusError(f"expected a vector or scalar, got {kind} (from {endpoint}); "
-                              "a guard query must be an instant expression, e.g. rate(x[5m]) not x[5m]")
+        raise PrometheusError(
+            f"expected a vector or scalar, got {kind} (from {endpoint}); "
+            "a guard query must be an instant expression, e.g. rate(x[5m]) not x[5m]"
+        )
     if kind == "scalar":
         return Reading(_sample_value(endpoint, result), series=1)
     if kind != "vector" or not isinstance(result, list):
         raise PrometheusError(f"unexpected answer from {endpoint}: no data.result vector in {_brief(body)}")
-    samples = [(_labels(endpoint, s), _sample_value(endpoint, s.get("value") if isinstance(s, dict) else None))
-               for s in result]
+    samples = [
+        (_labels(endpoint, s), _sample_value(endpoint, s.get("value") if isinstance(s, dict) else None)) for s in result
+    ]
     if len(samples) <= 1:
         return Reading(samples[0][1] if samples else None, series=len(samples))
     return _worst(endpoint, samples, direction)
@@ -247,13 +273,18 @@ def _worst(endpoint: str, samples: list[tuple[str, float]], direction: Direction
 def _sample_value(endpoint: str, pair: Any) -> float:
     """Prometheus's `[timestamp, "value"]`; the value may be "NaN" or "+Inf"."""
     try:
-        if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], (str, int, float)) \
-                or isinstance(pair[1], bool):
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not isinstance(pair[1], (str, int, float))
+            or isinstance(pair[1], bool)
+        ):
             raise TypeError(pair)
         return float(pair[1])
     except (TypeError, ValueError):
-        raise PrometheusError(f"unexpected answer from {endpoint}: sample {_brief(pair)} "
-                              "is not [timestamp, \"value\"]") from None
+        raise PrometheusError(
+            f'unexpected answer from {endpoint}: sample {_brief(pair)} is not [timestamp, "value"]'
+        ) from None
 
 
 def _labels(endpoint: str, sample: Any) -> str:

@@ -10,12 +10,10 @@ from the daemon's own measurements, without PromQL.
 from __future__ import annotations
 
 from datetime import datetime
+
+from controller.errors import PrometheusError
 from controller.plan import Direction, Guard, Plan
 from controller.report import UNMEASURABLE, Measurement, seed_metric_query, window_query
-
-
-class PrometheusError(Exception):
-    """Prometheus could not give an answer; the message says where and why."""
 
 
 class PromQLMeasures:
@@ -47,6 +45,7 @@ class PromQLMeasures:
 def measured(value: float | None, query: str | None) -> Measurement:
     """A value as a report Measurement: None, NaN and infinities become the reason there is none."""
     if value is None or value != value or value in (float("inf"), float("-inf")):
-        return Measurement(None, "no samples in the checkpoint's period" if value is None else f"value is {value}",
-                           query)
+        return Measurement(
+            None, "no samples in the checkpoint's period" if value is None else f"value is {value}", query
+        )
     return Measurement(value, "", query)

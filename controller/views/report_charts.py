@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 WIDTH = 1000
-MAX_POINTS = 2000        # per series: the worst observation of each time bucket is kept
+MAX_POINTS = 2000  # per series: the worst observation of each time bucket is kept
 T = TypeVar("T")
 
 
@@ -106,7 +107,7 @@ def hours_label(hours: float) -> str:
 
 def ticks(low: float, high: float, step: float) -> list[float]:
     first = math.ceil(low / step - 1e-9)
-    out = []
+    out: list[float] = []
     k = first
     while k * step <= high + 1e-9 and len(out) < 200:
         out.append(round(k * step, 10))
@@ -116,28 +117,35 @@ def ticks(low: float, high: float, step: float) -> list[float]:
 
 def axes(frame: Frame, y_label: str, y_format: Callable[[float], str] = num) -> str:
     """Grid, tick labels and axis titles."""
-    parts = [f'<rect class="plot" x="{frame.plot_left}" y="{frame.plot_top}" '
-             f'width="{frame.plot_right - frame.plot_left}" height="{frame.plot_bottom - frame.plot_top}"/>']
+    parts = [
+        f'<rect class="plot" x="{frame.plot_left}" y="{frame.plot_top}" '
+        f'width="{frame.plot_right - frame.plot_left}" height="{frame.plot_bottom - frame.plot_top}"/>'
+    ]
     for h in ticks(frame.x0, frame.x1, hour_step(frame.x1 - frame.x0)):
         x = frame.x(h)
         parts.append(f'<line class="grid" x1="{x}" y1="{frame.plot_top}" x2="{x}" y2="{frame.plot_bottom}"/>')
-        parts.append(f'<text class="tick" x="{x}" y="{frame.plot_bottom + 14}" text-anchor="middle">'
-                     f'{esc(hours_label(h))}</text>')
+        parts.append(
+            f'<text class="tick" x="{x}" y="{frame.plot_bottom + 14}" text-anchor="middle">{esc(hours_label(h))}</text>'
+        )
     for v in ticks(frame.y0, frame.y1, nice_step(frame.y1 - frame.y0, 4)):
         y = frame.y(v)
         parts.append(f'<line class="grid" x1="{frame.plot_left}" y1="{y}" x2="{frame.plot_right}" y2="{y}"/>')
-        parts.append(f'<text class="tick" x="{frame.plot_left - 6}" y="{y + 4}" text-anchor="end">'
-                     f'{esc(y_format(v))}</text>')
+        parts.append(
+            f'<text class="tick" x="{frame.plot_left - 6}" y="{y + 4}" text-anchor="end">{esc(y_format(v))}</text>'
+        )
     parts.append(f'<text class="axis" x="{frame.plot_left}" y="{frame.plot_top - 8}">{esc(y_label)}</text>')
-    parts.append(f'<text class="axis" x="{frame.plot_right}" y="{frame.height - 4}" text-anchor="end">'
-                 f'plan hours</text>')
+    parts.append(
+        f'<text class="axis" x="{frame.plot_right}" y="{frame.height - 4}" text-anchor="end">plan hours</text>'
+    )
     return "".join(parts)
 
 
 def svg(frame: Frame, body: str, label: str, css_class: str) -> str:
-    return (f'<svg class="chart {esc(css_class)}" role="img" '
-            f'aria-label="{esc(label)}" viewBox="0 0 {frame.width} {frame.height}" '
-            f'width="{frame.width}" height="{frame.height}"><title>{esc(label)}</title>{body}</svg>')
+    return (
+        f'<svg class="chart {esc(css_class)}" role="img" '
+        f'aria-label="{esc(label)}" viewBox="0 0 {frame.width} {frame.height}" '
+        f'width="{frame.width}" height="{frame.height}"><title>{esc(label)}</title>{body}</svg>'
+    )
 
 
 def step_path(frame: Frame, points: Sequence[tuple[float, float]], until: float) -> str:
@@ -165,8 +173,9 @@ def polylines(frame: Frame, runs: Iterable[Sequence[tuple[float, float]]], css_c
     return "".join(out)
 
 
-def downsample(items: Sequence[T], hours: Callable[[T], float], badness: Callable[[T], tuple[float, ...]],
-               limit: int = MAX_POINTS) -> list[T]:
+def downsample(
+    items: Sequence[T], hours: Callable[[T], float], badness: Callable[[T], tuple[float, ...]], limit: int = MAX_POINTS
+) -> list[T]:
     """At most ~`limit` items: the worst of each equal slice of time, so no breach or gap
     disappears however long the rollout ran. Order is kept."""
     if len(items) <= limit:

@@ -13,7 +13,7 @@ from the daemon is escaped: a reason is data, never markup.
     timeline     the applied percentage over plan hours (a step line through the journal's
                  stage_applied / rollback / emergency decisions), the plan's stages dashed,
                  checkpoints with their GO / HOLD / NO-GO, rollbacks and emergencies in red,
-                 operator actions as blue diamonds, automatic holds in amber
+                 operator commands as blue diamonds, automatic holds in amber
     guards       one chart per guard over the hours lived so far: its values against its
                  thresholds, breaches as dots, no-data and error rounds as gaps with ticks
     prometheus   the seeds' metrics over the rollout, or why they could not be read
@@ -23,9 +23,11 @@ from the daemon is escaped: a reason is data, never markup.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
+from controller.views.journal_text import actor, is_operator, said
 from controller.views.report_charts import (
     Frame,
     axes,
@@ -39,7 +41,6 @@ from controller.views.report_charts import (
 )
 
 FLAG_CHANGES = ("stage_applied", "rollback", "emergency", "emergency_cleared")
-OPERATOR_ACTIONS = ("approved", "emergency_cleared")
 SEVERITY_RANK = {None: 0, "warning": 1, "critical": 2, "emergency": 3}
 OUTCOME_RANK = {"pass": 0, "no_data": 1, "error": 2, "breach": 3}
 VERDICT_CLASS = {"GO": "go", "HOLD": "hold", "NO-GO": "nogo"}
@@ -72,8 +73,13 @@ svg .emergency path{fill:#7f1d1d}svg .operator path{fill:#2563eb;stroke:#fff}svg
 """
 
 
-def render_html(status: dict[str, Any], decisions: list[dict[str, Any]], observations: list[dict[str, Any]],
-                reports: list[dict[str, Any]], prometheus: dict[str, Any] | None = None) -> str:
+def render_html(
+    status: dict[str, Any],
+    decisions: list[dict[str, Any]],
+    observations: list[dict[str, Any]],
+    reports: list[dict[str, Any]],
+    prometheus: dict[str, Any] | None = None,
+) -> str:
     """The whole page; `prometheus`: {"url", "error", "metrics": [{"title", "unit", "query",
     "points": [[plan hours, value or None], ...], "note"}]} from `report_page.prometheus_series`."""
     start = _moment(status["started_at"])
@@ -82,21 +88,30 @@ def render_html(status: dict[str, Any], decisions: list[dict[str, Any]], observa
     span = max(seen, float(status.get("plan_hours") or 0), *(_hours(x["plan_at"], start) for x in planned))
     title = f"Rollout {status['rollout']}: {status['phase'].upper()}"
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-        f'<h1 id="title">{esc(title)}</h1>', _summary(status),
-        '<h2 id="timeline">Timeline</h2>', timeline_svg(status, decisions, start, span), _legend(),
+        f'<h1 id="title">{esc(title)}</h1>',
+        _summary(status),
+        '<h2 id="timeline">Timeline</h2>',
+        timeline_svg(status, decisions, start, span),
+        _legend(),
         '<h2 id="guards">Guards</h2>',
-        *(guard_section(guard, _of_guard(observations, guard["name"]), start, seen)
-          for guard in _guards(status, observations)),
+        *(
+            guard_section(guard, _of_guard(observations, guard["name"]), start, seen)
+            for guard in _guards(status, observations)
+        ),
     ]
     if prometheus is not None:
         parts += ['<h2 id="prometheus">Prometheus</h2>', prometheus_section(prometheus, seen)]
-    parts += ['<h2 id="checkpoints">Checkpoint reports</h2>',
-              *([report_section(r) for r in reports] or ['<p class="note">no checkpoint reports yet</p>']),
-              '<h2 id="decisions">Decisions</h2>', decisions_table(decisions, start),
-              "</body></html>"]
+    parts += [
+        '<h2 id="checkpoints">Checkpoint reports</h2>',
+        *([report_section(r) for r in reports] or ['<p class="note">no checkpoint reports yet</p>']),
+        '<h2 id="decisions">Decisions</h2>',
+        decisions_table(decisions, start),
+        "</body></html>",
+    ]
     return "\n".join(parts) + "\n"
 
 
@@ -104,8 +119,9 @@ def render_html(status: dict[str, Any], decisions: list[dict[str, Any]], observa
 
 
 def _summary(status: dict[str, Any]) -> str:
-    stage = (f"stage {status['stage']} ({status.get('stage_name') or '-'})" if status["stage"] >= 0
-             else "no stage applied")
+    stage = (
+        f"stage {status['stage']} ({status.get('stage_name') or '-'})" if status["stage"] >= 0 else "no stage applied"
+    )
     scale = f", time_scale {status['time_scale']:g}" if status.get("time_scale", 1) != 1 else ""
     lines = [
         f"{status['percentage']:g}% at {stage}; agents: {', '.join(status['agents']) or 'none'}",
@@ -122,9 +138,15 @@ def _summary(status: dict[str, Any]) -> str:
 
 
 def _legend() -> str:
-    items = [("#2563eb", "━ applied %"), ("#9ca3af", "┅ planned stages"), ("#16a34a", "┆ checkpoint GO"),
-             ("#d97706", "┆ HOLD / ■ automatic hold"), ("#dc2626", "▼ rollback, ┆ NO-GO"), ("#7f1d1d", "✖ emergency"),
-             ("#2563eb", "◆ operator action")]
+    items = [
+        ("#2563eb", "━ applied %"),
+        ("#9ca3af", "┅ planned stages"),
+        ("#16a34a", "┆ checkpoint GO"),
+        ("#d97706", "┆ HOLD / ■ automatic hold"),
+        ("#dc2626", "▼ rollback, ┆ NO-GO"),
+        ("#7f1d1d", "✖ emergency"),
+        ("#2563eb", "◆ operator action"),
+    ]
     return '<p class="legend">' + "".join(f'<span style="color:{c}">{esc(t)}</span>' for c, t in items) + "</p>"
 
 
@@ -143,16 +165,19 @@ def timeline_svg(status: dict[str, Any], decisions: list[dict[str, Any]], start:
     if planned:
         body.append(f'<path class="planned" d="{step_path(frame, [(0.0, 0.0), *planned], span)}"/>')
     body.append(f'<path class="applied" d="{step_path(frame, applied, now)}"><title>applied percentage</title></path>')
-    body.append(f'<line class="now" x1="{frame.x(now)}" y1="{frame.plot_top}" x2="{frame.x(now)}" '
-                f'y2="{frame.plot_bottom}"><title>now: +{now:g}h</title></line>')
+    body.append(
+        f'<line class="now" x1="{frame.x(now)}" y1="{frame.plot_top}" x2="{frame.x(now)}" '
+        f'y2="{frame.plot_bottom}"><title>now: +{now:g}h</title></line>'
+    )
     body += _checkpoint_markers(frame, status, decisions, start)
     for d in decisions:
         body.append(_marker(frame, d, _hours(d["at"], start)))
     return svg(frame, "".join(body), f"{status['rollout']}: applied percentage over plan hours", "timeline")
 
 
-def _checkpoint_markers(frame: Frame, status: dict[str, Any], decisions: list[dict[str, Any]],
-                        start: datetime) -> list[str]:
+def _checkpoint_markers(
+    frame: Frame, status: dict[str, Any], decisions: list[dict[str, Any]], start: datetime
+) -> list[str]:
     verdicts = {d.get("checkpoint"): d for d in decisions if d["action"] == "verdict"}
     out = []
     for i, cp in enumerate(status.get("checkpoints", [])):
@@ -161,27 +186,33 @@ def _checkpoint_markers(frame: Frame, status: dict[str, Any], decisions: list[di
         css = VERDICT_CLASS.get(word, "pending")
         x = frame.x(_hours(cp["plan_at"], start))
         tip = f"{cp['name']} at {cp['plan_at']}: " + (verdict["reason"] if verdict else "not reached yet")
-        out.append(f'<g class="cp {css}"><title>{esc(tip)}</title>'
-                   f'<line x1="{x}" y1="{frame.plot_top - 18}" x2="{x}" y2="{frame.plot_bottom}"/>'
-                   f'<text x="{x + 3 if x < frame.plot_right - 100 else x - 3}" y="{frame.plot_top - 22}" '
-                   f'text-anchor="{"start" if x < frame.plot_right - 100 else "end"}">'
-                   f'{esc(f"checkpoint {i + 1}: {word}")}</text></g>')
+        out.append(
+            f'<g class="cp {css}"><title>{esc(tip)}</title>'
+            f'<line x1="{x}" y1="{frame.plot_top - 18}" x2="{x}" y2="{frame.plot_bottom}"/>'
+            f'<text x="{x + 3 if x < frame.plot_right - 100 else x - 3}" y="{frame.plot_top - 22}" '
+            f'text-anchor="{"start" if x < frame.plot_right - 100 else "end"}">'
+            f"{esc(f'checkpoint {i + 1}: {word}')}</text></g>"
+        )
     return out
 
 
 def _marker(frame: Frame, d: dict[str, Any], hours: float) -> str:
-    x, tip = frame.x(hours), f"+{hours:.3g}h {d['action']} (stage {d['stage']}, {d['percentage']:g}%): {d['reason']}"
+    x, tip = frame.x(hours), f"+{hours:.3g}h {d['action']} (stage {d['stage']}, {d['percentage']:g}%): {said(d)}"
     title = f"<title>{esc(tip)}</title>"
     out = []
     if d["action"] == "rollback":
         t = frame.plot_top
-        out.append(f'<g class="marker rollback">{title}<line x1="{x}" y1="{t}" x2="{x}" y2="{frame.plot_bottom}"/>'
-                   f'<path d="M{x - 6},{t - 10}H{x + 6}L{x},{t}Z"/></g>')
+        out.append(
+            f'<g class="marker rollback">{title}<line x1="{x}" y1="{t}" x2="{x}" y2="{frame.plot_bottom}"/>'
+            f'<path d="M{x - 6},{t - 10}H{x + 6}L{x},{t}Z"/></g>'
+        )
     elif d["action"] == "emergency":
         t = frame.plot_top
-        out.append(f'<g class="marker emergency">{title}<line x1="{x}" y1="{t}" x2="{x}" y2="{frame.plot_bottom}"/>'
-                   f'<path d="M{x - 6},{t - 12}L{x + 6},{t}M{x + 6},{t - 12}L{x - 6},{t}" '
-                   f'style="stroke:#7f1d1d;stroke-width:2.5"/></g>')
+        out.append(
+            f'<g class="marker emergency">{title}<line x1="{x}" y1="{t}" x2="{x}" y2="{frame.plot_bottom}"/>'
+            f'<path d="M{x - 6},{t - 12}L{x + 6},{t}M{x + 6},{t - 12}L{x - 6},{t}" '
+            f'style="stroke:#7f1d1d;stroke-width:2.5"/></g>'
+        )
     elif d["action"] in ("hold", "resume") and not is_operator(d):
         y = frame.plot_bottom - 5
         out.append(f'<g class="marker hold">{title}<rect x="{x - 3}" y="{y - 3}" width="6" height="6"/></g>')
@@ -192,14 +223,6 @@ def _marker(frame: Frame, d: dict[str, Any], hours: float) -> str:
     return "".join(out)
 
 
-def is_operator(d: dict[str, Any]) -> bool:
-    """Whether a person took this decision (hold, resume, approve, promote, manual rollback):
-    the controller writes those reasons as `operator: WHO: WHY`."""
-    reason = d.get("reason") or ""
-    return (d.get("actor") not in (None, "", "rolloutd") or reason.startswith("operator:")
-            or "by operator" in reason or d["action"] in OPERATOR_ACTIONS)
-
-
 # -- guards ------------------------------------------------------------------------------------
 
 
@@ -207,9 +230,11 @@ def guard_section(guard: dict[str, Any], observations: list[dict[str, Any]], sta
     counts = {k: sum(1 for o in observations if o["outcome"] == k) for k in OUTCOME_RANK}
     sign = ">" if guard.get("direction", "above") == "above" else "<"
     limits = ", ".join(f"{k} {sign} {v:g}" for k, v in guard.get("thresholds", {}).items())
-    caption = (f"{len(observations)} rounds: {counts['pass']} pass, {counts['breach']} breach, "
-               f"{counts['no_data']} no data, {counts['error']} error; breached when {limits or 'never'}; "
-               f"last: {guard.get('verdict', '-')} {num(guard.get('value'))}")
+    caption = (
+        f"{len(observations)} rounds: {counts['pass']} pass, {counts['breach']} breach, "
+        f"{counts['no_data']} no data, {counts['error']} error; breached when {limits or 'never'}; "
+        f"last: {guard.get('verdict', '-')} {num(guard.get('value'))}"
+    )
     head = f'<h3 id="guard-{esc(guard["name"])}">{esc(guard["name"])}</h3><p class="meta">{esc(caption)}</p>'
     return head + guard_svg(guard, observations, start, span)
 
@@ -236,21 +261,27 @@ def guard_svg(guard: dict[str, Any], observations: list[dict[str, Any]], start: 
         if o["value"] is None or o["outcome"] in ("no_data", "error"):
             runs.append([])
             tip = f"+{h:.3g}h {o['at']}: {o['outcome']}" + (f": {o['detail']}" if o.get("detail") else "")
-            body.append(f'<line class="t-{esc(o["outcome"])}" x1="{frame.x(h)}" y1="{frame.plot_bottom - 7}" '
-                        f'x2="{frame.x(h)}" y2="{frame.plot_bottom}"><title>{esc(tip)}</title></line>')
+            body.append(
+                f'<line class="t-{esc(o["outcome"])}" x1="{frame.x(h)}" y1="{frame.plot_bottom - 7}" '
+                f'x2="{frame.x(h)}" y2="{frame.plot_bottom}"><title>{esc(tip)}</title></line>'
+            )
         else:
             runs[-1].append((h, o["value"]))
     body.append(polylines(frame, runs, "value"))
     for h, o in kept:
         if o["outcome"] == "breach" and o["value"] is not None:
             tip = f"+{h:.3g}h {o['at']}: {num(o['value'])} breach ({o['severity']})"
-            body.append(f'<circle class="breach sev-{esc(o["severity"])}" cx="{frame.x(h)}" cy="{frame.y(o["value"])}" '
-                        f'r="3"><title>{esc(tip)}</title></circle>')
+            body.append(
+                f'<circle class="breach sev-{esc(o["severity"])}" cx="{frame.x(h)}" cy="{frame.y(o["value"])}" '
+                f'r="3"><title>{esc(tip)}</title></circle>'
+            )
     if not observations:
-        body.append(f'<text class="tick" x="{frame.plot_left + 10}" y="{frame.plot_top + 20}">no observations '
-                    f'recorded</text>')
-    label = f"guard {name} over plan hours" + (f" ({len(kept)} of {len(points)} rounds, worst per bucket)"
-                                               if len(kept) < len(points) else "")
+        body.append(
+            f'<text class="tick" x="{frame.plot_left + 10}" y="{frame.plot_top + 20}">no observations recorded</text>'
+        )
+    label = f"guard {name} over plan hours" + (
+        f" ({len(kept)} of {len(points)} rounds, worst per bucket)" if len(kept) < len(points) else ""
+    )
     return svg(frame, "".join(body), label, f"guard guard-{name}")
 
 
@@ -260,14 +291,20 @@ def _threshold_lines(frame: Frame, thresholds: dict[str, float], above: bool) ->
         first = min(thresholds.values()) if above else max(thresholds.values())
         edge, y = (frame.plot_top if above else frame.plot_bottom), frame.y(first)
         y_top, y_bottom = (edge, y) if above else (y, edge)
-        out.append(f'<rect class="zone" x="{frame.plot_left}" y="{min(y_top, y_bottom)}" '
-                   f'width="{frame.plot_right - frame.plot_left}" height="{abs(y_bottom - y_top)}"/>')
+        out.append(
+            f'<rect class="zone" x="{frame.plot_left}" y="{min(y_top, y_bottom)}" '
+            f'width="{frame.plot_right - frame.plot_left}" height="{abs(y_bottom - y_top)}"/>'
+        )
     for severity, value in thresholds.items():
         y = frame.y(value)
-        out.append(f'<line class="th th-{esc(severity)}" x1="{frame.plot_left}" y1="{y}" x2="{frame.plot_right}" '
-                   f'y2="{y}"><title>{esc(f"{severity} threshold {value:g}")}</title></line>')
-        out.append(f'<text class="lbl-{esc(severity)}" x="{frame.plot_right + 4}" y="{y + 4}">'
-                   f'{esc(f"{severity} {value:g}")}</text>')
+        out.append(
+            f'<line class="th th-{esc(severity)}" x1="{frame.plot_left}" y1="{y}" x2="{frame.plot_right}" '
+            f'y2="{y}"><title>{esc(f"{severity} threshold {value:g}")}</title></line>'
+        )
+        out.append(
+            f'<text class="lbl-{esc(severity)}" x="{frame.plot_right + 4}" y="{y + 4}">'
+            f"{esc(f'{severity} {value:g}')}</text>"
+        )
     return out
 
 
@@ -305,23 +342,37 @@ def prometheus_section(prometheus: dict[str, Any], span: float) -> str:
 
 def report_section(report: dict[str, Any]) -> str:
     verdict = report.get("recommendation", "?")
-    head = (f'<h3>{esc(report.get("checkpoint", "?"))}: <span class="{VERDICT_CLASS.get(verdict, "")}">'
-            f'{esc(verdict)}</span></h3><p>{esc(report.get("recommendation_reason", ""))}</p>')
-    facts = [("checkpoint time", report.get("checkpoint_time")), ("period start", report.get("period_start")),
-             ("hours elapsed", report.get("hours_elapsed")),
-             ("rollout percentage", report.get("current_rollout_percentage")),
-             ("agents", ", ".join(report.get("agents_affected", [])) or "none"),
-             ("rollbacks", report.get("rollback_count")), ("manual interventions", report.get("manual_interventions")),
-             ("approval required", report.get("approval_required")), ("next milestone", report.get("next_milestone"))]
-    criteria = [(c.get("criterion"), c.get("threshold"), _cell(c.get("observed")), c.get("verdict"),
-                 c.get("note") or "") for c in report.get("criteria", [])]
+    head = (
+        f'<h3>{esc(report.get("checkpoint", "?"))}: <span class="{VERDICT_CLASS.get(verdict, "")}">'
+        f"{esc(verdict)}</span></h3><p>{esc(report.get('recommendation_reason', ''))}</p>"
+    )
+    facts = [
+        ("checkpoint time", report.get("checkpoint_time")),
+        ("period start", report.get("period_start")),
+        ("hours elapsed", report.get("hours_elapsed")),
+        ("rollout percentage", report.get("current_rollout_percentage")),
+        ("agents", ", ".join(report.get("agents_affected", [])) or "none"),
+        ("rollbacks", report.get("rollback_count")),
+        ("manual interventions", report.get("manual_interventions")),
+        ("approval required", report.get("approval_required")),
+        ("next milestone", report.get("next_milestone")),
+    ]
+    criteria = [
+        (c.get("criterion"), c.get("threshold"), _cell(c.get("observed")), c.get("verdict"), c.get("note") or "")
+        for c in report.get("criteria", [])
+    ]
     unmeasured = report.get("unmeasured", {})
     metrics = [(k, _cell(v), unmeasured.get(k, "") if v is None else "") for k, v in report.get("metrics", {}).items()]
     issues = "".join(f"<li>{esc(i)}</li>" for i in report.get("issues_detected", []))
-    return (head + table(("", ""), facts) + "<h4>Criteria</h4>"
-            + table(("criterion", "threshold", "observed", "verdict", "note"), criteria, verdict_column=3)
-            + "<h4>Metrics</h4>" + table(("metric", "value", "note"), metrics)
-            + (f"<h4>Issues</h4><ul>{issues}</ul>" if issues else ""))
+    return (
+        head
+        + table(("", ""), facts)
+        + "<h4>Criteria</h4>"
+        + table(("criterion", "threshold", "observed", "verdict", "note"), criteria, verdict_column=3)
+        + "<h4>Metrics</h4>"
+        + table(("metric", "value", "note"), metrics)
+        + (f"<h4>Issues</h4><ul>{issues}</ul>" if issues else "")
+    )
 
 
 def decisions_table(decisions: list[dict[str, Any]], start: datetime) -> str:
@@ -329,13 +380,27 @@ def decisions_table(decisions: list[dict[str, Any]], start: datetime) -> str:
         return '<p class="note">no decisions yet</p>'
     rows = []
     for d in decisions:
-        css = " ".join(c for c in (d["action"] if d["action"] in ("rollback", "emergency") else "",
-                                   "operator" if is_operator(d) else "") if c)
-        cells = [d.get("seq", ""), d["at"], f"+{_hours(d['at'], start):.3g}h", d["action"], d["stage"],
-                 f"{d['percentage']:g}%", "operator" if is_operator(d) else "rolloutd", d["reason"]]
+        css = " ".join(
+            c
+            for c in (
+                d["action"] if d["action"] in ("rollback", "emergency") else "",
+                "operator" if is_operator(d) else "",
+            )
+            if c
+        )
+        cells = [
+            d.get("seq", ""),
+            d["at"],
+            f"+{_hours(d['at'], start):.3g}h",
+            d["action"],
+            d["stage"],
+            f"{d['percentage']:g}%",
+            actor(d),
+            d["reason"],
+        ]
         rows.append(f'<tr class="{css}">' + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("seq", "plan time", "hours", "action", "stage", "%", "by", "reason"))
-    return f"<table class=\"decisions\"><tr>{head}</tr>{''.join(rows)}</table>"
+    return f'<table class="decisions"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], verdict_column: int | None = None) -> str:
@@ -370,8 +435,9 @@ def _hours(text: str, start: datetime) -> float:
     return (_moment(text) - start).total_seconds() / 3600
 
 
-def _seen(status: dict[str, Any], decisions: list[dict[str, Any]], observations: list[dict[str, Any]],
-          start: datetime) -> float:
+def _seen(
+    status: dict[str, Any], decisions: list[dict[str, Any]], observations: list[dict[str, Any]], start: datetime
+) -> float:
     """The plan hours the rollout has lived so far: the x axis of the guard and metric charts
     (the timeline's runs on to the plan's end, to show what is still to come)."""
     ends = [float(status["plan_hours_elapsed"])] + [_hours(x["at"], start) for x in decisions[-1:] + observations[-1:]]

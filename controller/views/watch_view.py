@@ -21,18 +21,39 @@ ones `?`, so one character is always one column.
 from __future__ import annotations
 
 import unicodedata
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-WIDE = 100                                   # from here on: one column per threshold, and gauges
+from controller.views.journal_text import said
+
+WIDE = 100  # from here on: one column per threshold, and gauges
 SEVERITIES = ("warning", "critical", "emergency")
-PHASE_STYLE = {"running": "green", "completed": "green", "holding": "yellow", "awaiting_approval": "yellow",
-               "rolled_back": "red", "emergency": "red"}
-ACTION_STYLE = {"stage_applied": "green", "approved": "green", "completed": "green", "resume": "green",
-                "warning": "yellow", "hold": "yellow", "awaiting_approval": "yellow", "checkpoint": "cyan",
-                "verdict": "cyan", "rollback": "red", "emergency": "red"}
-WAITS_FOR = {"awaiting_approval": "waits for an approval", "holding": "waits for the hold to end",
-             "rolled_back": "waits for `rolloutctl resume`"}
+PHASE_STYLE = {
+    "running": "green",
+    "completed": "green",
+    "holding": "yellow",
+    "awaiting_approval": "yellow",
+    "rolled_back": "red",
+    "emergency": "red",
+}
+ACTION_STYLE = {
+    "stage_applied": "green",
+    "approved": "green",
+    "completed": "green",
+    "resume": "green",
+    "warning": "yellow",
+    "hold": "yellow",
+    "awaiting_approval": "yellow",
+    "checkpoint": "cyan",
+    "verdict": "cyan",
+    "rollback": "red",
+    "emergency": "red",
+}
+WAITS_FOR = {
+    "awaiting_approval": "waits for an approval",
+    "holding": "waits for the hold to end",
+    "rolled_back": "waits for `rolloutctl resume`",
+}
 SEVERITY_STYLE = {"warning": "yellow", "critical": "red", "emergency": "red"}
 SGR = {"bold": "1", "dim": "2", "red": "1;31", "green": "32", "yellow": "33", "cyan": "36"}
 
@@ -82,11 +103,18 @@ def fit(text: str, width: int, style: str | None = None, color: bool = False) ->
     return Line((text, style)).render(width, color)
 
 
-def render(status: dict[str, Any], decisions: list[dict[str, Any]], *, width: int, now: datetime | None = None,
-           color: bool = False, height: int | None = None) -> list[str]:
+def render(
+    status: dict[str, Any],
+    decisions: list[dict[str, Any]],
+    *,
+    width: int,
+    now: datetime | None = None,
+    color: bool = False,
+    height: int | None = None,
+) -> list[str]:
     """The frame: header, what needs an operator, stage and cohort, next transition, timeline,
     guards, then the latest decisions (most recent first) in whatever height is left."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     top = [_header(status, now, width), *_attention(status), *_position(status, now)]
     sections = [top, _timeline(status, width), _guards(status, width)]
     lines = [line for i, section in enumerate(sections) for line in ([Line()] if i else []) + section]
@@ -102,10 +130,11 @@ def _squeeze(lines: list[Line], height: int) -> list[Line]:
     """Too tall: drop the blank separators first, then cut from the bottom."""
     if len(lines) > height:
         lines = [line for line in lines if line.parts]
-    return lines[:max(0, height)]
+    return lines[: max(0, height)]
 
 
 # -- header and position ------------------------------------------------------------------------
+
 
 def _header(s: dict[str, Any], now: datetime, width: int) -> Line:
     """Name, phase, plan time, time scale, kill switch; the clock at the right when it fits.
@@ -117,7 +146,7 @@ def _header(s: dict[str, Any], now: datetime, width: int) -> Line:
     if s.get("time_scale", 1) != 1:
         line.add(f"{gap}time x{s['time_scale']:g}")
     line.add(f"{gap}kill switch ").add(*(("ON", "red") if s.get("kill_switch") else ("off", None)))
-    clock = f"{now.astimezone(timezone.utc):%H:%M:%S}Z"
+    clock = f"{now.astimezone(UTC):%H:%M:%S}Z"
     used = sum(len(t) for t, _ in line.parts)
     if used + 2 + len(clock) <= width:
         line.add(" " * (width - used - len(clock))).add(clock, "dim")
@@ -128,29 +157,51 @@ def _attention(s: dict[str, Any]) -> list[Line]:
     """What an operator may have to act on, and the command that does it."""
     phase, reason = s["phase"], (s.get("hold_reason") or "").replace(" (`rolloutctl approve`)", "")
     if phase == "emergency" or s.get("emergency"):
-        return [Line(("EMERGENCY: ", "red"), ("the kill switch is on: every flag is off", None)),
-                Line(("  run `rolloutctl resume --clear-emergency --reason \"...\"` once it is safe", None))]
+        return [
+            Line(("EMERGENCY: ", "red"), ("the kill switch is on: every flag is off", None)),
+            Line(('  run `rolloutctl resume --clear-emergency --reason "..."` once it is safe', None)),
+        ]
     if phase == "awaiting_approval":
-        return [Line(("AWAITING APPROVAL: ", "yellow"), (reason, None)),
-                Line(("  run `rolloutctl approve --reason \"...\"` to go on (`rolloutctl report` shows the "
-                      "checkpoint's report)", None))]
+        return [
+            Line(("AWAITING APPROVAL: ", "yellow"), (reason, None)),
+            Line(
+                (
+                    '  run `rolloutctl approve --reason "..."` to go on (`rolloutctl report` shows the '
+                    "checkpoint's report)",
+                    None,
+                )
+            ),
+        ]
     if phase == "holding":
-        hint = ("" if "rolloutctl" in reason else "  (clears itself once every guard reports)"
-                if reason.startswith("not advancing while blind") else "  run `rolloutctl resume --reason \"...\"`")
+        hint = (
+            "  (clears itself once every guard reports)"
+            if s.get("held_by_operator") is False
+            else ""
+            if "rolloutctl" in reason
+            else '  run `rolloutctl resume --reason "..."`'
+        )
         return [Line(("HOLDING: ", "yellow"), (reason, None), (hint, None))]
     if phase == "rolled_back":
-        return [Line(("ROLLED BACK: ", "red"), (reason, None)),
-                Line(("  run `rolloutctl resume --reason \"...\"` to advance again", None))]
+        return [
+            Line(("ROLLED BACK: ", "red"), (reason, None)),
+            Line(('  run `rolloutctl resume --reason "..."` to advance again', None)),
+        ]
     return []
 
 
 def _position(s: dict[str, Any], now: datetime) -> list[Line]:
     total = len(s.get("stages") or []) or None
-    stage = (f"stage {s['stage']}{f'/{total - 1}' if total else ''}: {s['stage_name']}" if s["stage"] >= 0
-             else "no stage applied yet")
+    stage = (
+        f"stage {s['stage']}{f'/{total - 1}' if total else ''}: {s['stage_name']}"
+        if s["stage"] >= 0
+        else "no stage applied yet"
+    )
     agents = s.get("agents") or []
-    cohort = f"{s['percentage']:g}% of {len(agents)} agent{'s' if len(agents) != 1 else ''}: {', '.join(agents)}" \
-        if agents else f"{s['percentage']:g}% (no agents)"
+    cohort = (
+        f"{s['percentage']:g}% of {len(agents)} agent{'s' if len(agents) != 1 else ''}: {', '.join(agents)}"
+        if agents
+        else f"{s['percentage']:g}% (no agents)"
+    )
     return [Line((stage, None)), Line(("applied: ", "dim"), (cohort, "bold")), _next(s, now)]
 
 
@@ -169,11 +220,13 @@ def _next(s: dict[str, Any], now: datetime) -> Line:
 
 # -- timeline -----------------------------------------------------------------------------------
 
+
 class _Canvas:
     """One row of the timeline: characters with styles; labels placed without overlapping."""
 
     def __init__(self, size: int, fill: str = " ") -> None:
-        self.chars, self.styles = [fill] * size, [None] * size
+        self.chars: list[str] = [fill] * size
+        self.styles: list[str | None] = [None] * size
         self.taken = [False] * size
 
     def put(self, col: int, char: str, style: str | None = None) -> None:
@@ -182,7 +235,7 @@ class _Canvas:
     def label(self, col: int, text: str, style: str | None = None, force: bool = False) -> bool:
         size = len(self.chars)
         start = max(0, min(col, size - len(text)))
-        span = range(max(0, start - 1), min(size, start + len(text) + 1))   # one blank on either side
+        span = range(max(0, start - 1), min(size, start + len(text) + 1))  # one blank on either side
         if len(text) > size or (not force and any(self.taken[i] for i in span)):
             return False
         for i, char in enumerate(text):
@@ -192,7 +245,7 @@ class _Canvas:
 
     def line(self, indent: str) -> Line:
         line, run, style = Line((indent, None)), "", self.styles[0] if self.styles else None
-        for char, st in zip(self.chars, self.styles):
+        for char, st in zip(self.chars, self.styles, strict=False):
             if st != style:
                 line.add(run, style)
                 run, style = "", st
@@ -214,12 +267,13 @@ def _timeline(s: dict[str, Any], width: int) -> list[Line]:
         bar.put(i, "=", "green")
     stages = s.get("stages") or []
     current = [st for i, st in enumerate(stages) if i == s["stage"]]
-    for st in current + [st for st in stages if st not in current]:   # the applied stage's label first
+    for st in current + [st for st in stages if st not in current]:  # the applied stage's label first
         style = "bold" if st in current else "green" if st.get("applied") else None
         pct.label(col(st["at_hours"]), f"{st['percentage']:g}%", style)
         bar.put(col(st["at_hours"]), "|", "bold")
-    hours.label(now_col, f"^h {_h(elapsed, total)}" if now_col + 8 < size else f"h {_h(elapsed, total)}^", "bold",
-                force=True)
+    hours.label(
+        now_col, f"^h {_h(elapsed, total)}" if now_col + 8 < size else f"h {_h(elapsed, total)}^", "bold", force=True
+    )
     for cp in s.get("checkpoints") or []:
         needs = cp.get("requires_approval") and not cp.get("approved")
         at = _checkpoint_hours(s, cp)
@@ -228,9 +282,12 @@ def _timeline(s: dict[str, Any], width: int) -> list[Line]:
     for st in stages:
         hours.label(col(st["at_hours"]), f"{_at(st['at_hours'])}h", "dim")
     bar.put(now_col, ">", "bold")
-    legend = ("   | stage (% above)   + checkpoint   ! needs approval   > now" if width >= WIDE
-              else "  |stage  +checkpoint  !approval  >now")
-    legend = Line(("timeline", "bold"), (legend, "dim"))
+    key = (
+        "   | stage (% above)   + checkpoint   ! needs approval   > now"
+        if width >= WIDE
+        else "  |stage  +checkpoint  !approval  >now"
+    )
+    legend = Line(("timeline", "bold"), (key, "dim"))
     return [legend, pct.line("  "), bar.line("  "), hours.line("  ")]
 
 
@@ -250,6 +307,7 @@ def _plan_hours(s: dict[str, Any]) -> float:
 
 # -- guards ---------------------------------------------------------------------------------------
 
+
 def _guards(s: dict[str, Any], width: int) -> list[Line]:
     guards = s.get("guards") or []
     if not guards:
@@ -257,13 +315,13 @@ def _guards(s: dict[str, Any], width: int) -> list[Line]:
     wide = width >= WIDE
     name_w = max(len("GUARD"), *(len(g["name"]) for g in guards))
     if not wide:
-        name_w = min(name_w, max(10, width - 46))   # the threshold column needs up to 14
+        name_w = min(name_w, max(10, width - 46))  # the threshold column needs up to 14
     head = Line(("  " + "GUARD".ljust(name_w) + "  VALUE   ", "bold"))
     if wide:
         head.add("WARNING   CRITICAL  EMERGENCY VERDICT (xN in a row) POSITION", "bold")
     else:
         head.add("VERDICT             THRESHOLDS", "bold")
-    gauge_w = min(40, width - (2 + name_w + 10 + 3 * 10 + 22)) if wide else 0   # what is left of the row
+    gauge_w = min(40, width - (2 + name_w + 10 + 3 * 10 + 22)) if wide else 0  # what is left of the row
     rows = [head, *(_guard_row(g, name_w, wide, gauge_w) for g in guards)]
     every = s.get("guard_interval")
     title = Line(("guards", "bold"), (f"   checked every {every}" if every else "", "dim"))
@@ -272,10 +330,13 @@ def _guards(s: dict[str, Any], width: int) -> list[Line]:
 
 def _guard_row(g: dict[str, Any], name_w: int, wide: bool, gauge_w: int) -> Line:
     verdict, severity = g["verdict"], g.get("severity")
-    blind = g.get("consecutive_failures", 0) > 0   # no data counts only where the plan says silence is blindness
-    mark, style = {"breach": ("! ", SEVERITY_STYLE.get(severity or "", "red")), "error": ("? ", "red"),
-                   "no_data": ("? ", "yellow") if blind else ("  ", "dim")}.get(verdict, ("  ", None))
-    name = g["name"] if len(g["name"]) <= name_w else g["name"][:name_w - 1] + "~"
+    blind = g.get("consecutive_failures", 0) > 0  # no data counts only where the plan says silence is blindness
+    mark, style = {
+        "breach": ("! ", SEVERITY_STYLE.get(severity or "", "red")),
+        "error": ("? ", "red"),
+        "no_data": ("? ", "yellow") if blind else ("  ", "dim"),
+    }.get(verdict, ("  ", None))
+    name = g["name"] if len(g["name"]) <= name_w else g["name"][: name_w - 1] + "~"
     value = "  " + _fmt(g.get("value"), g.get("unit")).ljust(8)
     line = Line((mark, style), (name.ljust(name_w), style), (value, None))
     sign = ">" if g.get("direction", "above") == "above" else "<"
@@ -298,8 +359,9 @@ def _verdict(g: dict[str, Any]) -> str:
     if verdict == "breach":
         return f"BREACH {g.get('severity') or ''} x{g.get('consecutive_breaches', 0)}"
     failures = g.get("consecutive_failures", 0)
-    text = {"pass": "pass", "no_data": "no data", "error": "ERROR", "not_evaluated": "not checked yet"}.get(verdict,
-                                                                                                        verdict)
+    text = {"pass": "pass", "no_data": "no data", "error": "ERROR", "not_evaluated": "not checked yet"}.get(
+        verdict, verdict
+    )
     return f"{text} x{failures}" if failures and verdict in ("no_data", "error") else text
 
 
@@ -319,8 +381,10 @@ def _gauge(line: Line, g: dict[str, Any], limits: dict[str, float], width: int) 
     for i in range(zones * (zone_w + 1) - 1):
         zone = i // (zone_w + 1)
         char = "|" if i % (zone_w + 1) == zone_w else ">" if i == filled else "=" if i < filled else "."
-        line.add(char, SEVERITY_STYLE.get(severities[zone - 1]) if zone and char != "." else
-                 ("green" if char != "." else "dim"))
+        line.add(
+            char,
+            SEVERITY_STYLE.get(severities[zone - 1]) if zone and char != "." else ("green" if char != "." else "dim"),
+        )
     line.add("]", "dim")
 
 
@@ -337,6 +401,7 @@ def _best(g: dict[str, Any], limits: dict[str, float], severities: list[str]) ->
 
 
 # -- decisions ------------------------------------------------------------------------------------
+
 
 def _decisions(s: dict[str, Any], decisions: list[dict[str, Any]], width: int, room: int | None) -> list[Line]:
     ordered = sorted(decisions, key=lambda d: d.get("seq", 0)) if all("seq" in d for d in decisions) else decisions
@@ -358,10 +423,11 @@ def _decision_row(d: dict[str, Any], start: datetime, wide: bool) -> Line:
     line.add(d["action"].ljust(18), SEVERITY_STYLE.get(severity or "") or ACTION_STYLE.get(d["action"]))
     line.add(f"#{d['stage']} {d['percentage']:g}%".ljust(9))
     pending = "(being applied) " if d.get("status") == "intent" else ""
-    return line.add(pending + (d.get("reason") or ""))
+    return line.add(pending + said(d))
 
 
 # -- formatting -----------------------------------------------------------------------------------
+
 
 def _fmt(value: float | None, unit: str | None, bare: bool = False) -> str:
     """A guard value in its unit: ratio as %, seconds as ms, percent as %; `bare`: no unit."""

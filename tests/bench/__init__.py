@@ -27,9 +27,9 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO / "bench-results"
@@ -69,7 +69,7 @@ def filesystem_type(path: Path) -> str:
 def machine_facts() -> dict[str, object]:
     """What the figures depend on: cores, CPU, Python, load, and when."""
     return {
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
@@ -104,7 +104,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def render(row: Sequence[str]) -> str:
-        *numbers, last = [c.rjust(w) for c, w in zip(row[:-1], widths)] + [row[-1]]
+        *numbers, last = [c.rjust(w) for c, w in zip(row[:-1], widths, strict=False)] + [row[-1]]
         return "  " + "  ".join([*numbers, last])
 
     print(render(list(headers)))

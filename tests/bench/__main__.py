@@ -31,10 +31,21 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from tests.bench import RESULTS_DIR, BenchFailure, heading, line, machine_facts
-from tests.bench import bench_controller, bench_flags, bench_ofrep, bench_ops, bench_retrieval
+from tests.bench import (
+    RESULTS_DIR,
+    BenchFailure,
+    bench_controller,
+    bench_flags,
+    bench_ofrep,
+    bench_ops,
+    bench_retrieval,
+    heading,
+    line,
+    machine_facts,
+)
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "flags": bench_flags.run_evaluation,
@@ -65,9 +76,9 @@ def run_one(name: str) -> tuple[dict[str, Any], str | None]:
     try:
         figures = BENCHMARKS[name]()
         error = None
-    except BenchFailure as exc:   # keeps what was measured before the check, when the benchmark attached it
+    except BenchFailure as exc:  # keeps what was measured before the check, when the benchmark attached it
         figures, error = dict(getattr(exc, "figures", None) or {}), str(exc)
-    except Exception:  # a crash is a failure too, but keep running the others
+    except Exception:  # noqa: BLE001  (a crash is a failure too, but keep running the others)
         figures, error = {}, traceback.format_exc()
     figures["seconds"] = round(time.monotonic() - start, 1)
     if error:

@@ -60,12 +60,13 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import anyio
 import httpx
@@ -75,9 +76,9 @@ import structlog
 from controller.decide import Decision, Phase
 from controller.guards import Observation, assess
 from controller.host.logs import configure_logging
+from controller.host.replay import SimClock, replay
 from controller.plan import Direction, Guard, Plan
 from controller.plan_load import load_plan, parse_plan
-from controller.host.replay import SimClock, replay
 from controller.service import Controller
 from controller.state_db import StateDB
 from flags.parse import parse_flags_text
@@ -89,10 +90,15 @@ from tests.support.history import RETENTION, backfill, healthy, history_start
 from tests.support.realservers import HOST, PrometheusServer
 
 PHASE5 = REPO / "deploy" / "plans" / "phase5.toml"
-START = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)
-HEALTHY_VALUES = {"error_rate": 0.0002, "p95_latency": 0.12, "test_pass_rate": 99.5, "cache_hit_rate": 0.8,
-                  "retrieval_precision": 0.82}
-BREACH_GUARD, BREACH_VALUE = "p95_latency", 0.45   # critical (> 0.3 s), not emergency (> 0.5 s)
+START = datetime(2025, 10, 23, 9, tzinfo=UTC)
+HEALTHY_VALUES = {
+    "error_rate": 0.0002,
+    "p95_latency": 0.12,
+    "test_pass_rate": 99.5,
+    "cache_hit_rate": 0.8,
+    "retrieval_precision": 0.82,
+}
+BREACH_GUARD, BREACH_VALUE = "p95_latency", 0.45  # critical (> 0.3 s), not emergency (> 0.5 s)
 LOW_COHORT = ("Builder", "Deploy", "QA")
 HIGH_COHORT = (*LOW_COHORT, "Support", "Marketing")
 REACTION_TRIALS = 300
@@ -107,7 +113,7 @@ IDLE_SCRAPE_INTERVAL = "15s"
 REHEARSAL_SCALE = 30_000.0
 REHEARSAL_EVALUATIONS = int(os.environ.get("BENCH_REHEARSAL_EVALUATIONS", "10000"))
 REHEARSAL_SAMPLES = 10
-STALL_SECONDS = 30.0   # no new evaluation for this long: the daemon is stuck, not slow
+STALL_SECONDS = 30.0  # no new evaluation for this long: the daemon is stuck, not slow
 READY_TIMEOUT = 30.0
 EVALUATED = '"event":"guard.evaluated"'
 
@@ -115,16 +121,20 @@ EVALUATED = '"event":"guard.evaluated"'
 def phase5_guards_toml() -> str:
     """The [[guards]] tables of the shipped phase5 plan, verbatim."""
     text = PHASE5.read_text()
-    return text[text.index("[[guards]]"):]
+    return text[text.index("[[guards]]") :]
 
 
 def plan_toml(name: str, stages: list[tuple[str, float, tuple[str, ...]]]) -> str:
     """A plan with phase5's flags and guards, a 5 m guard interval, the given stages, no checkpoints."""
     flags = list(load_plan(PHASE5).flags)
-    head = (f"[plan]\nname = {json.dumps(name)}\nflags = {json.dumps(flags)}\nguard_interval = \"5m\"\n"
-            "failure_limit = 5\nfailure_response = \"rollback_zero\"\n")
-    body = "".join(f"\n[[stages]]\nat = {json.dumps(at)}\npercentage = {pct!r}\nagents = {json.dumps(list(agents))}\n"
-                   for at, pct, agents in stages)
+    head = (
+        f'[plan]\nname = {json.dumps(name)}\nflags = {json.dumps(flags)}\nguard_interval = "5m"\n'
+        'failure_limit = 5\nfailure_response = "rollback_zero"\n'
+    )
+    body = "".join(
+        f"\n[[stages]]\nat = {json.dumps(at)}\npercentage = {pct!r}\nagents = {json.dumps(list(agents))}\n"
+        for at, pct, agents in stages
+    )
     return f"{head}{body}\n{phase5_guards_toml()}"
 
 
@@ -144,6 +154,7 @@ def _failures_as_bench_failures() -> Iterator[None]:
 
 # -- reaction ----------------------------------------------------------------------------------
 
+
 @dataclass
 class FakeSource:
     """Guard values from memory: healthy, except `breaching` guards at their set value."""
@@ -154,7 +165,7 @@ class FakeSource:
         return assess(guard, self.breaching.get(guard.name, HEALTHY_VALUES[guard.name]), at)
 
     async def value(self, promql: str, at: datetime, direction: Direction | None = None) -> float | None:
-        return HEALTHY_VALUES[BREACH_GUARD]   # checkpoint reports only, and this plan has no checkpoint
+        return HEALTHY_VALUES[BREACH_GUARD]  # checkpoint reports only, and this plan has no checkpoint
 
 
 def reaction_plan() -> Plan:
@@ -164,9 +175,9 @@ def reaction_plan() -> Plan:
 
 @dataclass
 class Trials:
-    reaction: list[float] = field(default_factory=list)      # controller.reaction_seconds of the rollback round
-    end_to_end: list[float] = field(default_factory=list)    # await controller.evaluate() of that round
-    baseline: list[float] = field(default_factory=list)      # one bare durable replace before it
+    reaction: list[float] = field(default_factory=list)  # controller.reaction_seconds of the rollback round
+    end_to_end: list[float] = field(default_factory=list)  # await controller.evaluate() of that round
+    baseline: list[float] = field(default_factory=list)  # one bare durable replace before it
 
 
 class ReactionRig:
@@ -179,8 +190,7 @@ class ReactionRig:
         self.source = FakeSource()
         self.store = FlagStore.open(directory, clock=self.clock)
         self.db = StateDB(directory, durable=True)
-        self.controller = Controller(self.plan, self.db, self.store, self.source, wall=self.clock,
-                                     state_dir=directory)
+        self.controller = Controller(self.plan, self.db, self.store, self.source, wall=self.clock, state_dir=directory)
 
     def close(self) -> None:
         self.db.close()
@@ -223,8 +233,9 @@ def _check_rollback(decisions: list[Decision], controller: Controller, before: i
         found = [d.to_dict() for d in decisions]
         raise BenchFailure(f"the sustained breach did not roll back one stage to 5%: {found}")
     if len(controller.reaction_seconds) != before + 1:
-        raise BenchFailure(f"reaction_seconds grew by {len(controller.reaction_seconds) - before} in the rollback "
-                           "round, expected 1")
+        raise BenchFailure(
+            f"reaction_seconds grew by {len(controller.reaction_seconds) - before} in the rollback round, expected 1"
+        )
 
 
 def _expect_stage(controller: Controller, stage: int, when: str) -> None:
@@ -241,8 +252,9 @@ def check_durable(directory: Path, plan: Plan, percentage: float, agents: tuple[
         cohort = [c.values for c in flag.constraints if c.context_name == "agent"] if flag else []
         if flag is None or not flag.enabled or flag.percentage_at(START) != percentage or cohort != [agents]:
             found = f"enabled={flag.enabled} at {flag.percentage_at(START):g}% of {cohort}" if flag else "missing"
-            raise BenchFailure(f"after the rollback flags.json has {name} {found}; expected enabled at "
-                               f"{percentage:g}% of {[agents]}")
+            raise BenchFailure(
+                f"after the rollback flags.json has {name} {found}; expected enabled at {percentage:g}% of {[agents]}"
+            )
     with closing(sqlite3.connect(f"file:{directory / StateDB.FILE}?mode=ro", uri=True)) as db:
         intents = db.execute("SELECT COUNT(*) FROM journal WHERE status = 'intent'").fetchone()[0]
     if intents:
@@ -313,26 +325,40 @@ def run_reaction() -> dict[str, Any]:
     ratio = round(reaction["p50_ms"] / baseline["p50_ms"], 2)
     met = reaction["p95_ms"] < REACTION_TARGET_MS
     line("state dir", f"{directory.parent}/… (file system {fs_type}); StateDB WAL synchronous=FULL")
-    line("trials", f"{REACTION_TRIALS} (+{REACTION_WARMUP} warm-up): p95 {BREACH_VALUE} s for 2 checks, "
-         "10% → 5%, 6 flags")
+    line(
+        "trials",
+        f"{REACTION_TRIALS} (+{REACTION_WARMUP} warm-up): p95 {BREACH_VALUE} s for 2 checks, 10% → 5%, 6 flags",
+    )
     _print_latency("reaction ms (controller)", reaction)
     _print_latency("evaluate() ms (end to end)", end_to_end)
     _print_latency(f"baseline: {size} B durable replace", baseline)
     line("reaction / durable replace (p50)", f"{ratio:.2f}x")
     line("checks", f"flags.json at 5% of {len(LOW_COHORT)} agents and no intent row after all {REACTION_TRIALS}")
     line("target", verdict(met, f"reaction p95 < {REACTION_TARGET_MS:g} ms"))
-    return {"directory_parent": str(directory.parent), "filesystem": fs_type, "trials": REACTION_TRIALS,
-            "flags_file_bytes": size, "reaction": reaction, "evaluate_end_to_end": end_to_end,
-            "baseline_durable_replace": baseline, "reaction_over_baseline_p50": ratio,
-            "target_p95_ms": REACTION_TARGET_MS, "target_met": met}
+    return {
+        "directory_parent": str(directory.parent),
+        "filesystem": fs_type,
+        "trials": REACTION_TRIALS,
+        "flags_file_bytes": size,
+        "reaction": reaction,
+        "evaluate_end_to_end": end_to_end,
+        "baseline_durable_replace": baseline,
+        "reaction_over_baseline_p50": ratio,
+        "target_p95_ms": REACTION_TARGET_MS,
+        "target_met": met,
+    }
 
 
 def _print_latency(label: str, summary: dict[str, float]) -> None:
-    line(label, f"p50 {summary['p50_ms']:.2f}   p95 {summary['p95_ms']:.2f}   p99 {summary['p99_ms']:.2f}   "
-         f"max {summary['max_ms']:.2f}   mean {summary['mean_ms']:.2f}")
+    line(
+        label,
+        f"p50 {summary['p50_ms']:.2f}   p95 {summary['p95_ms']:.2f}   p99 {summary['p99_ms']:.2f}   "
+        f"max {summary['max_ms']:.2f}   mean {summary['mean_ms']:.2f}",
+    )
 
 
 # -- replay ------------------------------------------------------------------------------------
+
 
 @contextmanager
 def _timed_evaluations() -> Iterator[list[float]]:
@@ -380,12 +406,17 @@ def _check_replay(status: int, lines: list[dict[str, Any]], start: datetime) -> 
     if status != 0 or not lines or not lines[-1].get("summary"):
         raise BenchFailure(f"replay exited {status} with {len(lines)} lines; last: {lines[-1:]}")
     decisions = lines[:-1]
-    hours = [round((datetime.fromisoformat(d["at"].replace("Z", "+00:00")) - start).total_seconds() / 3600, 4)
-             for d in decisions if d["action"] == "stage_applied"]
+    hours = [
+        round((datetime.fromisoformat(d["at"].replace("Z", "+00:00")) - start).total_seconds() / 3600, 4)
+        for d in decisions
+        if d["action"] == "stage_applied"
+    ]
     if hours != EXPECTED_STAGE_HOURS or decisions[-1]["action"] != "completed" or lines[-1]["phase"] != "completed":
-        raise BenchFailure(f"replay did not complete the plan: stages at hours {hours} (expected "
-                           f"{EXPECTED_STAGE_HOURS}), last decision {decisions[-1]['action']!r}, "
-                           f"phase {lines[-1]['phase']!r}")
+        raise BenchFailure(
+            f"replay did not complete the plan: stages at hours {hours} (expected "
+            f"{EXPECTED_STAGE_HOURS}), last decision {decisions[-1]['action']!r}, "
+            f"phase {lines[-1]['phase']!r}"
+        )
     return decisions
 
 
@@ -404,8 +435,9 @@ def run_replay() -> dict[str, Any]:
             server.start(targets=[])
             setup = time.perf_counter() - setup
         config = workdir / "rolloutd.toml"
-        config.write_text(f'[daemon]\nstate_dir = "{workdir / "state"}"\nplan = "{PHASE5}"\n'
-                          f'[prometheus]\nurl = "{server.url}"\n')
+        config.write_text(
+            f'[daemon]\nstate_dir = "{workdir / "state"}"\nplan = "{PHASE5}"\n[prometheus]\nurl = "{server.url}"\n'
+        )
         query_seconds = _query_latencies(server.url, promql, spread[0::2])
         requests_before, out = _query_requests(server.url), io.StringIO()
         argv = ["--config", str(config), "--from", _iso(scenario.start), "--approve", "--json"]
@@ -423,8 +455,15 @@ def run_replay() -> dict[str, Any]:
     return _replay_figures(plan, wall, setup, evaluations, decisions, requests, query_seconds)
 
 
-def _replay_figures(plan: Plan, wall: float, setup: float, evaluations: list[float], decisions: list[dict[str, Any]],
-                    requests: int, query_seconds: list[float]) -> dict[str, Any]:
+def _replay_figures(
+    plan: Plan,
+    wall: float,
+    setup: float,
+    evaluations: list[float],
+    decisions: list[dict[str, Any]],
+    requests: int,
+    query_seconds: list[float],
+) -> dict[str, Any]:
     count, guards = len(evaluations), len(plan.guards)
     queries = latency_summary_ms(query_seconds)
     per_evaluation_ms = wall / count * 1000
@@ -434,23 +473,43 @@ def _replay_figures(plan: Plan, wall: float, setup: float, evaluations: list[flo
     line("evaluations", f"{count:,}   ({count / wall:,.1f}/s; {per_evaluation_ms:.2f} ms each on average)")
     _print_latency("evaluate() ms", latency_summary_ms(evaluations))
     line("decisions", f"{len(decisions)}   ({len(decisions) / wall:,.2f}/s)")
-    line("Prometheus instant queries", f"{requests:,} ({requests / count:.2f} per evaluation; {guards} guards "
-         "+ checkpoint reports)")
+    line(
+        "Prometheus instant queries",
+        f"{requests:,} ({requests / count:.2f} per evaluation; {guards} guards + checkpoint reports)",
+    )
     _print_latency(f"baseline: 1 query ms (n={len(query_seconds)})", queries)
-    line("overhead (per eval / guards x q)", f"{overhead:.2f}x   ({per_evaluation_ms:.2f} ms / "
-         f"({guards} x {queries['mean_ms']:.2f} ms); guards are queried concurrently)")
+    line(
+        "overhead (per eval / guards x q)",
+        f"{overhead:.2f}x   ({per_evaluation_ms:.2f} ms / "
+        f"({guards} x {queries['mean_ms']:.2f} ms); guards are queried concurrently)",
+    )
     line("checks", "exit 0; stages at hours 0/4/12/49/52/56; completed at 72 h")
-    return {"wall_seconds": round(wall, 3), "setup_seconds": round(setup, 2), "evaluations": count,
-            "decisions": len(decisions), "evaluations_per_second": round(count / wall, 1),
-            "decisions_per_second": round(len(decisions) / wall, 2), "evaluate": latency_summary_ms(evaluations),
-            "prometheus_queries": requests, "query_baseline": queries, "guards": guards,
-            "overhead_ratio": overhead}
+    return {
+        "wall_seconds": round(wall, 3),
+        "setup_seconds": round(setup, 2),
+        "evaluations": count,
+        "decisions": len(decisions),
+        "evaluations_per_second": round(count / wall, 1),
+        "decisions_per_second": round(len(decisions) / wall, 2),
+        "evaluate": latency_summary_ms(evaluations),
+        "prometheus_queries": requests,
+        "query_baseline": queries,
+        "guards": guards,
+        "overhead_ratio": overhead,
+    }
 
 
 # -- idle --------------------------------------------------------------------------------------
 
-def _daemon_config(directory: Path, *, port: int | None = None, plan: Path | None = None,
-                   time_scale: float = 1.0, prometheus: str | None = None) -> Path:
+
+def _daemon_config(
+    directory: Path,
+    *,
+    port: int | None = None,
+    plan: Path | None = None,
+    time_scale: float = 1.0,
+    prometheus: str | None = None,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     settings: dict[str, object] = {"plan": str(plan), "time_scale": time_scale} if plan else {}
     path = write_config(directory, port, **settings)
@@ -465,8 +524,19 @@ def _start_prometheus(workdir: Path, targets: list[str]) -> PrometheusServer:
     rule (evaluated every second) so phase5's one `no_data = "hold"` guard sees a value."""
     workdir.mkdir(parents=True)
     rules = workdir / "rules.yml"
-    rules.write_text(json.dumps({"groups": [{"name": "bench", "interval": "1s", "rules": [
-        {"record": "genesis_regression_pass_rate", "expr": "vector(99.5)"}]}]}))
+    rules.write_text(
+        json.dumps(
+            {
+                "groups": [
+                    {
+                        "name": "bench",
+                        "interval": "1s",
+                        "rules": [{"record": "genesis_regression_pass_rate", "expr": "vector(99.5)"}],
+                    }
+                ]
+            }
+        )
+    )
     server = PrometheusServer(workdir)
     server.start(targets=targets, scrape_interval=IDLE_SCRAPE_INTERVAL, rule_files=[rules])
     server.wait_for_query("genesis_regression_pass_rate", timeout=READY_TIMEOUT)
@@ -515,8 +585,10 @@ def _wait_for(daemon: Daemon, counter: EvaluationCounter, evaluations: int, stal
         if daemon.proc is not None and daemon.proc.poll() is not None:
             raise BenchFailure(f"rolloutd exited with {daemon.proc.returncode}:\n{''.join(daemon.lines[-20:])}")
         if time.monotonic() - since > stall:
-            raise BenchFailure(f"rolloutd logged no evaluation for {stall:g} s, at {seen:,} of {evaluations:,}:\n"
-                               f"{''.join(daemon.lines[-10:])}")
+            raise BenchFailure(
+                f"rolloutd logged no evaluation for {stall:g} s, at {seen:,} of {evaluations:,}:\n"
+                f"{''.join(daemon.lines[-10:])}"
+            )
         time.sleep(0.01)
         now = counter()
         if now > seen:
@@ -555,8 +627,12 @@ def measure_idle(idle: Daemon, bare: Daemon, seconds: float) -> dict[str, Any]:
     figures = {}
     for name, pid in pids.items():
         cpu = _cpu_seconds(pid) - before[name]
-        figures[name] = {"cpu_seconds": round(cpu, 3), "cpu_percent": round(cpu / wall * 100, 3),
-                         "cpu_seconds_per_minute": round(cpu / wall * 60, 3), "rss_kib": _memory_kib(pid)}
+        figures[name] = {
+            "cpu_seconds": round(cpu, 3),
+            "cpu_percent": round(cpu / wall * 100, 3),
+            "cpu_seconds_per_minute": round(cpu / wall * 60, 3),
+            "rss_kib": _memory_kib(pid),
+        }
     figures["window_seconds"] = round(wall, 1)
     return figures
 
@@ -583,17 +659,28 @@ def rehearse(workdir: Path, prometheus: str) -> dict[str, Any]:
         daemon.stop()
     failed = _failed_evaluations(daemon)
     if failed or status["phase"] != "running" or status["stage"] != 0:
-        raise BenchFailure(f"the rehearsal ended {status['phase']} at stage {status['stage']}, "
-                           f"{len(failed)} failed evaluation(s): {failed[:1]}")
+        raise BenchFailure(
+            f"the rehearsal ended {status['phase']} at stage {status['stage']}, "
+            f"{len(failed)} failed evaluation(s): {failed[:1]}"
+        )
     wall, timed = samples[-1][1], samples[-1][0] - 1
-    return {"time_scale": REHEARSAL_SCALE, "wall_interval_ms": round(300 / REHEARSAL_SCALE * 1000, 2),
-            "evaluations": samples[-1][0], "wall_seconds": round(wall, 2),
-            "evaluations_per_second": round(timed / wall, 1), "cpu_percent": round(cpu / wall * 100, 1),
-            "cpu_ms_per_evaluation": round(cpu / timed * 1000, 2), "rss_samples": samples, "vmhwm_kib": hwm,
-            "rss_before_kib": samples[0][2], "rss_after_kib": samples[-1][2],
-            "rss_growth_kib": samples[-1][2] - samples[0][2],
-            "rss_growth_after_first_tenth_kib": samples[-1][2] - samples[1][2],
-            "verdicts": _guard_verdicts(daemon), "plan_hours_elapsed": status["plan_hours_elapsed"]}
+    return {
+        "time_scale": REHEARSAL_SCALE,
+        "wall_interval_ms": round(300 / REHEARSAL_SCALE * 1000, 2),
+        "evaluations": samples[-1][0],
+        "wall_seconds": round(wall, 2),
+        "evaluations_per_second": round(timed / wall, 1),
+        "cpu_percent": round(cpu / wall * 100, 1),
+        "cpu_ms_per_evaluation": round(cpu / timed * 1000, 2),
+        "rss_samples": samples,
+        "vmhwm_kib": hwm,
+        "rss_before_kib": samples[0][2],
+        "rss_after_kib": samples[-1][2],
+        "rss_growth_kib": samples[-1][2] - samples[0][2],
+        "rss_growth_after_first_tenth_kib": samples[-1][2] - samples[1][2],
+        "verdicts": _guard_verdicts(daemon),
+        "plan_hours_elapsed": status["plan_hours_elapsed"],
+    }
 
 
 def run_idle() -> dict[str, Any]:
@@ -612,8 +699,10 @@ def run_idle() -> dict[str, Any]:
             _wait_for(idle, EvaluationCounter(idle, len(load_plan(PHASE5).guards)), 1, READY_TIMEOUT)
             first = _admin_status(idle)
             if first["phase"] != "running" or first["stage"] != 0:
-                raise BenchFailure(f"after its first evaluation the phase5 rollout is {first['phase']} at stage "
-                                   f"{first['stage']}: {[(g['name'], g['verdict']) for g in first['guards']]}")
+                raise BenchFailure(
+                    f"after its first evaluation the phase5 rollout is {first['phase']} at stage "
+                    f"{first['stage']}: {[(g['name'], g['verdict']) for g in first['guards']]}"
+                )
             window = measure_idle(idle, bare, IDLE_SECONDS)
             idle.stop()  # its CPU must not disturb the rehearsal
             rehearsal = rehearse(workdir, server.url)
@@ -625,31 +714,56 @@ def run_idle() -> dict[str, Any]:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     _print_idle(window, first, rehearsal)
-    return {"idle": window, "idle_guards_after_first_evaluation": {g["name"]: g["verdict"] for g in first["guards"]},
-            "scrape_interval": IDLE_SCRAPE_INTERVAL, "rehearsal": rehearsal}
+    return {
+        "idle": window,
+        "idle_guards_after_first_evaluation": {g["name"]: g["verdict"] for g in first["guards"]},
+        "scrape_interval": IDLE_SCRAPE_INTERVAL,
+        "rehearsal": rehearsal,
+    }
 
 
 def _print_idle(window: dict[str, Any], first: dict[str, Any], rehearsal: dict[str, Any]) -> None:
     verdicts = ", ".join(f"{g['name']} {g['verdict']}" for g in first["guards"])
     line("phase5 daemon after 1st evaluation", f"{first['phase']} at stage {first['stage']} ({verdicts})")
-    line("window", f"{window['window_seconds']:g} s, both daemons at once; Prometheus scrapes each every "
-         f"{IDLE_SCRAPE_INTERVAL}")
-    table(("CPU %", "CPU s/min", "RSS MiB", "daemon"),
-          [(f"{w['cpu_percent']:.2f}", f"{w['cpu_seconds_per_minute']:.3f}", f"{w['rss_kib'] / 1024:.1f}", name)
-           for name, w in (("phase5, time_scale 1", window["phase5"]), ("no plan (baseline)", window["no_plan"]))])
+    line(
+        "window",
+        f"{window['window_seconds']:g} s, both daemons at once; Prometheus scrapes each every {IDLE_SCRAPE_INTERVAL}",
+    )
+    table(
+        ("CPU %", "CPU s/min", "RSS MiB", "daemon"),
+        [
+            (f"{w['cpu_percent']:.2f}", f"{w['cpu_seconds_per_minute']:.3f}", f"{w['rss_kib'] / 1024:.1f}", name)
+            for name, w in (("phase5, time_scale 1", window["phase5"]), ("no plan (baseline)", window["no_plan"]))
+        ],
+    )
     r = rehearsal
-    print(f"  rehearsal: time_scale {r['time_scale']:g} (guard interval {r['wall_interval_ms']:g} ms wall), "
-          f"{r['evaluations']:,} evaluations, the last {r['evaluations'] - 1:,} in {r['wall_seconds']:.1f} s")
-    table(("evaluations", "seconds", "RSS MiB", ""),
-          [(f"{n:,}", f"{s:.1f}", f"{kib / 1024:.1f}", "first evaluation" if n == 1 else "")
-           for n, s, kib in r["rss_samples"]])
-    line("evaluations/s kept up", f"{r['evaluations_per_second']:,.1f}   (daemon CPU {r['cpu_percent']:.0f}% of a "
-         f"core, {r['cpu_ms_per_evaluation']:.1f} ms CPU an evaluation)")
-    line("RSS before → after", f"{r['rss_before_kib'] / 1024:.1f} → {r['rss_after_kib'] / 1024:.1f} MiB "
-         f"(+{r['rss_growth_kib'] / 1024:.1f} MiB; +{r['rss_growth_after_first_tenth_kib'] / 1024:.1f} MiB after the "
-         f"first {r['rss_samples'][1][0]:,}; peak {r['vmhwm_kib'] / 1024:.1f} MiB)")
+    print(
+        f"  rehearsal: time_scale {r['time_scale']:g} (guard interval {r['wall_interval_ms']:g} ms wall), "
+        f"{r['evaluations']:,} evaluations, the last {r['evaluations'] - 1:,} in {r['wall_seconds']:.1f} s"
+    )
+    table(
+        ("evaluations", "seconds", "RSS MiB", ""),
+        [
+            (f"{n:,}", f"{s:.1f}", f"{kib / 1024:.1f}", "first evaluation" if n == 1 else "")
+            for n, s, kib in r["rss_samples"]
+        ],
+    )
+    line(
+        "evaluations/s kept up",
+        f"{r['evaluations_per_second']:,.1f}   (daemon CPU {r['cpu_percent']:.0f}% of a "
+        f"core, {r['cpu_ms_per_evaluation']:.1f} ms CPU an evaluation)",
+    )
+    line(
+        "RSS before → after",
+        f"{r['rss_before_kib'] / 1024:.1f} → {r['rss_after_kib'] / 1024:.1f} MiB "
+        f"(+{r['rss_growth_kib'] / 1024:.1f} MiB; +{r['rss_growth_after_first_tenth_kib'] / 1024:.1f} MiB after the "
+        f"first {r['rss_samples'][1][0]:,}; peak {r['vmhwm_kib'] / 1024:.1f} MiB)",
+    )
     bare = window["no_plan"]
-    line("baseline: no-plan daemon RSS", f"{bare['rss_kib'] / 1024:.1f} MiB "
-         f"({bare['rss_kib_after_rehearsal'] / 1024:.1f} after the rehearsal; rehearsal after - baseline: "
-         f"+{(r['rss_after_kib'] - bare['rss_kib']) / 1024:.1f} MiB)")
+    line(
+        "baseline: no-plan daemon RSS",
+        f"{bare['rss_kib'] / 1024:.1f} MiB "
+        f"({bare['rss_kib_after_rehearsal'] / 1024:.1f} after the rehearsal; rehearsal after - baseline: "
+        f"+{(r['rss_after_kib'] - bare['rss_kib']) / 1024:.1f} MiB)",
+    )
     line("guard verdicts in the rehearsal", ", ".join(f"{k} {v:,}" for k, v in sorted(r["verdicts"].items())))

@@ -41,11 +41,12 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from flags.evaluate import FlagSet
 from flags.model import Constraint, Flag, Operator, ProgressiveConfig, Strategy
@@ -67,10 +68,13 @@ NOT_DISK = {"tmpfs", "ramfs"}
 
 # -- evaluation: the flag, both engines, the contexts ----------------------------------------
 
+
 def our_flagset() -> FlagSet:
     flag = Flag(
-        name=FLAG_KEY, enabled=True,
-        rollout_strategy=Strategy.PERCENTAGE, rollout_percentage=float(ROLLOUT_PERCENT),
+        name=FLAG_KEY,
+        enabled=True,
+        rollout_strategy=Strategy.PERCENTAGE,
+        rollout_percentage=float(ROLLOUT_PERCENT),
         constraints=(Constraint("agent", Operator.IN, ALLOWED_AGENTS),),
     )
     return FlagSet({FLAG_KEY: flag})
@@ -92,7 +96,7 @@ def offline_unleash_client() -> Any:
 
     (UnleashClient is a test extra that only this benchmark needs, hence the local import.)
     """
-    from tests.support.unleash_offline import offline_unleash
+    from tests.support.unleash_offline import offline_unleash  # noqa: PLC0415  (see the docstring)
 
     try:
         return offline_unleash(unleash_features()["features"], app_name="rolloutd-bench")
@@ -113,15 +117,18 @@ def make_contexts(count: int, seed: int = SEED) -> tuple[list[dict], list[dict]]
 
 # -- evaluation: checks and timing -----------------------------------------------------------
 
+
 def check_agreement(flags: FlagSet, client: Any, ours: list[dict], theirs: list[dict], now: datetime) -> dict[str, int]:
     """Both engines must agree on every context, and the answers must look like the flag."""
     our_answers = [flags.evaluate(FLAG_KEY, c, now).value for c in ours]
     their_answers = [client.is_enabled(FLAG_KEY, c) for c in theirs]
-    differ = [i for i, (a, b) in enumerate(zip(our_answers, their_answers)) if a != b]
+    differ = [i for i, (a, b) in enumerate(zip(our_answers, their_answers, strict=False)) if a != b]
     if differ:
         i = differ[0]
-        raise BenchFailure(f"ours and Unleash disagree on {len(differ)} of {len(ours)} contexts; first: "
-                           f"{ours[i]} -> ours {our_answers[i]}, Unleash {their_answers[i]}")
+        raise BenchFailure(
+            f"ours and Unleash disagree on {len(differ)} of {len(ours)} contexts; first: "
+            f"{ours[i]} -> ours {our_answers[i]}, Unleash {their_answers[i]}"
+        )
     matching = sum(c["agent"] in ALLOWED_AGENTS for c in ours)
     on = sum(our_answers)
     _check_plausible(len(ours), matching, on)
@@ -134,8 +141,9 @@ def _check_plausible(total: int, matching: int, on: int) -> None:
         raise BenchFailure(f"the constraint passed for {matching} of {total} contexts; the bench needs both outcomes")
     share = on / matching * 100
     if not ROLLOUT_PERCENT * 0.8 <= share <= ROLLOUT_PERCENT * 1.2:
-        raise BenchFailure(f"{share:.2f}% of constraint-passing contexts are on; "
-                           f"a {ROLLOUT_PERCENT}% rollout was expected")
+        raise BenchFailure(
+            f"{share:.2f}% of constraint-passing contexts are on; a {ROLLOUT_PERCENT}% rollout was expected"
+        )
 
 
 def time_ours(flags: FlagSet, contexts: list[dict], now: datetime) -> float:
@@ -186,10 +194,16 @@ def throughput(rounds: list[tuple[float, float]], count: int) -> dict[str, Any]:
     ratios = [t / m for m, t in rounds]
     return {
         "rounds": len(rounds),
-        "ours_evals_per_s": {"median": round(statistics.median(ours)), "best": round(max(ours)),
-                             "all": [round(x) for x in ours]},
-        "unleash_evals_per_s": {"median": round(statistics.median(theirs)), "best": round(max(theirs)),
-                                "all": [round(x) for x in theirs]},
+        "ours_evals_per_s": {
+            "median": round(statistics.median(ours)),
+            "best": round(max(ours)),
+            "all": [round(x) for x in ours],
+        },
+        "unleash_evals_per_s": {
+            "median": round(statistics.median(theirs)),
+            "best": round(max(theirs)),
+            "all": [round(x) for x in theirs],
+        },
         "ratio_median_of_rounds": round(statistics.median(ratios), 2),
         "ratio_of_best": round(max(ours) / max(theirs), 2),
         "ratio_min_round": round(min(ratios), 2),
@@ -210,21 +224,30 @@ def profile_ours(flags: FlagSet, contexts: list[dict], now: datetime, top: int =
     rows = []
     for (path, lineno, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
         where = f"{Path(path).name}:{lineno}({name})" if lineno else name
-        rows.append({"function": where, "calls": ncalls, "own_s": round(tottime, 4),
-                     "cum_s": round(cumtime, 4), "own_share": round(tottime / total, 3)})
+        rows.append(
+            {
+                "function": where,
+                "calls": ncalls,
+                "own_s": round(tottime, 4),
+                "cum_s": round(cumtime, 4),
+                "own_share": round(tottime / total, 3),
+            }
+        )
     rows.sort(key=lambda r: r["own_s"], reverse=True)
     return rows[:top]
 
 
 def run_evaluation() -> dict[str, Any]:
     heading("flags: in-process evaluation, ours vs UnleashClient (yggdrasil)")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     flags, client = our_flagset(), offline_unleash_client()
     our_ctx, their_ctx = make_contexts(CONTEXTS)
     agreement = check_agreement(flags, client, our_ctx, their_ctx, now)
     line("flag", f"{FLAG_KEY}: {ROLLOUT_PERCENT}% on targetingKey, agent IN {list(ALLOWED_AGENTS)}")
-    line("contexts (agree on every one)", f"{agreement['contexts']:,} ({agreement['constraint_passes']:,} pass the "
-         f"constraint, {agreement['on']:,} on)")
+    line(
+        "contexts (agree on every one)",
+        f"{agreement['contexts']:,} ({agreement['constraint_passes']:,} pass the constraint, {agreement['on']:,} on)",
+    )
     rounds = timed_rounds(lambda: time_ours(flags, our_ctx, now), lambda: time_unleash(client, their_ctx))
     result = throughput(rounds, CONTEXTS)
     _print_throughput(result)
@@ -248,27 +271,43 @@ def _print_throughput(result: dict[str, Any]) -> None:
     for label, key in (("ours  FlagSet.evaluate", "ours_evals_per_s"), ("Unleash is_enabled", "unleash_evals_per_s")):
         figures = result[key]
         line(f"{label} evals/s", f"median {figures['median']:>10,}   best {figures['best']:>10,}")
-    line("ratio ours/Unleash", f"{result['ratio_median_of_rounds']:.2f}x (median of paired rounds; "
-         f"rounds {result['ratio_min_round']:.2f}-{result['ratio_max_round']:.2f}x; best/best "
-         f"{result['ratio_of_best']:.2f}x)")
+    line(
+        "ratio ours/Unleash",
+        f"{result['ratio_median_of_rounds']:.2f}x (median of paired rounds; "
+        f"rounds {result['ratio_min_round']:.2f}-{result['ratio_max_round']:.2f}x; best/best "
+        f"{result['ratio_of_best']:.2f}x)",
+    )
 
 
 def _print_profile(rows: list[dict[str, Any]]) -> None:
     print("  profile of our path (one pass, cProfile; own time first):")
-    rows_text = [(f"{r['own_s']:.3f}", f"{r['own_share']:.0%}", f"{r['cum_s']:.3f}", r["calls"], r["function"])
-                 for r in rows]
+    rows_text = [
+        (f"{r['own_s']:.3f}", f"{r['own_share']:.0%}", f"{r['cum_s']:.3f}", r["calls"], r["function"]) for r in rows
+    ]
     table(("own s", "share", "cum s", "calls", "function"), rows_text)
 
 
 # -- durable write -----------------------------------------------------------------------------
 
+
 def seed_flags() -> dict[str, Flag]:
     """Eight flags like the seeds' Phase 5 file: six progressive ramps, an `all` flag, the kill switch."""
-    ramp = ProgressiveConfig(0.0, 100.0, datetime(2025, 10, 23, 9, tzinfo=timezone.utc),
-                             datetime(2025, 10, 30, 9, tzinfo=timezone.utc), current_percentage=10.0)
+    ramp = ProgressiveConfig(
+        0.0,
+        100.0,
+        datetime(2025, 10, 23, 9, tzinfo=UTC),
+        datetime(2025, 10, 30, 9, tzinfo=UTC),
+        current_percentage=10.0,
+    )
     cohort = (Constraint("agent", Operator.IN, ALLOWED_AGENTS),)
-    names = ("hybrid_rag_enabled", "vector_search_enabled", "graph_database_enabled", "redis_cache_enabled",
-             "ground_truth_validation_enabled", "performance_benchmarks_enabled")
+    names = (
+        "hybrid_rag_enabled",
+        "vector_search_enabled",
+        "graph_database_enabled",
+        "redis_cache_enabled",
+        "ground_truth_validation_enabled",
+        "performance_benchmarks_enabled",
+    )
     flags = {n: Flag(n, True, Strategy.PROGRESSIVE, 10.0, ramp, cohort) for n in names}
     flags["phase5_dashboards_enabled"] = Flag("phase5_dashboards_enabled", True)
     flags["emergency_shutdown"] = Flag("emergency_shutdown", False)
@@ -316,7 +355,7 @@ def check_writes(directory: Path, count: int) -> dict[str, int]:
         raise BenchFailure(f"the audit log holds {changes} change records after {count} writes")
     with FlagStore.open(directory) as reopened:
         expected = 5.0 if (count - 1) % 2 == 0 else 10.0
-        got = reopened.get(FLAG_KEY).percentage_at(datetime.now(timezone.utc))
+        got = reopened.get(FLAG_KEY).percentage_at(datetime.now(UTC))
         if got != expected:
             raise BenchFailure(f"after {count} writes flags.json has {FLAG_KEY} at {got}%, expected {expected}%")
         backups = len(list(reopened.backup_dir.glob("flags.*.json")))
@@ -342,10 +381,21 @@ def run_write() -> dict[str, Any]:
     _print_latency("baseline: 1 KB append+fsync ms", fsync)
     line("set / bare fsync (p50)", f"{ratio:.2f}x   (interleaved: a busy disk slows both)")
     line("writes/s (serial)", f"{1000 / summary['mean_ms']:.0f}")
-    return {"directory_parent": str(directory.parent), "filesystem": fs_type, "tmp_filesystem": tmp_type,
-            "writes": WRITES, **summary, **checks, "baseline_append_fsync": fsync, "set_over_fsync_p50": ratio}
+    return {
+        "directory_parent": str(directory.parent),
+        "filesystem": fs_type,
+        "tmp_filesystem": tmp_type,
+        "writes": WRITES,
+        **summary,
+        **checks,
+        "baseline_append_fsync": fsync,
+        "set_over_fsync_p50": ratio,
+    }
 
 
 def _print_latency(label: str, summary: dict[str, float]) -> None:
-    line(label, f"p50 {summary['p50_ms']:.2f}   p95 {summary['p95_ms']:.2f}   p99 {summary['p99_ms']:.2f}   "
-         f"max {summary['max_ms']:.2f}   mean {summary['mean_ms']:.2f}")
+    line(
+        label,
+        f"p50 {summary['p50_ms']:.2f}   p95 {summary['p95_ms']:.2f}   p99 {summary['p99_ms']:.2f}   "
+        f"max {summary['max_ms']:.2f}   mean {summary['mean_ms']:.2f}",
+    )

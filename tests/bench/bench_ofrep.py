@@ -47,7 +47,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +76,16 @@ HEY_CPUS = 1
 @dataclass
 class HeyResult:
     connections: int
-    offered_rps: float | None       # None: no rate limit
+    offered_rps: float | None  # None: no rate limit
     achieved_rps: float
     p50_ms: float
     p95_ms: float
     p99_ms: float
     slowest_ms: float
-    resp_wait_avg_ms: float         # hey's "resp wait": request sent -> first response byte
-    resp_read_avg_ms: float         # hey's "resp read": first byte -> whole response
+    resp_wait_avg_ms: float  # hey's "resp wait": request sent -> first response byte
+    resp_read_avg_ms: float  # hey's "resp read": first byte -> whole response
     responses: int
-    tries: int = 1                  # 2: the step failed once and was run again (see `run_step`)
+    tries: int = 1  # 2: the step failed once and was run again (see `run_step`)
 
     @property
     def keeps_up(self) -> bool:
@@ -98,6 +98,7 @@ class HeyResult:
 
 # -- hey ------------------------------------------------------------------------------------------
 
+
 def require_hey() -> str:
     path = shutil.which("hey")
     if path is None:
@@ -107,8 +108,21 @@ def require_hey() -> str:
 
 def run_hey(url: str, connections: int, seconds: float, rate: float | None = None) -> HeyResult:
     """Run hey against `url`; `rate` is the total offered rate (req/s), None for as fast as it goes."""
-    cmd = [require_hey(), "-z", f"{seconds}s", "-c", str(connections), "-cpus", str(HEY_CPUS),
-           "-m", "POST", "-T", "application/json", "-d", BODY]
+    cmd = [
+        require_hey(),
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(connections),
+        "-cpus",
+        str(HEY_CPUS),
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-d",
+        BODY,
+    ]
     if rate is not None:
         cmd += ["-q", f"{rate / connections:g}"]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 30)
@@ -124,9 +138,12 @@ def parse_hey(text: str, connections: int, rate: float | None) -> HeyResult:
     if not {50, 95, 99} <= pct.keys():
         raise BenchFailure(f"hey printed no latency distribution:\n{text}")
     return HeyResult(
-        connections=connections, offered_rps=rate,
+        connections=connections,
+        offered_rps=rate,
         achieved_rps=round(_number(r"Requests/sec:\s+([\d.]+)", text), 1),
-        p50_ms=pct[50], p95_ms=pct[95], p99_ms=pct[99],
+        p50_ms=pct[50],
+        p95_ms=pct[95],
+        p99_ms=pct[99],
         slowest_ms=round(_number(r"Slowest:\s+([\d.]+) secs", text) * 1000, 1),
         resp_wait_avg_ms=round(_number(r"resp wait:\s+([\d.]+) secs", text) * 1000, 2),
         resp_read_avg_ms=round(_number(r"resp read:\s+([\d.]+) secs", text) * 1000, 2),
@@ -152,6 +169,7 @@ def _number(pattern: str, text: str) -> float:
 
 # -- the daemon -------------------------------------------------------------------------------------
 
+
 def start_daemon(directory: Path) -> Daemon:
     """A real rolloutd on a free port whose state dir already holds the seed flags."""
     state = directory / "state"
@@ -162,7 +180,7 @@ def start_daemon(directory: Path) -> Daemon:
 
 def check_answers(base_url: str) -> dict[str, Any]:
     """Both endpoints answer correctly before any load (else the figures mean nothing)."""
-    expected = FlagSet(seed_flags()).evaluate(SINGLE_KEY, CONTEXT, datetime.now(timezone.utc))
+    expected = FlagSet(seed_flags()).evaluate(SINGLE_KEY, CONTEXT, datetime.now(UTC))
     with httpx.Client(base_url=base_url, timeout=5.0) as client:
         single = client.post(ENDPOINTS["single"], content=BODY, headers={"content-type": "application/json"})
         bulk = client.post(ENDPOINTS["bulk"], content=BODY, headers={"content-type": "application/json"})
@@ -173,11 +191,17 @@ def check_answers(base_url: str) -> dict[str, Any]:
     flags = bulk.json().get("flags", []) if bulk.status_code == 200 else []
     if len(flags) != len(seed_flags()) or "etag" not in bulk.headers:
         raise BenchFailure(f"bulk answer {bulk.status_code} with {len(flags)} flags and no ETag: {bulk.text[:300]!r}")
-    return {"single_value": expected.value, "single_reason": str(expected.reason),
-            "single_bytes": len(single.content), "bulk_flags": len(flags), "bulk_bytes": len(bulk.content)}
+    return {
+        "single_value": expected.value,
+        "single_reason": str(expected.reason),
+        "single_bytes": len(single.content),
+        "bulk_flags": len(flags),
+        "bulk_bytes": len(bulk.content),
+    }
 
 
 # -- the load ---------------------------------------------------------------------------------------
+
 
 def connections_for(rate: int) -> int:
     return max(2, rate // PER_CONNECTION_RATE)
@@ -216,8 +240,10 @@ def saturation_run(url: str, daemon_pid: int) -> tuple[HeyResult, dict[str, floa
     daemon_before, hey_before, start = _process_cpu(daemon_pid), _children_cpu(), time.monotonic()
     result = run_hey(url, SATURATION_CONNECTIONS, STEP_SECONDS)
     wall = time.monotonic() - start
-    cpu = {"daemon_cpu_pct": round((_process_cpu(daemon_pid) - daemon_before) / wall * 100),
-           "hey_cpu_pct": round((_children_cpu() - hey_before) / wall * 100)}
+    cpu = {
+        "daemon_cpu_pct": round((_process_cpu(daemon_pid) - daemon_before) / wall * 100),
+        "hey_cpu_pct": round((_children_cpu() - hey_before) / wall * 100),
+    }
     return result, cpu
 
 
@@ -254,21 +280,42 @@ def nagle_suspected(result: HeyResult) -> bool:
     return result.resp_read_avg_ms > 20 and result.resp_read_avg_ms > 10 * max(result.resp_wait_avg_ms, 0.1)
 
 
-def _print_endpoint(name: str, saturated: HeyResult, cpu: dict[str, float], steps: list[HeyResult],
-                    best: int | None) -> None:
+def _print_endpoint(
+    name: str, saturated: HeyResult, cpu: dict[str, float], steps: list[HeyResult], best: int | None
+) -> None:
     print(f"\n  {name}: POST {ENDPOINTS[name]}")
-    line("saturation (16 conns, no limit)", f"{saturated.achieved_rps:,.0f} req/s   p50 {saturated.p50_ms:.1f}   "
-         f"p95 {saturated.p95_ms:.1f}   p99 {saturated.p99_ms:.1f} ms")
+    line(
+        "saturation (16 conns, no limit)",
+        f"{saturated.achieved_rps:,.0f} req/s   p50 {saturated.p50_ms:.1f}   "
+        f"p95 {saturated.p95_ms:.1f}   p99 {saturated.p99_ms:.1f} ms",
+    )
     line("  CPU meanwhile (100% = one core)", f"daemon {cpu['daemon_cpu_pct']:.0f}%   hey {cpu['hey_cpu_pct']:.0f}%")
-    table(("offered/s", "conns", "achieved/s", "p50 ms", "p95 ms", "p99 ms", "wait ms", "read ms", "step"),
-          [(f"{s.offered_rps:,.0f}", s.connections, f"{s.achieved_rps:,.0f}", f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}",
-            f"{s.p99_ms:.1f}", f"{s.resp_wait_avg_ms:.1f}", f"{s.resp_read_avg_ms:.1f}", _step_word(s)) for s in steps])
+    table(
+        ("offered/s", "conns", "achieved/s", "p50 ms", "p95 ms", "p99 ms", "wait ms", "read ms", "step"),
+        [
+            (
+                f"{s.offered_rps:,.0f}",
+                s.connections,
+                f"{s.achieved_rps:,.0f}",
+                f"{s.p50_ms:.1f}",
+                f"{s.p95_ms:.1f}",
+                f"{s.p99_ms:.1f}",
+                f"{s.resp_wait_avg_ms:.1f}",
+                f"{s.resp_read_avg_ms:.1f}",
+                _step_word(s),
+            )
+            for s in steps
+        ],
+    )
     answer = f"{best:,} req/s" if best else f"none (not even {STEPS[0]} req/s)"
     line("highest rate with p99 < 10 ms", answer)
     line("target", verdict(best is not None, f"some step from {STEPS[0]} req/s up keeps p99 < {P99_LIMIT_MS:g} ms"))
     if nagle_suspected(saturated):
-        line("diagnosis", f"first byte after {saturated.resp_wait_avg_ms:.1f} ms on average but the rest after "
-             f"{saturated.resp_read_avg_ms:.1f} ms more: Nagle + delayed ACK (no TCP_NODELAY on accepted sockets)")
+        line(
+            "diagnosis",
+            f"first byte after {saturated.resp_wait_avg_ms:.1f} ms on average but the rest after "
+            f"{saturated.resp_read_avg_ms:.1f} ms more: Nagle + delayed ACK (no TCP_NODELAY on accepted sockets)",
+        )
 
 
 def _debian_version(package: str) -> str | None:
@@ -291,14 +338,26 @@ def run() -> dict[str, Any]:
         assert daemon.proc is not None
         answers = check_answers(daemon.base_url)
         line("daemon", f"{daemon.base_url} (pid {daemon.proc.pid}), {answers['bulk_flags']} flags; body {BODY}")
-        line("load generator", f"hey {_debian_version('hey')} -cpus {HEY_CPUS}, {STEP_SECONDS} s a step, "
-             f"one connection per {PER_CONNECTION_RATE} req/s offered")
+        line(
+            "load generator",
+            f"hey {_debian_version('hey')} -cpus {HEY_CPUS}, {STEP_SECONDS} s a step, "
+            f"one connection per {PER_CONNECTION_RATE} req/s offered",
+        )
         line("note", "hey and the daemon share this machine's cores; the figures are of both together")
-        endpoints = {name: bench_endpoint(name, daemon.base_url + path, daemon.proc.pid)
-                     for name, path in ENDPOINTS.items()}
+        endpoints = {
+            name: bench_endpoint(name, daemon.base_url + path, daemon.proc.pid) for name, path in ENDPOINTS.items()
+        }
     finally:
         output = daemon.stop() if daemon else ""
         shutil.rmtree(directory, ignore_errors=True)
-    return {"answers": answers, "hey_version": _debian_version("hey"), "hey_cpus": HEY_CPUS,
-            "step_seconds": STEP_SECONDS, "per_connection_rate": PER_CONNECTION_RATE, "p99_limit_ms": P99_LIMIT_MS,
-            "keep_up": KEEP_UP, "daemon_output_bytes": len(output), **endpoints}
+    return {
+        "answers": answers,
+        "hey_version": _debian_version("hey"),
+        "hey_cpus": HEY_CPUS,
+        "step_seconds": STEP_SECONDS,
+        "per_connection_rate": PER_CONNECTION_RATE,
+        "p99_limit_ms": P99_LIMIT_MS,
+        "keep_up": KEEP_UP,
+        "daemon_output_bytes": len(output),
+        **endpoints,
+    }

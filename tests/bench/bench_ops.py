@@ -76,11 +76,12 @@ EMERGENCY_WARMUP = 3
 EMERGENCY_TARGET_MS = 100.0
 EMERGENCY_PERCENTAGE = 25.0
 POLL = 0.001
-SETTLE = 0.05          # after a re-arm, before the next signal: let the daemon's loop go idle
+SETTLE = 0.05  # after a re-arm, before the next signal: let the daemon's loop go idle
 TRIAL_TIMEOUT = 10.0
 
 
 # -- shared plumbing --------------------------------------------------------------------------
+
 
 class NotifySocket:
     """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
@@ -144,18 +145,22 @@ def _event(daemon: Daemon, name: str) -> dict[str, Any]:
 
 # -- startup ----------------------------------------------------------------------------------
 
+
 @dataclass
 class StartTrials:
-    ready: list[float] = field(default_factory=list)     # Popen → READY=1
-    readyz: list[float] = field(default_factory=list)    # Popen → /readyz 200
-    stop: list[float] = field(default_factory=list)      # SIGTERM → exit 0
-    opened: list[float] = field(default_factory=list)    # the daemon's own retrieval.opened seconds
+    ready: list[float] = field(default_factory=list)  # Popen → READY=1
+    readyz: list[float] = field(default_factory=list)  # Popen → /readyz 200
+    stop: list[float] = field(default_factory=list)  # SIGTERM → exit 0
+    opened: list[float] = field(default_factory=list)  # the daemon's own retrieval.opened seconds
     rss_kib: list[int] = field(default_factory=list)
     hwm_kib: list[int] = field(default_factory=list)
 
     def record(self, ready: float, readyz: float, stop: float, opened: float, rss: int, hwm: int) -> None:
-        for series, value in zip((self.ready, self.readyz, self.stop, self.opened, self.rss_kib, self.hwm_kib),
-                                 (ready, readyz, stop, opened, rss, hwm)):
+        for series, value in zip(
+            (self.ready, self.readyz, self.stop, self.opened, self.rss_kib, self.hwm_kib),
+            (ready, readyz, stop, opened, rss, hwm),
+            strict=False,
+        ):
             series.append(value)
 
 
@@ -187,8 +192,10 @@ def timed_start(config: Path, notify: NotifySocket, trials: StartTrials | None, 
         stop = _stop(daemon)
     opened = _event(daemon, "retrieval.opened")
     if opened.get("memories") != memories or opened.get("embedded") != 0:
-        raise BenchFailure(f"the retriever opened {opened.get('memories')} memories, {opened.get('embedded')} "
-                           f"re-embedded; expected {memories:,}, 0 (a saved index that is current)")
+        raise BenchFailure(
+            f"the retriever opened {opened.get('memories')} memories, {opened.get('embedded')} "
+            f"re-embedded; expected {memories:,}, 0 (a saved index that is current)"
+        )
     if trials is not None:
         trials.record(ready, readyz, stop, float(opened.get("seconds", 0.0)), rss, hwm)
 
@@ -197,8 +204,9 @@ def _timed_python(code: str) -> tuple[float, float]:
     """Popen → `code` done (a byte on stdout, as READY=1 is a datagram), and Popen → exit. The
     exit comes much later after importing the daemon: tearing numpy, faiss and their threads down."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", f"{code}\nimport os\nos.write(1, b'.')"], cwd=REPO,
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"{code}\nimport os\nos.write(1, b'.')"], cwd=REPO, stdout=subprocess.PIPE
+    )
     assert proc.stdout is not None
     with proc.stdout:
         proc.stdout.read(1)
@@ -216,7 +224,9 @@ def build_full(directory: Path, memories: int) -> dict[str, Any]:
         start = time.perf_counter()
         with httpx.Client(base_url=daemon.base_url, timeout=300.0) as client:
             for first in range(0, len(corpus.memories), LOAD_BATCH):
-                answer = client.post("/v1/memories:batch", json={"memories": corpus.memories[first:first + LOAD_BATCH]})
+                answer = client.post(
+                    "/v1/memories:batch", json={"memories": corpus.memories[first : first + LOAD_BATCH]}
+                )
                 if answer.status_code != 201:
                     raise BenchFailure(f"POST /v1/memories:batch answered {answer.status_code}: {answer.text[:300]}")
         load = time.perf_counter() - start
@@ -226,16 +236,26 @@ def build_full(directory: Path, memories: int) -> dict[str, Any]:
     if not index:
         raise BenchFailure(f"no saved vector index (*.rvix) under {directory / 'state'} after SIGTERM")
     on_disk = sum(p.stat().st_size for p in (directory / "state").rglob("*") if p.is_file())
-    return {"memories": len(corpus.memories), "load_seconds": round(load, 2),
-            "memories_per_second": round(len(corpus.memories) / load), "stop_with_save_seconds": round(stop, 2),
-            "index_files": {p.name: p.stat().st_size for p in index}, "state_dir_bytes": on_disk}
+    return {
+        "memories": len(corpus.memories),
+        "load_seconds": round(load, 2),
+        "memories_per_second": round(len(corpus.memories) / load),
+        "stop_with_save_seconds": round(stop, 2),
+        "index_files": {p.name: p.stat().st_size for p in index},
+        "state_dir_bytes": on_disk,
+    }
 
 
 def import_profile() -> dict[str, list[tuple[str, float]]]:
     """`python -X importtime` of the daemon: its direct imports and the packages (first-import
     cumulative ms) that cost most."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import controller.host.daemon"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stderr
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import controller.host.daemon"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
     direct, packages = [], []
     for row in out.splitlines():
         parts = row.split("|")
@@ -256,12 +276,13 @@ def run_startup() -> dict[str, Any]:
     workdir = disk_scratch_dir()
     notify = NotifySocket(workdir)
     cases = {"empty": StartTrials(), "full": StartTrials()}
-    baselines: dict[str, list[float]] = {name + end: [] for name in ("python_pass", "import_daemon")
-                                         for end in ("", "_exit")}
+    baselines: dict[str, list[float]] = {
+        name + end: [] for name in ("python_pass", "import_daemon") for end in ("", "_exit")
+    }
     try:
         built = build_full(workdir / "full", STARTUP_MEMORIES)
         full_config = workdir / "full" / "rolloutd.toml"
-        for trial in range(-1, STARTUP_TRIALS):   # -1: the untimed warm-up round
+        for trial in range(-1, STARTUP_TRIALS):  # -1: the untimed warm-up round
             timed = trial >= 0
             for name, code in (("python_pass", "pass"), ("import_daemon", "import controller.host.daemon")):
                 done, exited = _timed_python(code)
@@ -279,22 +300,42 @@ def run_startup() -> dict[str, Any]:
     return _startup_figures(cases, baselines, built, import_profile(), fs_type)
 
 
-def _startup_figures(cases: dict[str, StartTrials], baselines: dict[str, list[float]], built: dict[str, Any],
-                     imports: dict[str, Any], fs_type: str) -> dict[str, Any]:
+def _startup_figures(
+    cases: dict[str, StartTrials],
+    baselines: dict[str, list[float]],
+    built: dict[str, Any],
+    imports: dict[str, Any],
+    fs_type: str,
+) -> dict[str, Any]:
     base = {name: latency_summary_ms(values) for name, values in baselines.items()}
-    figures: dict[str, Any] = {"trials": STARTUP_TRIALS, "memories": STARTUP_MEMORIES, "build": built,
-                               "baselines": base, "imports": imports, "file_system": fs_type}
+    figures: dict[str, Any] = {
+        "trials": STARTUP_TRIALS,
+        "memories": STARTUP_MEMORIES,
+        "build": built,
+        "baselines": base,
+        "imports": imports,
+        "file_system": fs_type,
+    }
     for name, t in cases.items():
-        figures[name] = {"ready": latency_summary_ms(t.ready), "readyz": latency_summary_ms(t.readyz),
-                         "stop": latency_summary_ms(t.stop), "retrieval_opened": latency_summary_ms(t.opened),
-                         "rss_kib_max": max(t.rss_kib), "rss_kib_min": min(t.rss_kib), "vmhwm_kib_max": max(t.hwm_kib)}
+        figures[name] = {
+            "ready": latency_summary_ms(t.ready),
+            "readyz": latency_summary_ms(t.readyz),
+            "stop": latency_summary_ms(t.stop),
+            "retrieval_opened": latency_summary_ms(t.opened),
+            "rss_kib_max": max(t.rss_kib),
+            "rss_kib_min": min(t.rss_kib),
+            "vmhwm_kib_max": max(t.hwm_kib),
+        }
     imp = base["import_daemon"]["p50_ms"]
     figures["ratios_p50"] = {
         f"{case}_{what}_to_import": round(figures[case][what]["p50_ms"] / imp, 2)
-        for case in cases for what in ("ready", "readyz")}
+        for case in cases
+        for what in ("ready", "readyz")
+    }
     figures["ratios_p50"]["import_to_python_pass"] = round(imp / base["python_pass"]["p50_ms"], 2)
     figures["ratios_p50"]["full_readyz_to_empty_readyz"] = round(
-        figures["full"]["readyz"]["p50_ms"] / figures["empty"]["readyz"]["p50_ms"], 2)
+        figures["full"]["readyz"]["p50_ms"] / figures["empty"]["readyz"]["p50_ms"], 2
+    )
     _print_startup(figures)
     return figures
 
@@ -302,24 +343,42 @@ def _startup_figures(cases: dict[str, StartTrials], baselines: dict[str, list[fl
 def _print_startup(f: dict[str, Any]) -> None:
     b = f["build"]
     line("state dir file system", f["file_system"])
-    line("100k state", f"{b['memories']:,} memories loaded via HTTP in {b['load_seconds']:.1f} s "
-         f"({b['memories_per_second']:,}/s); SIGTERM with index save {b['stop_with_save_seconds']:.2f} s; "
-         f"{b['state_dir_bytes'] / 2**20:.0f} MiB on disk")
+    line(
+        "100k state",
+        f"{b['memories']:,} memories loaded via HTTP in {b['load_seconds']:.1f} s "
+        f"({b['memories_per_second']:,}/s); SIGTERM with index save {b['stop_with_save_seconds']:.2f} s; "
+        f"{b['state_dir_bytes'] / 2**20:.0f} MiB on disk",
+    )
     rows = []
     for case, label in (("empty", "empty state_dir (fresh each trial)"), ("full", f"{f['memories']:,} memories")):
         c = f[case]
-        rows += [(f"{c['ready']['p50_ms']:.0f}", f"{c['ready']['p95_ms']:.0f}", f"{c['readyz']['p50_ms']:.0f}",
-                  f"{c['readyz']['p95_ms']:.0f}", f"{c['stop']['p50_ms']:.0f}", f"{c['rss_kib_max'] / 1024:.0f}",
-                  f"{c['vmhwm_kib_max'] / 1024:.0f}", label)]
-    for name, label in (("import_daemon", "baseline: Popen → `import controller.host.daemon` done"),
-                        ("import_daemon_exit", "baseline: the same, Popen → exit"),
-                        ("python_pass", "baseline: Popen → `python -c pass` done")):
+        rows += [
+            (
+                f"{c['ready']['p50_ms']:.0f}",
+                f"{c['ready']['p95_ms']:.0f}",
+                f"{c['readyz']['p50_ms']:.0f}",
+                f"{c['readyz']['p95_ms']:.0f}",
+                f"{c['stop']['p50_ms']:.0f}",
+                f"{c['rss_kib_max'] / 1024:.0f}",
+                f"{c['vmhwm_kib_max'] / 1024:.0f}",
+                label,
+            )
+        ]
+    for name, label in (
+        ("import_daemon", "baseline: Popen → `import controller.host.daemon` done"),
+        ("import_daemon_exit", "baseline: the same, Popen → exit"),
+        ("python_pass", "baseline: Popen → `python -c pass` done"),
+    ):
         s = f["baselines"][name]
         rows.append((f"{s['p50_ms']:.0f}", f"{s['p95_ms']:.0f}", "", "", "", "", "", label))
-    table(("READY p50", "p95", "readyz p50", "p95", "stop p50", "RSS MiB", "peak MiB", f"ms, {f['trials']} trials"),
-          rows)
-    line("retriever open (its own log)", f"empty {f['empty']['retrieval_opened']['p50_ms']:.0f} ms, "
-         f"{f['memories']:,}: {f['full']['retrieval_opened']['p50_ms']:.0f} ms (p50)")
+    table(
+        ("READY p50", "p95", "readyz p50", "p95", "stop p50", "RSS MiB", "peak MiB", f"ms, {f['trials']} trials"), rows
+    )
+    line(
+        "retriever open (its own log)",
+        f"empty {f['empty']['retrieval_opened']['p50_ms']:.0f} ms, "
+        f"{f['memories']:,}: {f['full']['retrieval_opened']['p50_ms']:.0f} ms (p50)",
+    )
     line("ratios (p50)", ", ".join(f"{k} {v:g}x" for k, v in f["ratios_p50"].items()))
     line("top imports (cumulative ms)", ", ".join(f"{n} {ms:.0f}" for n, ms in f["imports"]["direct_imports_ms"]))
     line("top packages (first import, ms)", ", ".join(f"{n} {ms:.0f}" for n, ms in f["imports"]["packages_ms"]))
@@ -327,13 +386,18 @@ def _print_startup(f: dict[str, Any]) -> None:
 
 # -- emergency --------------------------------------------------------------------------------
 
+
 class _HealthyPrometheus(BaseHTTPRequestHandler):
     """Every instant query: one series, value 0 (healthy for an `above` guard)."""
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
         self.server.queries += 1  # type: ignore[attr-defined]
-        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-            {"metric": {}, "value": [time.time(), "0"]}]}}).encode()
+        body = json.dumps(
+            {
+                "status": "success",
+                "data": {"resultType": "vector", "result": [{"metric": {}, "value": [time.time(), "0"]}]},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -399,10 +463,10 @@ no_data = "pass"
 
 @dataclass
 class EmergencyTrials:
-    flags_off: list[float] = field(default_factory=list)   # SIGUSR1 → flags.json shows all off, kill switch on
-    journal: list[float] = field(default_factory=list)     # SIGUSR1 → the journal API shows the emergency
-    baseline: list[float] = field(default_factory=list)    # one atomic_write of a flags.json-sized file
-    polls: list[int] = field(default_factory=list)         # flags.json reads until it showed the emergency
+    flags_off: list[float] = field(default_factory=list)  # SIGUSR1 → flags.json shows all off, kill switch on
+    journal: list[float] = field(default_factory=list)  # SIGUSR1 → the journal API shows the emergency
+    baseline: list[float] = field(default_factory=list)  # one atomic_write of a flags.json-sized file
+    polls: list[int] = field(default_factory=list)  # flags.json reads until it showed the emergency
 
 
 class EmergencyRig:
@@ -417,12 +481,13 @@ class EmergencyRig:
         self.flags_path = self.state_dir / FlagStore.FILE
         self.admin: httpx.Client | None = None
         self.torn_reads = 0
-        self.status_lagged = 0   # trials whose first status read still showed the old phase
+        self.status_lagged = 0  # trials whose first status read still showed the old phase
 
     def start(self) -> None:
         self.daemon.start(timeout=START_TIMEOUT)
-        self.admin = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.daemon.socket)),
-                                  base_url="http://rolloutd", timeout=5.0)
+        self.admin = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.daemon.socket)), base_url="http://rolloutd", timeout=5.0
+        )
         deadline = time.monotonic() + TRIAL_TIMEOUT
         while not self._at_stage_zero():
             if time.monotonic() > deadline:
@@ -455,11 +520,12 @@ class EmergencyRig:
     def flags_off(self) -> bool:
         try:
             flags = json.loads(self.flags_path.read_bytes())
-        except ValueError:   # a reader must never see half a file: the write is a rename
+        except ValueError:  # a reader must never see half a file: the write is a rename
             self.torn_reads += 1
             return False
-        return (all(not flags.get(name, {}).get("enabled", True) for name in self.plan.flags)
-                and bool(flags.get(KILL_SWITCH, {}).get("enabled")))
+        return all(not flags.get(name, {}).get("enabled", True) for name in self.plan.flags) and bool(
+            flags.get(KILL_SWITCH, {}).get("enabled")
+        )
 
     def journaled(self, since: int) -> bool:
         decisions = self.get(f"/v1/rollout/journal?since={since}")["decisions"]
@@ -474,8 +540,13 @@ class EmergencyRig:
         _until(lambda: self.status()["phase"] == "emergency", time.perf_counter(), "phase emergency in the status")
 
     def rolloutctl(self, *argv: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "deploy", "--socket", str(self.daemon.socket), *argv],
-                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "deploy", "--socket", str(self.daemon.socket), *argv],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode:
             raise BenchFailure(f"rolloutctl {' '.join(argv)} exited {done.returncode}: {done.stderr or done.stdout}")
 
@@ -539,29 +610,51 @@ def run_emergency() -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     if rig.torn_reads:
         raise BenchFailure(f"{rig.torn_reads} read(s) of flags.json found a partial file")
-    line("status behind the journal", f"{rig.status_lagged} of {EMERGENCY_TRIALS + EMERGENCY_WARMUP} trials "
-         "(first GET /v1/rollout after the journal showed the emergency still said running)")
+    line(
+        "status behind the journal",
+        f"{rig.status_lagged} of {EMERGENCY_TRIALS + EMERGENCY_WARMUP} trials "
+        "(first GET /v1/rollout after the journal showed the emergency still said running)",
+    )
     figures = _emergency_figures(trials, len(payload), fs_type, prometheus.queries, backups)
     return {**figures, "status_lagged_journal": rig.status_lagged}
 
 
-def _emergency_figures(trials: EmergencyTrials, size: int, fs_type: str, queries: int,
-                       backups: int) -> dict[str, Any]:
+def _emergency_figures(trials: EmergencyTrials, size: int, fs_type: str, queries: int, backups: int) -> dict[str, Any]:
     off, journal = latency_summary_ms(trials.flags_off), latency_summary_ms(trials.journal)
     base = latency_summary_ms(trials.baseline)
     met = off["p95_ms"] < EMERGENCY_TARGET_MS
     ratios = {"p50": round(off["p50_ms"] / base["p50_ms"], 2), "p95": round(off["p95_ms"] / base["p95_ms"], 2)}
-    line("state dir", f"file system {fs_type}; flags.json {size:,} bytes; {len(trials.flags_off)} trials "
-         f"(+{EMERGENCY_WARMUP} warm-up), re-armed with rolloutctl between them")
-    table(("p50", "p95", "p99", "max", "ms"), [
-        (f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{s['max_ms']:.1f}", label)
-        for s, label in ((off, "SIGUSR1 → flags.json: all off, kill switch on"),
-                         (journal, "SIGUSR1 → emergency in GET /v1/rollout/journal"),
-                         (base, "baseline: one atomic_write of that size"))])
+    line(
+        "state dir",
+        f"file system {fs_type}; flags.json {size:,} bytes; {len(trials.flags_off)} trials "
+        f"(+{EMERGENCY_WARMUP} warm-up), re-armed with rolloutctl between them",
+    )
+    table(
+        ("p50", "p95", "p99", "max", "ms"),
+        [
+            (f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{s['max_ms']:.1f}", label)
+            for s, label in (
+                (off, "SIGUSR1 → flags.json: all off, kill switch on"),
+                (journal, "SIGUSR1 → emergency in GET /v1/rollout/journal"),
+                (base, "baseline: one atomic_write of that size"),
+            )
+        ],
+    )
     line("ratio to baseline", f"p50 {ratios['p50']:g}x, p95 {ratios['p95']:g}x")
     line("target", verdict(met, f"p95 < {EMERGENCY_TARGET_MS:g} ms"))
     line("fake Prometheus queries", f"{queries} (guard rounds during the run)")
-    return {"trials": len(trials.flags_off), "warmup": EMERGENCY_WARMUP, "flags_off": off, "journal": journal,
-            "baseline_atomic_write": base, "ratio_to_baseline": ratios, "flags_json_bytes": size,
-            "file_system": fs_type, "target_ms": EMERGENCY_TARGET_MS, "target_met": met,
-            "polls_to_flags_off_max": max(trials.polls), "prometheus_queries": queries, "backups_files": backups}
+    return {
+        "trials": len(trials.flags_off),
+        "warmup": EMERGENCY_WARMUP,
+        "flags_off": off,
+        "journal": journal,
+        "baseline_atomic_write": base,
+        "ratio_to_baseline": ratios,
+        "flags_json_bytes": size,
+        "file_system": fs_type,
+        "target_ms": EMERGENCY_TARGET_MS,
+        "target_met": met,
+        "polls_to_flags_off_max": max(trials.polls),
+        "prometheus_queries": queries,
+        "backups_files": backups,
+    }

@@ -102,12 +102,16 @@ import faiss
 import numpy as np
 import redis.asyncio
 
-from retrieval.cache import LocalCache, RedisCache, RetrievalCache
+from retrieval.adjacency import Adjacency
+from retrieval.cache import RetrievalCache
+from retrieval.cache_memory import LocalCache
+from retrieval.cache_redis import RedisCache
 from retrieval.corpus import Corpus, generate
 from retrieval.embedded_store import EmbeddedStore
-from retrieval.embedder import Embedder, HashingEmbedder, StaticModelEmbedder
+from retrieval.embedder import Embedder
+from retrieval.embedder_hashing import HashingEmbedder
+from retrieval.embedder_static import StaticModelEmbedder
 from retrieval.gating import ALL_ON, GRAPH, HYBRID, VECTOR, Route, choose_route
-from retrieval.graph_store import Adjacency
 from retrieval.memory import Memory
 from retrieval.quality import Question, Scores, mean, score
 from retrieval.retriever import Retriever, RetrieverSettings
@@ -119,7 +123,8 @@ from tests.support.realservers import RedisServer
 
 NAMESPACE, SEED, TOP_K = "default", 7, 10
 SIZES = [int(n) for n in os.environ.get("BENCH_RETRIEVAL_SIZES", "10000,100000").split(",")] + (
-    [1_000_000] if os.environ.get("BENCH_RETRIEVAL_MILLION") == "1" else [])
+    [1_000_000] if os.environ.get("BENCH_RETRIEVAL_MILLION") == "1" else []
+)
 TARGET_SIZE = 100_000
 QUERIES = int(os.environ.get("BENCH_RETRIEVAL_QUERIES", "500"))
 WARMUP = 30
@@ -129,9 +134,9 @@ LOAD_SECONDS = float(os.environ.get("BENCH_RETRIEVAL_LOAD_SECONDS", "8"))
 GRAPH_NODES = int(os.environ.get("BENCH_GRAPH_NODES", "100000"))
 GRAPH_OUT_LINKS, GRAPH_SKEW, GRAPH_SEEDS = 5, 0.6, 2000
 QUALITY_MEMORIES = int(os.environ.get("BENCH_QUALITY_MEMORIES", "10000"))
-QUALITY_QUESTIONS = int(os.environ.get("BENCH_QUALITY_QUESTIONS", "0"))   # 0: all
+QUALITY_QUESTIONS = int(os.environ.get("BENCH_QUALITY_QUESTIONS", "0"))  # 0: all
 MIN_RECALL = 0.9
-BANDWIDTH_FLOATS = 64_000_000   # 256 MB: eight times the L3 of the machines this runs on
+BANDWIDTH_FLOATS = 64_000_000  # 256 MB: eight times the L3 of the machines this runs on
 CHILD_TIMEOUT = 7200.0
 
 VECTOR_ONLY = choose_route({VECTOR: True})
@@ -139,15 +144,20 @@ HYBRID_UNCACHED = choose_route({VECTOR: True, GRAPH: True, HYBRID: True})
 GRAPH_ONLY = choose_route({GRAPH: True})
 ROUTES = {"vector": VECTOR_ONLY, "hybrid": HYBRID_UNCACHED, "graph": GRAPH_ONLY}
 _IVF_DEFAULTS = inspect.signature(VectorIndex.__init__).parameters
-IVF_TRAIN_AT = _IVF_DEFAULTS["ivf_train_at"].default    # 20,000: the Retriever's IVF trains here
-IVF_NPROBES = (16, 32, 48, 96)   # swept, plus the index's own default (`VectorIndex.probes`)
+IVF_TRAIN_AT = _IVF_DEFAULTS["ivf_train_at"].default  # 20,000: the Retriever's IVF trains here
+IVF_NPROBES = (16, 32, 48, 96)  # swept, plus the index's own default (`VectorIndex.probes`)
 KINDS_THROUGH_RETRIEVER = ("flat", "ivf")
 # figure key -> (target, as printed, "max" for an upper bound, "min" for a lower one)
-TARGETS = {"flat_p95_ms": (5.0, "<= 5 ms", "max"), "ivf_p95_ms": (5.0, "<= 5 ms", "max"),
-           "ivf_recall": (MIN_RECALL, ">= 0.9", "min"), "hybrid_p95_ms": (8.0, "<= 8 ms", "max"),
-           "hybrid_ivf_p95_ms": (8.0, "<= 8 ms", "max"), "cache_hit_p95_ms": (1.0, "<= 1 ms", "max"),
-           "expand_p95_ms": (2.0, "<= 2 ms", "max")}
-CORRECTNESS = {"ivf_recall"}   # a miss of these fails the run; of the others it is reported
+TARGETS = {
+    "flat_p95_ms": (5.0, "<= 5 ms", "max"),
+    "ivf_p95_ms": (5.0, "<= 5 ms", "max"),
+    "ivf_recall": (MIN_RECALL, ">= 0.9", "min"),
+    "hybrid_p95_ms": (8.0, "<= 8 ms", "max"),
+    "hybrid_ivf_p95_ms": (8.0, "<= 8 ms", "max"),
+    "cache_hit_p95_ms": (1.0, "<= 1 ms", "max"),
+    "expand_p95_ms": (2.0, "<= 2 ms", "max"),
+}
+CORRECTNESS = {"ivf_recall"}  # a miss of these fails the run; of the others it is reported
 
 
 class FailedWithFigures(BenchFailure):
@@ -170,8 +180,8 @@ class PreEmbedded:
     async def prepare(self, queries: Sequence[str]) -> None:
         queries = list(dict.fromkeys(queries))
         for start in range(0, len(queries), 512):
-            chunk = queries[start:start + 512]
-            self._vectors.update(zip(chunk, await self.inner.embed(chunk)))
+            chunk = queries[start : start + 512]
+            self._vectors.update(zip(chunk, await self.inner.embed(chunk), strict=False))
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 1 and texts[0] in self._vectors:
@@ -180,6 +190,7 @@ class PreEmbedded:
 
 
 # -- shared plumbing ------------------------------------------------------------------------
+
 
 def vm_kib(field: str = "VmRSS") -> int:
     for row in Path("/proc/self/status").read_text().splitlines():
@@ -209,10 +220,16 @@ async def timed(call: Callable[[Question], Awaitable[Any]], questions: Sequence[
     return out
 
 
-async def open_retriever(directory: Path, embedder: PreEmbedded, cache: RetrievalCache,
-                         index_kind: str = "flat") -> Retriever:
-    retriever = Retriever(EmbeddedStore(directory / "graph"), cache, embedder, directory / "retrieval",
-                          RetrieverSettings(index_kind=index_kind))
+async def open_retriever(
+    directory: Path, embedder: PreEmbedded, cache: RetrievalCache, index_kind: str = "flat"
+) -> Retriever:
+    retriever = Retriever(
+        EmbeddedStore(directory / "graph"),
+        cache,
+        embedder,
+        directory / "retrieval",
+        RetrieverSettings(index_kind=index_kind),
+    )
     await retriever.open()
     return retriever
 
@@ -224,8 +241,10 @@ def index_facts(retriever: Retriever, index_kind: str) -> dict[str, Any]:
     facts: dict[str, Any] = {"kind": index.kind}
     if index_kind == "ivf":
         if not index.trained:
-            raise BenchFailure(f"the Retriever's ivf index at {len(index):,} vectors is not trained "
-                               f"(ivf_train_at {index.ivf_train_at:,}): its figures would be the flat index's")
+            raise BenchFailure(
+                f"the Retriever's ivf index at {len(index):,} vectors is not trained "
+                f"(ivf_train_at {index.ivf_train_at:,}): its figures would be the flat index's"
+            )
         facts.update(nlist=index._index.nlist, nprobe=index.probes, ivf_train_at=index.ivf_train_at)
     return facts
 
@@ -234,7 +253,7 @@ async def add_corpus(retriever: Retriever, corpus: Corpus) -> float:
     """Add every memory, BATCH at a time; the seconds spent inside `add`."""
     spent = 0.0
     for start in range(0, len(corpus.memories), BATCH):
-        batch = [Memory(**d) for d in corpus.memories[start:start + BATCH]]
+        batch = [Memory(**d) for d in corpus.memories[start : start + BATCH]]
         t = time.perf_counter()
         await retriever.add(batch)
         spent += time.perf_counter() - t
@@ -245,12 +264,14 @@ def checked(answer: Any, route: Route, query: str) -> Any:
     """The answer, if it came along the route asked for and whole; a degraded or rerouted
     answer would make the figure one of another path."""
     if answer.degraded or answer.path != route.path:
-        raise BenchFailure(f"{route.path} query {query!r} answered along {answer.path}, degraded="
-                           f"{answer.degraded}: {answer.reasons}")
+        raise BenchFailure(
+            f"{route.path} query {query!r} answered along {answer.path}, degraded={answer.degraded}: {answer.reasons}"
+        )
     return answer
 
 
 # -- children: build, then reload and serve, each in a fresh process ------------------------
+
 
 async def child_build(index_kind: str, n: int, directory: Path) -> dict[str, Any]:
     corpus = generate(n, seed=SEED)
@@ -262,16 +283,26 @@ async def child_build(index_kind: str, n: int, directory: Path) -> dict[str, Any
     save_seconds = time.perf_counter() - t
     await retriever.close()
     files = {p.name: p.stat().st_size for p in directory.rglob("*") if p.is_file()}
-    return {"index": facts, "memories": len(corpus.memories), "add_seconds": round(add_seconds, 2),
-            "save_seconds": round(save_seconds, 2), "memories_per_second": round(len(corpus.memories) / add_seconds),
-            "index_file_bytes": sum(v for k, v in files.items() if k.endswith(".rvix")),
-            "sqlite_bytes": sum(v for k, v in files.items() if ".sqlite3" in k)}
+    return {
+        "index": facts,
+        "memories": len(corpus.memories),
+        "add_seconds": round(add_seconds, 2),
+        "save_seconds": round(save_seconds, 2),
+        "memories_per_second": round(len(corpus.memories) / add_seconds),
+        "index_file_bytes": sum(v for k, v in files.items() if k.endswith(".rvix")),
+        "sqlite_bytes": sum(v for k, v in files.items() if ".sqlite3" in k),
+    }
 
 
 async def child_serve(index_kind: str, n: int, directory: Path, redis_url: str) -> dict[str, Any]:
     embedder = PreEmbedded(HashingEmbedder())
-    retriever = Retriever(EmbeddedStore(directory / "graph"), RedisCache(redis_url), embedder,
-                          directory / "retrieval", RetrieverSettings(index_kind=index_kind))
+    retriever = Retriever(
+        EmbeddedStore(directory / "graph"),
+        RedisCache(redis_url),
+        embedder,
+        directory / "retrieval",
+        RetrieverSettings(index_kind=index_kind),
+    )
     gc.collect()
     rss_before = vm_kib()
     t = time.perf_counter()
@@ -282,8 +313,13 @@ async def child_serve(index_kind: str, n: int, directory: Path, redis_url: str) 
     questions = sample(generate(n, seed=SEED).questions, QUERIES)
     await embedder.prepare([q.query for q in questions])
     try:
-        out = {"index": index_facts(retriever, index_kind), "reload_seconds": round(reload_seconds, 2),
-               "rss_before_kib": rss_before, "rss_after_kib": rss_after, "memories": retriever.count()}
+        out = {
+            "index": index_facts(retriever, index_kind),
+            "reload_seconds": round(reload_seconds, 2),
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
+            "memories": retriever.count(),
+        }
         for name, route in ROUTES.items():
             out[name] = latency_summary_ms(await timed(_retrieve(retriever, route), questions))
         out.update(await _cache_hits(retriever, questions, redis_url))
@@ -296,6 +332,7 @@ async def child_serve(index_kind: str, n: int, directory: Path, redis_url: str) 
 def _retrieve(retriever: Retriever, route: Route) -> Callable[[Question], Awaitable[Any]]:
     async def call(q: Question) -> Any:
         return checked(await retriever.retrieve(q.query, NAMESPACE, TOP_K, route), route, q.query)
+
     return call
 
 
@@ -309,8 +346,10 @@ async def _cache_hits(retriever: Retriever, questions: Sequence[Question], redis
         hit = await retriever.retrieve(q.query, NAMESPACE, TOP_K, ALL_ON)
         hits.append(time.perf_counter() - start)
         if miss.cache != "miss" or hit.cache != "hit" or [r.id for r in hit.results] != [r.id for r in miss.results]:
-            raise BenchFailure(f"query {q.query!r}: first {miss.cache}, then {hit.cache} with "
-                               f"{[r.id for r in hit.results][:3]}… vs {[r.id for r in miss.results][:3]}…")
+            raise BenchFailure(
+                f"query {q.query!r}: first {miss.cache}, then {hit.cache} with "
+                f"{[r.id for r in hit.results][:3]}… vs {[r.id for r in miss.results][:3]}…"
+            )
         size = max(size, len(json.dumps([r.to_dict() for r in miss.results])))
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
@@ -318,14 +357,17 @@ async def _cache_hits(retriever: Retriever, questions: Sequence[Question], redis
         gets = await timed(lambda _q: client.get("bench:answer"), questions)
     finally:
         await client.aclose()
-    return {"cache_hit": latency_summary_ms(hits[WARMUP:]), "redis_get": latency_summary_ms(gets),
-            "answer_bytes": size}
+    return {"cache_hit": latency_summary_ms(hits[WARMUP:]), "redis_get": latency_summary_ms(gets), "answer_bytes": size}
 
 
 async def _under_load(retriever: Retriever, questions: Sequence[Question]) -> dict[str, Any]:
     """Hybrid uncached from one client, then from CLIENTS at once, LOAD_SECONDS each."""
-    return {"clients_1": await _load(retriever, questions, 1), f"clients_{CLIENTS}":
-            await _load(retriever, questions, CLIENTS), "clients": CLIENTS, "seconds": LOAD_SECONDS}
+    return {
+        "clients_1": await _load(retriever, questions, 1),
+        f"clients_{CLIENTS}": await _load(retriever, questions, CLIENTS),
+        "clients": CLIENTS,
+        "seconds": LOAD_SECONDS,
+    }
 
 
 async def _load(retriever: Retriever, questions: Sequence[Question], clients: int) -> dict[str, Any]:
@@ -348,8 +390,13 @@ async def _load(retriever: Retriever, questions: Sequence[Question], clients: in
         for _ in range(clients):
             tg.start_soon(client)
     wall, cpu_used = time.monotonic() - wall, sum(os.times()[:2]) - sum(cpu[:2])
-    return {"queries": len(latencies), "qps": round(len(latencies) / wall, 1), "degraded": degraded,
-            "cpu_percent_of_two_cores": round(cpu_used / wall / 2 * 100, 1), **latency_summary_ms(latencies)}
+    return {
+        "queries": len(latencies),
+        "qps": round(len(latencies) / wall, 1),
+        "degraded": degraded,
+        "cpu_percent_of_two_cores": round(cpu_used / wall / 2 * 100, 1),
+        **latency_summary_ms(latencies),
+    }
 
 
 def child_main(argv: list[str]) -> int:
@@ -371,18 +418,34 @@ def in_child(what: str, index_kind: str, n: int, directory: Path, *rest: object)
     os.close(fd)
     out = Path(name)
     try:
-        done = subprocess.run([sys.executable, "-m", "tests.bench.bench_retrieval", what, index_kind, str(n),
-                               str(directory), str(out), *map(str, rest)],
-                              cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.bench_retrieval",
+                what,
+                index_kind,
+                str(n),
+                str(directory),
+                str(out),
+                *map(str, rest),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+        )
         if done.returncode:
-            raise BenchFailure(f"`{what}` ({index_kind}) at {n:,} memories exited {done.returncode}:\n"
-                               f"{done.stderr[-3000:]}")
+            raise BenchFailure(
+                f"`{what}` ({index_kind}) at {n:,} memories exited {done.returncode}:\n{done.stderr[-3000:]}"
+            )
         return json.loads(out.read_text())
     finally:
         out.unlink(missing_ok=True)
 
 
 # -- this process: bandwidth, index, graph, query embedding ---------------------------------
+
 
 def read_bandwidth() -> dict[str, float]:
     """GB/s of one streaming read of 256 MB of float32 (`max()`), by one core and by two threads."""
@@ -420,7 +483,7 @@ async def index_figures(n: int, bandwidth: dict[str, float]) -> dict[str, Any]:
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
     queries = embedder.embed_sync([q.query for q in sample(corpus.questions, QUERIES)])
     out: dict[str, Any] = {"embed_all_seconds": round(embed_seconds, 2)}
-    train_at = IVF_TRAIN_AT if n >= IVF_TRAIN_AT else n // 2   # the Retriever's, whenever it has an IVF at n
+    train_at = IVF_TRAIN_AT if n >= IVF_TRAIN_AT else n // 2  # the Retriever's, whenever it has an IVF at n
     # name -> (kind, vectors a VectorIndex.add call); one index at a time, flat first: it is the truth
     variants = {"flat": ("flat", n), "ivf": ("ivf", BATCH), "ivf_all": ("ivf", n), "hnsw": ("hnsw", n)}
     exact: Hits = []
@@ -428,9 +491,9 @@ async def index_figures(n: int, bandwidth: dict[str, float]) -> dict[str, Any]:
         index = VectorIndex(embedder.dim, kind, ivf_train_at=train_at)
         t = time.perf_counter()
         for start in range(0, n, batch):
-            await index.add(ids[start:start + batch], vectors[start:start + batch])
+            await index.add(ids[start : start + batch], vectors[start : start + batch])
         build = time.perf_counter() - t
-        trained_on = index._ivf_trained_on or None   # the last training (it trains again at 4x growth)
+        trained_on = index._ivf_trained_on or None  # the last training (it trains again at 4x growth)
         if kind != "ivf":
             seconds, hits = await searched(index, queries)
             out[name] = {"build_seconds": round(build, 2), **latency_summary_ms(seconds)}
@@ -442,23 +505,32 @@ async def index_figures(n: int, bandwidth: dict[str, float]) -> dict[str, Any]:
             if not index.trained:
                 raise BenchFailure(f"ivf index at {n:,} vectors (ivf_train_at {train_at:,}) did not train")
             sizes = np.array([index._index.invlists.list_size(i) for i in range(index._index.nlist)])
-            out[name] = {"build_seconds": round(build, 2), "nlist": int(index._index.nlist),
-                         "ivf_train_at": train_at, "trained_on": trained_on, "add_batch": batch,
-                         "list_size_mean": round(float(sizes.mean()), 1), "list_size_max": int(sizes.max()),
-                         "nprobe": index.probes, "sweep": {}}
+            out[name] = {
+                "build_seconds": round(build, 2),
+                "nlist": int(index._index.nlist),
+                "ivf_train_at": train_at,
+                "trained_on": trained_on,
+                "add_batch": batch,
+                "list_size_mean": round(float(sizes.mean()), 1),
+                "list_size_max": int(sizes.max()),
+                "nprobe": index.probes,
+                "sweep": {},
+            }
             for nprobe in sorted({*IVF_NPROBES, index.probes}):
                 index.nprobe = nprobe
                 seconds, hits = await searched(index, queries)
-                out[name]["sweep"][str(nprobe)] = {**latency_summary_ms(seconds), **recall(exact, hits),
-                                                   "scanned_fraction": scanned(index, queries, sizes)}
-            out[name].update(out[name]["sweep"][str(out[name]["nprobe"])])   # the headline: the default
+                out[name]["sweep"][str(nprobe)] = {
+                    **latency_summary_ms(seconds),
+                    **recall(exact, hits),
+                    "scanned_fraction": scanned(index, queries, sizes),
+                }
+            out[name].update(out[name]["sweep"][str(out[name]["nprobe"])])  # the headline: the default
         del index
     out["flat"]["bare_faiss"] = bare_faiss(vectors, queries)
     scanned_bytes = vectors.nbytes
     out["flat"]["bytes_scanned"] = scanned_bytes
     out["flat"]["floor_ms"] = round(scanned_bytes / (bandwidth["one_core"] * 1e9) * 1000, 3)
     return out
-
 
 
 async def searched(index: VectorIndex, queries: np.ndarray) -> tuple[list[float], Hits]:
@@ -476,7 +548,7 @@ async def searched(index: VectorIndex, queries: np.ndarray) -> tuple[list[float]
 def scanned(index: VectorIndex, queries: np.ndarray, list_sizes: np.ndarray) -> float:
     """Mean share of the vectors in the `nprobe` lists a query probes (what IVF's search reads)."""
     _, lists = index._index.quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), index.nprobe)
-    probed = np.where(lists >= 0, list_sizes[lists], 0)   # -1: nprobe > nlist, every list probed already
+    probed = np.where(lists >= 0, list_sizes[lists], 0)  # -1: nprobe > nlist, every list probed already
     return round(float(probed.sum(axis=1).mean() / index._index.ntotal), 4)
 
 
@@ -496,7 +568,7 @@ def recall(exact: Hits, approx: Hits) -> dict[str, float]:
     """Mean recall@10 of `approx` against `exact`: strict (same ids), and tie-aware (an id whose
     score reaches the exact 10th score counts: equal-scoring near-duplicates are interchangeable)."""
     strict = tied = 0.0
-    for truth, got in zip(exact, approx):
+    for truth, got in zip(exact, approx, strict=False):
         ids, tenth = {i for i, _ in truth}, truth[-1][1]
         strict += len(ids & {i for i, _ in got}) / len(truth)
         tied += min(len(truth), sum(1 for i, s in got if i in ids or s >= tenth - 1e-6)) / len(truth)
@@ -520,8 +592,12 @@ def build_graph(nodes: int, seed: int = SEED) -> tuple[Adjacency, int, int]:
 def graph_figures() -> dict[str, Any]:
     t = time.perf_counter()
     adjacency, links, hub = build_graph(GRAPH_NODES)
-    out: dict[str, Any] = {"nodes": GRAPH_NODES, "links": links, "build_seconds": round(time.perf_counter() - t, 2),
-                           "most_linked_in_links_approx": hub}
+    out: dict[str, Any] = {
+        "nodes": GRAPH_NODES,
+        "links": links,
+        "build_seconds": round(time.perf_counter() - t, 2),
+        "most_linked_in_links_approx": hub,
+    }
     seeds = [f"m-{i}" for i in random.Random(SEED).sample(range(GRAPH_NODES), GRAPH_SEEDS)]
     for name, limit in (("limit_100", 100), ("unlimited", 10**9)):
         seconds, found = [], []
@@ -529,8 +605,11 @@ def graph_figures() -> dict[str, Any]:
             start = time.perf_counter()
             found.append(len(adjacency.expand(NAMESPACE, [seed], hops=2, limit=limit)))
             seconds.append(time.perf_counter() - start)
-        out[name] = {**latency_summary_ms(seconds), "mean_found": round(sum(found) / len(found), 1),
-                     "max_found": max(found)}
+        out[name] = {
+            **latency_summary_ms(seconds),
+            "mean_found": round(sum(found) / len(found), 1),
+            "max_found": max(found),
+        }
     return out
 
 
@@ -539,7 +618,7 @@ async def embed_figures(questions: Sequence[Question]) -> dict[str, Any]:
     out = {}
     for embedder in available_embedders():
         await embedder.embed(["warm-up"])
-        seconds = await timed(lambda q: embedder.embed([q.query]), questions)
+        seconds = await timed(lambda q, embedder=embedder: embedder.embed([q.query]), questions)
         out[embedder.name] = latency_summary_ms(seconds)
     return out
 
@@ -553,15 +632,20 @@ def available_embedders() -> list[Embedder]:
 
 # -- retrieval: the run ---------------------------------------------------------------------
 
+
 def run_speed() -> dict[str, Any]:
     heading(f"retrieval: vector, graph, hybrid and cache at {', '.join(f'{n:,}' for n in SIZES)} memories")
     bandwidth = read_bandwidth()
-    line("read bandwidth (256 MB max())", f"{bandwidth['one_core']} GB/s one core, {bandwidth['two_cores']} GB/s "
-         "two threads")
+    line(
+        "read bandwidth (256 MB max())",
+        f"{bandwidth['one_core']} GB/s one core, {bandwidth['two_cores']} GB/s two threads",
+    )
     embeds = anyio.run(embed_figures, sample(generate(10_000, seed=SEED).questions, QUERIES), backend="asyncio")
     for name, s in embeds.items():
-        line(f"query embedding, {name}", f"p50 {s['p50_ms']:.3f} ms, p95 {s['p95_ms']:.3f} ms (one query a call; "
-             "excluded from every figure below)")
+        line(
+            f"query embedding, {name}",
+            f"p50 {s['p50_ms']:.3f} ms, p95 {s['p95_ms']:.3f} ms (one query a call; excluded from every figure below)",
+        )
     graph = graph_figures()
     _print_graph(graph)
     sizes = {}
@@ -578,8 +662,12 @@ def run_speed() -> dict[str, Any]:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     _print_sizes(sizes, graph, bandwidth)
-    figures = {"bandwidth_gb_s": bandwidth, "query_embedding": embeds, "graph": graph,
-               "sizes": {str(n): s for n, s in sizes.items()}}
+    figures = {
+        "bandwidth_gb_s": bandwidth,
+        "query_embedding": embeds,
+        "graph": graph,
+        "sizes": {str(n): s for n, s in sizes.items()},
+    }
     failures = speed_failures(sizes)
     if failures:
         raise FailedWithFigures(failures, figures)
@@ -588,18 +676,25 @@ def run_speed() -> dict[str, Any]:
 
 def measure_size(n: int, workdir: Path, server: RedisServer, bandwidth: dict[str, float]) -> dict[str, Any]:
     kinds = [kind for kind in KINDS_THROUGH_RETRIEVER if kind != "ivf" or n >= IVF_TRAIN_AT]
-    print(f"  … {n:,} memories: build, reload and serve through the Retriever ({', '.join(kinds)}; fresh "
-          "processes), then the raw indexes", flush=True)
+    print(
+        f"  … {n:,} memories: build, reload and serve through the Retriever ({', '.join(kinds)}; fresh "
+        "processes), then the raw indexes",
+        flush=True,
+    )
     through: dict[str, Any] = {}
     for kind in KINDS_THROUGH_RETRIEVER:
         if kind not in kinds:
-            through[kind] = {"skipped": f"below ivf_train_at {IVF_TRAIN_AT:,} the Retriever's ivf index is exact "
-                                        "(RetrieverSettings has no train threshold to lower)"}
+            through[kind] = {
+                "skipped": f"below ivf_train_at {IVF_TRAIN_AT:,} the Retriever's ivf index is exact "
+                "(RetrieverSettings has no train threshold to lower)"
+            }
             continue
-        server.reset()   # each run reuses the namespace and the questions of the last
+        server.reset()  # each run reuses the namespace and the questions of the last
         directory = workdir / f"state-{n}-{kind}"
-        through[kind] = {"build": in_child("build", kind, n, directory),
-                         "serve": in_child("serve", kind, n, directory, server.url)}
+        through[kind] = {
+            "build": in_child("build", kind, n, directory),
+            "serve": in_child("serve", kind, n, directory, server.url),
+        }
         shutil.rmtree(directory, ignore_errors=True)
     figures = {"retriever": through, "index": anyio.run(index_figures, n, bandwidth, backend="asyncio")}
     figures["status"] = target_status(figures)
@@ -609,9 +704,13 @@ def measure_size(n: int, workdir: Path, server: RedisServer, bandwidth: dict[str
 def headline(f: dict[str, Any]) -> dict[str, float]:
     """The figures that have targets, by TARGETS key (those measured at this size)."""
     index, flat = f["index"], f["retriever"]["flat"]["serve"]
-    out = {"flat_p95_ms": index["flat"]["p95_ms"], "ivf_p95_ms": index["ivf"]["p95_ms"],
-           "ivf_recall": index["ivf"]["recall_at_10_ties"], "hybrid_p95_ms": flat["hybrid"]["p95_ms"],
-           "cache_hit_p95_ms": flat["cache_hit"]["p95_ms"]}
+    out = {
+        "flat_p95_ms": index["flat"]["p95_ms"],
+        "ivf_p95_ms": index["ivf"]["p95_ms"],
+        "ivf_recall": index["ivf"]["recall_at_10_ties"],
+        "hybrid_p95_ms": flat["hybrid"]["p95_ms"],
+        "cache_hit_p95_ms": flat["cache_hit"]["p95_ms"],
+    }
     if "serve" in f["retriever"]["ivf"]:
         out["hybrid_ivf_p95_ms"] = f["retriever"]["ivf"]["serve"]["hybrid"]["p95_ms"]
     return out
@@ -633,24 +732,34 @@ def speed_failures(sizes: dict[int, dict[str, Any]]) -> list[str]:
         ivf = f["index"]["ivf"]
         if not f["status"]["ivf_recall"]:
             better = [p for p, s in ivf["sweep"].items() if s["recall_at_10_ties"] >= MIN_RECALL]
-            failures.append(f"IVF recall@10 against the exact index {ivf['recall_at_10_ties']:.3f} < {MIN_RECALL} at "
-                            f"{n:,} memories (nlist {ivf['nlist']}, trained on {ivf['trained_on']:,}, nprobe "
-                            f"{ivf['nprobe']}, hashing:384 vectors): "
-                            + (f"nprobe {better[0]} reaches it" if better else "no nprobe swept reaches it"))
+            failures.append(
+                f"IVF recall@10 against the exact index {ivf['recall_at_10_ties']:.3f} < {MIN_RECALL} at "
+                f"{n:,} memories (nlist {ivf['nlist']}, trained on {ivf['trained_on']:,}, nprobe "
+                f"{ivf['nprobe']}, hashing:384 vectors): "
+                + (f"nprobe {better[0]} reaches it" if better else "no nprobe swept reaches it")
+            )
     return failures
 
 
 def _print_graph(g: dict[str, Any]) -> None:
-    line("graph for 2-hop expansion", f"{g['nodes']:,} nodes, {g['links']:,} links (5 out-links each, targets "
-         f"~ rank^-{GRAPH_SKEW}; most linked ~{g['most_linked_in_links_approx']:,} in-links), built in "
-         f"{g['build_seconds']:.1f} s")
+    line(
+        "graph for 2-hop expansion",
+        f"{g['nodes']:,} nodes, {g['links']:,} links (5 out-links each, targets "
+        f"~ rank^-{GRAPH_SKEW}; most linked ~{g['most_linked_in_links_approx']:,} in-links), built in "
+        f"{g['build_seconds']:.1f} s",
+    )
     for name, label in (("limit_100", "limit 100 (default)"), ("unlimited", "unlimited (worst case)")):
         s = g[name]
-        line(f"expand(seed, hops=2), {label}", f"p50 {s['p50_ms']:.3f} ms, p95 {s['p95_ms']:.3f} ms, p99 "
-             f"{s['p99_ms']:.3f} ms, max {s['max_ms']:.2f} ms; found mean {s['mean_found']:,}, max {s['max_found']:,}")
+        line(
+            f"expand(seed, hops=2), {label}",
+            f"p50 {s['p50_ms']:.3f} ms, p95 {s['p95_ms']:.3f} ms, p99 "
+            f"{s['p99_ms']:.3f} ms, max {s['max_ms']:.2f} ms; found mean {s['mean_found']:,}, max {s['max_found']:,}",
+        )
     ok = met("expand_p95_ms", g["limit_100"]["p95_ms"])
-    line("target (default limit)", f"p95 {g['limit_100']['p95_ms']:.3f} ms {TARGETS['expand_p95_ms'][1]}: "
-         f"{'ok' if ok else 'MISSED'}")
+    line(
+        "target (default limit)",
+        f"p95 {g['limit_100']['p95_ms']:.3f} ms {TARGETS['expand_p95_ms'][1]}: {'ok' if ok else 'MISSED'}",
+    )
 
 
 def _print_sizes(sizes: dict[int, dict[str, Any]], graph: dict[str, Any], bandwidth: dict[str, float]) -> None:
@@ -660,7 +769,7 @@ def _print_sizes(sizes: dict[int, dict[str, Any]], graph: dict[str, Any], bandwi
     for key, label, get, fmt in _ROWS:
         values = [_cell(get, sizes[n], fmt) for n in ns]
         target = TARGETS[key][1] if key in TARGETS else ""
-        if key in CORRECTNESS:   # checked at every size, and a miss fails the run
+        if key in CORRECTNESS:  # checked at every size, and a miss fails the run
             bad = [f"{n:,}" for n in ns if not sizes[n]["status"][key]]
             verdict = f"FAILED at {', '.join(bad)}" if bad else "ok"
         else:
@@ -676,24 +785,31 @@ def _print_sizes(sizes: dict[int, dict[str, Any]], graph: dict[str, Any], bandwi
                 continue
             load = through["serve"]["load"]
             many, one = load[f"clients_{CLIENTS}"], load["clients_1"]
-            line(f"under load at {n:,} ({kind})", f"{many['qps']:,.0f} q/s with {CLIENTS} clients (p95 "
-                 f"{many['p95_ms']:.1f} ms, CPU {many['cpu_percent_of_two_cores']:.0f}% of 2 cores, {many['degraded']} "
-                 f"degraded) vs {one['qps']:,.0f} q/s from 1 (x{many['qps'] / one['qps']:.2f}); "
-                 + _scan_ceiling(sizes[n], kind, bandwidth))
+            line(
+                f"under load at {n:,} ({kind})",
+                f"{many['qps']:,.0f} q/s with {CLIENTS} clients (p95 "
+                f"{many['p95_ms']:.1f} ms, CPU {many['cpu_percent_of_two_cores']:.0f}% of 2 cores, {many['degraded']} "
+                f"degraded) vs {one['qps']:,.0f} q/s from 1 (x{many['qps'] / one['qps']:.2f}); "
+                + _scan_ceiling(sizes[n], kind, bandwidth),
+            )
 
 
 def _scan_ceiling(f: dict[str, Any], kind: str, bandwidth: dict[str, float]) -> str:
     """What the vector scan alone allows a second, on two threads, as words."""
     index = f["index"]
     if kind == "flat":
-        return (f"the exact scan alone caps it at {bandwidth['two_cores'] * 1e9 / index['flat']['bytes_scanned']:,.0f} "
-                "q/s (2-thread bandwidth / bytes a query)")
+        return (
+            f"the exact scan alone caps it at {bandwidth['two_cores'] * 1e9 / index['flat']['bytes_scanned']:,.0f} "
+            "q/s (2-thread bandwidth / bytes a query)"
+        )
     served = f["retriever"][kind]["serve"]["index"]
     if served.get("nlist") != index["ivf"]["nlist"]:
         return f"(its nlist {served.get('nlist')} differs from the raw IVF figure's: no scan ceiling computed)"
     scanned_bytes = index["ivf"]["scanned_fraction"] * index["flat"]["bytes_scanned"]
-    return (f"the IVF lists' scan alone caps it at {bandwidth['two_cores'] * 1e9 / scanned_bytes:,.0f} q/s "
-            f"({100 * index['ivf']['scanned_fraction']:.0f}% of the vectors a query at nprobe {index['ivf']['nprobe']})")
+    return (
+        f"the IVF lists' scan alone caps it at {bandwidth['two_cores'] * 1e9 / scanned_bytes:,.0f} q/s "
+        f"({100 * index['ivf']['scanned_fraction']:.0f}% of the vectors a query at nprobe {index['ivf']['nprobe']})"
+    )
 
 
 def _print_notes(sizes: dict[int, dict[str, Any]]) -> None:
@@ -701,52 +817,76 @@ def _print_notes(sizes: dict[int, dict[str, Any]]) -> None:
     at = sizes.get(TARGET_SIZE)
     if at is not None and not at["status"]["flat_p95_ms"]:
         flat = at["index"]["flat"]
-        line(f"flat at {TARGET_SIZE:,}", f"p95 {flat['p95_ms']:.2f} ms misses 5 ms against a floor of "
-             f"{flat['floor_ms']:.2f} ms (n x dim x 4 bytes at one core's bandwidth), at "
-             f"{flat['p50_ms'] / flat['bare_faiss']['p50_ms']:.1f}x bare faiss (p50): a bandwidth limit, expected "
-             "at this size; index_kind = \"ivf\" is the index for it")
+        line(
+            f"flat at {TARGET_SIZE:,}",
+            f"p95 {flat['p95_ms']:.2f} ms misses 5 ms against a floor of "
+            f"{flat['floor_ms']:.2f} ms (n x dim x 4 bytes at one core's bandwidth), at "
+            f"{flat['p50_ms'] / flat['bare_faiss']['p50_ms']:.1f}x bare faiss (p50): a bandwidth limit, expected "
+            'at this size; index_kind = "ivf" is the index for it',
+        )
     hnsw = ", ".join(f"{f['index']['hnsw']['recall_at_10_ties']:.3f} at {n:,}" for n, f in sizes.items())
-    line("HNSW recall@10 (reported only)", f"{hnsw}: hashing vectors defeat HNSW's graph (sparse-ish, "
-         "near-orthogonal: nearly every pair of memories scores ~0, so the greedy walk has no gradient to follow); "
-         "not for use with hashing:384")
-    low = [f"{f['index']['ivf_all']['recall_at_10_ties']:.3f} at {n:,} (nlist {f['index']['ivf_all']['nlist']}, "
-           f"nprobe {f['index']['ivf_all']['nprobe']})"
-           for n, f in sizes.items() if f["index"]["ivf_all"]["recall_at_10_ties"] < MIN_RECALL]
+    line(
+        "HNSW recall@10 (reported only)",
+        f"{hnsw}: hashing vectors defeat HNSW's graph (sparse-ish, "
+        "near-orthogonal: nearly every pair of memories scores ~0, so the greedy walk has no gradient to follow); "
+        "not for use with hashing:384",
+    )
+    low = [
+        f"{f['index']['ivf_all']['recall_at_10_ties']:.3f} at {n:,} (nlist {f['index']['ivf_all']['nlist']}, "
+        f"nprobe {f['index']['ivf_all']['nprobe']})"
+        for n, f in sizes.items()
+        if f["index"]["ivf_all"]["recall_at_10_ties"] < MIN_RECALL
+    ]
     if low:
-        line("IVF trained on all n", f"recall@10 {', '.join(low)} < {MIN_RECALL} at its default nprobe (reported "
-             "only: the Retriever never trains on all n, see the IVF rows)")
+        line(
+            "IVF trained on all n",
+            f"recall@10 {', '.join(low)} < {MIN_RECALL} at its default nprobe (reported "
+            "only: the Retriever never trains on all n, see the IVF rows)",
+        )
     for n, f in sizes.items():
         ivf = f["index"]["ivf"]
         if n > ivf["trained_on"]:
-            line(f"IVF grown, at {n:,}", f"last trained on the first {ivf['trained_on']:,} vectors (the corpus adds its "
-                 f"chains first, its filler last); the rest land in those lists: largest {ivf['list_size_max']:,} "
-                 f"vs mean {ivf['list_size_mean']:,.0f}, so a query scans {100 * ivf['scanned_fraction']:.0f}% of "
-                 f"the vectors at nprobe {ivf['nprobe']}, not {100 * min(1, ivf['nprobe'] / ivf['nlist']):.0f}%")
+            line(
+                f"IVF grown, at {n:,}",
+                f"last trained on the first {ivf['trained_on']:,} vectors (the corpus adds its "
+                f"chains first, its filler last); the rest land in those lists: largest {ivf['list_size_max']:,} "
+                f"vs mean {ivf['list_size_mean']:,.0f}, so a query scans {100 * ivf['scanned_fraction']:.0f}% of "
+                f"the vectors at nprobe {ivf['nprobe']}, not {100 * min(1, ivf['nprobe'] / ivf['nlist']):.0f}%",
+            )
     for n, f in sizes.items():
         if "skipped" in f["retriever"]["ivf"]:
             line(f"ivf via the Retriever at {n:,}", f"skipped: {f['retriever']['ivf']['skipped']}")
 
 
 def _print_sweep(sizes: dict[int, dict[str, Any]]) -> None:
-    print("  IVF: recall@10 vs exact (ties count) and latency by nprobe (* = the index's default, max(48, nlist/6)); "
-          "VectorIndex.search, p50/p95 in ms")
+    print(
+        "  IVF: recall@10 vs exact (ties count) and latency by nprobe (* = the index's default, max(48, nlist/6)); "
+        "VectorIndex.search, p50/p95 in ms"
+    )
     rows = []
     for n, f in sizes.items():
         for name, label in (("ivf", f"grown {BATCH:,} at a time"), ("ivf_all", "trained on all n")):
             ivf = f["index"][name]
             for nprobe, s in ivf["sweep"].items():
-                rows.append((f"{n:,}", f"{nprobe}{'*' if int(nprobe) == ivf['nprobe'] else ''}", f"{s['p50_ms']:.2f}",
-                             f"{s['p95_ms']:.2f}", f"{s['recall_at_10_ties']:.3f}",
-                             f"{100 * s['scanned_fraction']:.1f}%",
-                             f"{label}: nlist {ivf['nlist']}, trained on {ivf['trained_on']:,}, lists mean "
-                             f"{ivf['list_size_mean']:,.0f} / largest {ivf['list_size_max']:,}"))
+                rows.append(
+                    (
+                        f"{n:,}",
+                        f"{nprobe}{'*' if int(nprobe) == ivf['nprobe'] else ''}",
+                        f"{s['p50_ms']:.2f}",
+                        f"{s['p95_ms']:.2f}",
+                        f"{s['recall_at_10_ties']:.3f}",
+                        f"{100 * s['scanned_fraction']:.1f}%",
+                        f"{label}: nlist {ivf['nlist']}, trained on {ivf['trained_on']:,}, lists mean "
+                        f"{ivf['list_size_mean']:,.0f} / largest {ivf['list_size_max']:,}",
+                    )
+                )
     table(("memories", "nprobe", "p50", "p95", "recall@10", "scanned", "IVF index"), rows)
 
 
 def _cell(get: Callable[[dict[str, Any]], Any], f: dict[str, Any], fmt: str) -> str:
     try:
         return fmt.format(get(f))
-    except KeyError:   # not measured at this size (ivf through the Retriever below its train threshold)
+    except KeyError:  # not measured at this size (ivf through the Retriever below its train threshold)
         return "skipped"
 
 
@@ -756,6 +896,7 @@ def _ms(path: str, stat: str = "p95_ms") -> Callable[[dict[str, Any]], float]:
         for part in path.split("."):
             value = value[part]
         return value[stat] if stat else value
+
     return get
 
 
@@ -764,6 +905,7 @@ def _rss(kind: str, per_100k: bool = False) -> Callable[[dict[str, Any]], float]
         s = f["retriever"][kind]["serve"]
         mib = (s["rss_after_kib"] - s["rss_before_kib"]) / 1024
         return mib * 100_000 / s["memories"] if per_100k else mib
+
     return get
 
 
@@ -771,8 +913,12 @@ def _per_kind_rows(kind: str) -> list[tuple[str, str, Callable[[dict[str, Any]],
     serve, build = f"retriever.{kind}.serve", f"retriever.{kind}.build"
     return [
         ("", f"hybrid under load ({kind}), {CLIENTS} clients: p95", _ms(f"{serve}.load.clients_{CLIENTS}"), "{:.1f}"),
-        ("", f"hybrid under load ({kind}), {CLIENTS} clients: q/s", _ms(f"{serve}.load.clients_{CLIENTS}", "qps"),
-         "{:,.0f}"),
+        (
+            "",
+            f"hybrid under load ({kind}), {CLIENTS} clients: q/s",
+            _ms(f"{serve}.load.clients_{CLIENTS}", "qps"),
+            "{:,.0f}",
+        ),
         ("", f"hybrid ({kind}), 1 client: queries/s", _ms(f"{serve}.load.clients_1", "qps"), "{:,.0f}"),
         ("", f"build ({kind}): Retriever.add, all memories (s)", _ms(build, "add_seconds"), "{:.1f}"),
         ("", f"build ({kind}): memories/s", _ms(build, "memories_per_second"), "{:,}"),
@@ -780,8 +926,12 @@ def _per_kind_rows(kind: str) -> list[tuple[str, str, Callable[[dict[str, Any]],
         ("", f"reload ({kind}): Retriever.open() on the saved state (s)", _ms(serve, "reload_seconds"), "{:.2f}"),
         ("", f"RSS ({kind}) after open() - before (MiB)", _rss(kind), "{:,.0f}"),
         ("", "  per 100,000 memories (MiB)", _rss(kind, per_100k=True), "{:,.0f}"),
-        ("", f"index file ({kind}) on disk (MiB)", lambda f: f["retriever"][kind]["build"]["index_file_bytes"] / 2**20,
-         "{:,.0f}"),
+        (
+            "",
+            f"index file ({kind}) on disk (MiB)",
+            lambda f: f["retriever"][kind]["build"]["index_file_bytes"] / 2**20,
+            "{:,.0f}",
+        ),
     ]
 
 
@@ -789,14 +939,26 @@ _ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str]] = [
     ("flat_p95_ms", "vector, exact (flat) index: VectorIndex.search", _ms("index.flat"), "{:.2f}"),
     ("", "  its floor: n x dim x 4 bytes / one-core bandwidth", _ms("index.flat", "floor_ms"), "{:.2f}"),
     ("", "  baseline: bare faiss IndexFlatIP.search, p95", _ms("index.flat.bare_faiss"), "{:.2f}"),
-    ("", "  VectorIndex.search p50 / bare faiss p50",
-     lambda f: f["index"]["flat"]["p50_ms"] / f["index"]["flat"]["bare_faiss"]["p50_ms"], "{:.1f}x"),
+    (
+        "",
+        "  VectorIndex.search p50 / bare faiss p50",
+        lambda f: f["index"]["flat"]["p50_ms"] / f["index"]["flat"]["bare_faiss"]["p50_ms"],
+        "{:.1f}x",
+    ),
     ("ivf_p95_ms", "vector, IVF grown as the Retriever grows it, default nprobe", _ms("index.ivf"), "{:.2f}"),
     ("ivf_recall", "  IVF recall@10 vs exact (ties count)", _ms("index.ivf", "recall_at_10_ties"), "{:.3f}"),
-    ("", "  IVF lists (nlist) / trained on (vectors)",
-     lambda f: f"{f['index']['ivf']['nlist']} / {f['index']['ivf']['trained_on']:,}", "{}"),
-    ("", "  IVF vectors scanned a query (share of n)", lambda f: 100 * f["index"]["ivf"]["scanned_fraction"],
-     "{:.1f}%"),
+    (
+        "",
+        "  IVF lists (nlist) / trained on (vectors)",
+        lambda f: f"{f['index']['ivf']['nlist']} / {f['index']['ivf']['trained_on']:,}",
+        "{}",
+    ),
+    (
+        "",
+        "  IVF vectors scanned a query (share of n)",
+        lambda f: 100 * f["index"]["ivf"]["scanned_fraction"],
+        "{:.1f}%",
+    ),
     ("", "vector, IVF trained on all n (nlist sqrt n), default nprobe", _ms("index.ivf_all"), "{:.2f}"),
     ("", "  its recall@10 vs exact (ties count)", _ms("index.ivf_all", "recall_at_10_ties"), "{:.3f}"),
     ("", "  its lists (nlist)", _ms("index.ivf_all", "nlist"), "{}"),
@@ -807,12 +969,15 @@ _ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str]] = [
     ("", "vector-only via Retriever.retrieve (ivf), uncached", _ms("retriever.ivf.serve.vector"), "{:.2f}"),
     ("hybrid_p95_ms", "hybrid via Retriever.retrieve (flat), uncached", _ms("retriever.flat.serve.hybrid"), "{:.2f}"),
     ("", "  hybrid (flat) p50", _ms("retriever.flat.serve.hybrid", "p50_ms"), "{:.2f}"),
-    ("hybrid_ivf_p95_ms", "hybrid via Retriever.retrieve (ivf), uncached", _ms("retriever.ivf.serve.hybrid"),
-     "{:.2f}"),
+    ("hybrid_ivf_p95_ms", "hybrid via Retriever.retrieve (ivf), uncached", _ms("retriever.ivf.serve.hybrid"), "{:.2f}"),
     ("", "  hybrid (ivf) p50", _ms("retriever.ivf.serve.hybrid", "p50_ms"), "{:.2f}"),
     ("", "graph-only via Retriever.retrieve, uncached", _ms("retriever.flat.serve.graph"), "{:.3f}"),
-    ("cache_hit_p95_ms", "cache hit via Retriever.retrieve (real Redis)", _ms("retriever.flat.serve.cache_hit"),
-     "{:.3f}"),
+    (
+        "cache_hit_p95_ms",
+        "cache hit via Retriever.retrieve (real Redis)",
+        _ms("retriever.flat.serve.cache_hit"),
+        "{:.3f}",
+    ),
     ("", "  baseline: bare Redis GET of an answer's size", _ms("retriever.flat.serve.redis_get"), "{:.3f}"),
     *_per_kind_rows("flat"),
     *_per_kind_rows("ivf"),
@@ -827,14 +992,18 @@ _ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str]] = [
 
 # -- quality --------------------------------------------------------------------------------
 
+
 def run_quality() -> dict[str, Any]:
     corpus = generate(QUALITY_MEMORIES, seed=SEED)
     questions = corpus.questions if not QUALITY_QUESTIONS else sample(corpus.questions, QUALITY_QUESTIONS)
     heading(f"quality: {len(corpus.memories):,} memories, {len(questions):,} questions, vector vs hybrid vs graph")
     embedders = available_embedders()
     if len(embedders) == 1:
-        line("static:wordllama", "NOT MEASURED: the wordllama package is not installed (`make bench` installs it "
-             "with `pip install -e '.[static]'`); its rows are left out")
+        line(
+            "static:wordllama",
+            "NOT MEASURED: the wordllama package is not installed (`make bench` installs it "
+            "with `pip install -e '.[static]'`); its rows are left out",
+        )
     results: dict[str, Any] = {}
     for embedder in embedders:
         workdir = Path(tempfile.mkdtemp(prefix="rolloutd-bench-quality-"))
@@ -847,13 +1016,15 @@ def run_quality() -> dict[str, Any]:
     figures = {"memories": len(corpus.memories), "questions": len(questions), "by_embedder": results}
     failures = quality_failures(results)
     if failures:
-        raise FailedWithFigures(["hybrid does not beat vector-only on multi-hop questions: " + "; ".join(failures)],
-                                figures)
+        raise FailedWithFigures(
+            ["hybrid does not beat vector-only on multi-hop questions: " + "; ".join(failures)], figures
+        )
     return figures
 
 
-async def quality_of(embedder: Embedder, corpus: Corpus, questions: Sequence[Question],
-                     workdir: Path) -> dict[str, Any]:
+async def quality_of(
+    embedder: Embedder, corpus: Corpus, questions: Sequence[Question], workdir: Path
+) -> dict[str, Any]:
     wrapped = PreEmbedded(embedder)
     retriever = await open_retriever(workdir, wrapped, LocalCache())
     try:
@@ -873,11 +1044,16 @@ async def quality_of(embedder: Embedder, corpus: Corpus, questions: Sequence[Que
 
 def by_hops(questions: Sequence[Question], scores: Sequence[Scores]) -> dict[str, dict[str, float]]:
     """Mean scores for hops 0, 1, 2, multi-hop (>= 1) and all."""
-    groups = {"0": lambda h: h == 0, "1": lambda h: h == 1, "2": lambda h: h == 2, ">=1": lambda h: h >= 1,
-              "all": lambda h: True}
+    groups = {
+        "0": lambda h: h == 0,
+        "1": lambda h: h == 1,
+        "2": lambda h: h == 2,
+        ">=1": lambda h: h >= 1,
+        "all": lambda h: True,
+    }
     out = {}
     for name, keep in groups.items():
-        picked = [s for q, s in zip(questions, scores) if keep(q.hops)]
+        picked = [s for q, s in zip(questions, scores, strict=False) if keep(q.hops)]
         if picked:
             out[name] = {k: round(v, 4) for k, v in mean(picked).to_dict().items()} | {"questions": len(picked)}
     return out
@@ -892,8 +1068,10 @@ def quality_failures(results: dict[str, Any]) -> list[str]:
             raise BenchFailure("the corpus has no multi-hop question: the hybrid check cannot run")
         for metric in ("mrr", "recall_at_10"):
             if hybrid[metric] <= vector[metric]:
-                failures.append(f"{name}: hybrid {metric} {hybrid[metric]:.3f} <= vector-only {vector[metric]:.3f} "
-                                f"on {hybrid['questions']:,} multi-hop questions")
+                failures.append(
+                    f"{name}: hybrid {metric} {hybrid[metric]:.3f} <= vector-only {vector[metric]:.3f} "
+                    f"on {hybrid['questions']:,} multi-hop questions"
+                )
     return failures
 
 
@@ -902,14 +1080,25 @@ def _print_quality(results: dict[str, Any], questions: Sequence[Question]) -> No
     for name, routes in results.items():
         for route, groups in routes.items():
             for hops, s in groups.items():
-                rows.append((f"{s['precision_at_10']:.3f}", f"{s['recall_at_10']:.3f}", f"{s['top3']:.3f}",
-                             f"{s['mrr']:.3f}", f"{s['ndcg_at_10']:.3f}", f"{s['questions']:,}",
-                             f"{name} {route} hops {hops}"))
+                rows.append(
+                    (
+                        f"{s['precision_at_10']:.3f}",
+                        f"{s['recall_at_10']:.3f}",
+                        f"{s['top3']:.3f}",
+                        f"{s['mrr']:.3f}",
+                        f"{s['ndcg_at_10']:.3f}",
+                        f"{s['questions']:,}",
+                        f"{name} {route} hops {hops}",
+                    )
+                )
     table(("P@10", "R@10", "top-3", "MRR", "nDCG@10", "questions", "embedder, path, hops"), rows)
     for name, routes in results.items():
         h, v = routes["hybrid"][">=1"], routes["vector"][">=1"]
-        line(f"multi-hop, {name}", f"hybrid MRR {h['mrr']:.3f} vs vector-only {v['mrr']:.3f}, R@10 "
-             f"{h['recall_at_10']:.3f} vs {v['recall_at_10']:.3f} (hybrid must beat vector-only on both)")
+        line(
+            f"multi-hop, {name}",
+            f"hybrid MRR {h['mrr']:.3f} vs vector-only {v['mrr']:.3f}, R@10 "
+            f"{h['recall_at_10']:.3f} vs {v['recall_at_10']:.3f} (hybrid must beat vector-only on both)",
+        )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,11 @@ class Daemon:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller.main", "--config", str(self.config)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         # Drain the pipe all the time: a daemon rehearsing at a high time_scale logs fast,
         # and a full pipe would block its event loop in the middle of a test.

@@ -108,8 +108,9 @@ class Scenario:
         if self.start.tzinfo is None or self.start.utcoffset() != timedelta(0):
             raise ValueError(f"scenario start {self.start} must be an aware UTC datetime")
         if self.start.microsecond or self.hours <= 0:
-            raise ValueError(f"scenario needs a whole-second start and hours > 0, not "
-                             f"{self.start.isoformat()} and {self.hours}")
+            raise ValueError(
+                f"scenario needs a whole-second start and hours > 0, not {self.start.isoformat()} and {self.hours}"
+            )
         if self.step_seconds * 2 > 300:
             raise ValueError(f"step {self.step_seconds}s leaves rate()[5m] under 2 samples")
 
@@ -124,9 +125,7 @@ class Scenario:
     def in_gap(self, hour: float) -> bool:
         return any(start <= hour < end for start, end in self.gaps)
 
-    def with_value(
-        self, signal: str, value: float, *, from_hour: float = 0.0, to_hour: float = END
-    ) -> Scenario:
+    def with_value(self, signal: str, value: float, *, from_hour: float = 0.0, to_hour: float = END) -> Scenario:
         """`signal` (a Profile field, e.g. "qps") is `value` in [from_hour, to_hour)."""
         profile = getattr(self, signal, None)
         if not isinstance(profile, Profile):
@@ -135,39 +134,21 @@ class Scenario:
             raise ValueError(f"empty span: from hour {from_hour} to hour {to_hour}")
         return replace(self, **{signal: profile.during(from_hour, to_hour, value)})
 
-    def with_p95(
-        self, seconds: float, *, from_hour: float = 0.0, to_hour: float = END
-    ) -> Scenario:
+    def with_p95(self, seconds: float, *, from_hour: float = 0.0, to_hour: float = END) -> Scenario:
         latency_cdf(seconds)  # an unmeasurable p95 fails here, not in the middle of generation
         return self.with_value("p95_seconds", seconds, from_hour=from_hour, to_hour=to_hour)
 
-    def with_error_ratio(
-        self, ratio: float, *, from_hour: float = 0.0, to_hour: float = END
-    ) -> Scenario:
-        return self.with_value(
-            "error_ratio", _within(ratio, 1.0), from_hour=from_hour, to_hour=to_hour
-        )
+    def with_error_ratio(self, ratio: float, *, from_hour: float = 0.0, to_hour: float = END) -> Scenario:
+        return self.with_value("error_ratio", _within(ratio, 1.0), from_hour=from_hour, to_hour=to_hour)
 
-    def with_hit_ratio(
-        self, ratio: float, *, from_hour: float = 0.0, to_hour: float = END
-    ) -> Scenario:
-        return self.with_value(
-            "hit_ratio", _within(ratio, 1.0), from_hour=from_hour, to_hour=to_hour
-        )
+    def with_hit_ratio(self, ratio: float, *, from_hour: float = 0.0, to_hour: float = END) -> Scenario:
+        return self.with_value("hit_ratio", _within(ratio, 1.0), from_hour=from_hour, to_hour=to_hour)
 
-    def with_pass_rate(
-        self, percent: float, *, from_hour: float = 0.0, to_hour: float = END
-    ) -> Scenario:
-        return self.with_value(
-            "pass_rate_percent", _within(percent, 100.0), from_hour=from_hour, to_hour=to_hour
-        )
+    def with_pass_rate(self, percent: float, *, from_hour: float = 0.0, to_hour: float = END) -> Scenario:
+        return self.with_value("pass_rate_percent", _within(percent, 100.0), from_hour=from_hour, to_hour=to_hour)
 
-    def with_precision(
-        self, precision: float, *, from_hour: float = 0.0, to_hour: float = END
-    ) -> Scenario:
-        return self.with_value(
-            "precision_at_10", _within(precision, 1.0), from_hour=from_hour, to_hour=to_hour
-        )
+    def with_precision(self, precision: float, *, from_hour: float = 0.0, to_hour: float = END) -> Scenario:
+        return self.with_value("precision_at_10", _within(precision, 1.0), from_hour=from_hour, to_hour=to_hour)
 
     def with_gap(self, from_hour: float, to_hour: float) -> Scenario:
         """No samples at all, for any series, in [from_hour, to_hour)."""
@@ -243,11 +224,15 @@ _LATENCY = "hybrid_rag_retrieval_latency_seconds"
 LAYOUT: tuple[tuple[str, str, tuple[tuple[str, str | None], ...]], ...] = (
     ("hybrid_rag_queries", "counter", (("hybrid_rag_queries_total", None),)),
     ("hybrid_rag_errors", "counter", (("hybrid_rag_errors_total", None),)),
-    (_LATENCY, "histogram", (
-        *((f"{_LATENCY}_bucket", le) for le in _LE),
-        (f"{_LATENCY}_count", None),
-        (f"{_LATENCY}_sum", None),
-    )),
+    (
+        _LATENCY,
+        "histogram",
+        (
+            *((f"{_LATENCY}_bucket", le) for le in _LE),
+            (f"{_LATENCY}_count", None),
+            (f"{_LATENCY}_sum", None),
+        ),
+    ),
     ("redis_cache_hits", "counter", (("redis_cache_hits_total", None),)),
     ("redis_cache_misses", "counter", (("redis_cache_misses_total", None),)),
     ("genesis_regression_pass_rate", "gauge", (("genesis_regression_pass_rate", None),)),
@@ -255,6 +240,8 @@ LAYOUT: tuple[tuple[str, str, tuple[tuple[str, str | None], ...]], ...] = (
     ("hybrid_rag_recall_at_10", "gauge", (("hybrid_rag_recall_at_10", None),)),
     ("hybrid_rag_top3_accuracy_percent", "gauge", (("hybrid_rag_top3_accuracy_percent", None),)),
 )
+
+
 @dataclass(frozen=True)
 class Series:
     """One series: its sample name, `le` for a histogram bucket, and a value per `times`."""
@@ -285,13 +272,15 @@ def _step(scenario: Scenario, hour: float) -> tuple[list[float], list[float]]:
     queries = s.qps(hour) * s.step_seconds
     p95, hits = s.p95_seconds(hour), queries * s.hit_ratio(hour)
     increments = [
-        queries, queries * s.error_ratio(hour),
+        queries,
+        queries * s.error_ratio(hour),
         *(queries * fraction for fraction in latency_cdf(p95)),  # +Inf is 1.0: equals _count
-        queries, queries * mean_latency(p95),
-        hits, queries - hits,
+        queries,
+        queries * mean_latency(p95),
+        hits,
+        queries - hits,
     ]
-    gauges = [s.pass_rate_percent(hour), s.precision_at_10(hour), s.recall_at_10(hour),
-              s.top3_accuracy_percent(hour)]
+    gauges = [s.pass_rate_percent(hour), s.precision_at_10(hour), s.recall_at_10(hour), s.top3_accuracy_percent(hour)]
     return increments, gauges
 
 
@@ -306,11 +295,11 @@ def generate(scenario: Scenario) -> History:
         hour = i * step / 3600
         increments, gauges = _step(scenario, hour)
         # Counting goes on through a gap: only the scrapes are missing.
-        totals = [a + b for a, b in zip(totals, increments)] if totals else increments
+        totals = [a + b for a, b in zip(totals, increments, strict=False)] if totals else increments
         if not scenario.in_gap(hour):
             times.append(origin + i * step)
             rows.append((*totals, *gauges))
-    columns = iter(zip(*rows)) if rows else iter(())
+    columns = iter(zip(*rows, strict=False)) if rows else iter(())
     families = tuple(
         (family, kind, tuple(Series(name, le, next(columns, ())) for name, le in series))
         for family, kind, series in LAYOUT
@@ -328,7 +317,7 @@ def write_openmetrics(scenario: Scenario, path: Path) -> None:
             for one in series:
                 labels = LABELS if one.le is None else f'{LABELS},le="{one.le}"'
                 prefix = f"{one.name}{{{labels}}} "
-                lines = [f"{prefix}{value!r}{stamp}" for value, stamp in zip(one.values, stamps)]
+                lines = [f"{prefix}{value!r}{stamp}" for value, stamp in zip(one.values, stamps, strict=False)]
                 out.write("".join(lines))
         out.write("# EOF\n")
 
@@ -338,19 +327,29 @@ def backfill(scenario: Scenario, workdir: Path) -> Path:
     source, tsdb = workdir / "history.om.txt", workdir / "tsdb"
     write_openmetrics(scenario, source)
     argv = [
-        require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet",
-        f"--max-block-duration={BLOCK_DURATION}", str(source), str(tsdb),
+        require_binary("promtool"),
+        "tsdb",
+        "create-blocks-from",
+        "openmetrics",
+        "--quiet",
+        f"--max-block-duration={BLOCK_DURATION}",
+        str(source),
+        str(tsdb),
     ]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PROMTOOL_TIMEOUT)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"promtool did not finish within {PROMTOOL_TIMEOUT:.0f}s\n"
-                    f"command: {shlex.join(argv)}", pytrace=False)
+        pytest.fail(
+            f"promtool did not finish within {PROMTOOL_TIMEOUT:.0f}s\ncommand: {shlex.join(argv)}", pytrace=False
+        )
     if done.returncode != 0:
         stderr = "\n".join(done.stderr.splitlines()[-20:]) or "(nothing on stderr)"
-        pytest.fail(f"promtool rejected the generated history (status {done.returncode}); "
-                    f"the input is kept at {source}\ncommand: {shlex.join(argv)}\n"
-                    f"stderr:\n{stderr}", pytrace=False)
+        pytest.fail(
+            f"promtool rejected the generated history (status {done.returncode}); "
+            f"the input is kept at {source}\ncommand: {shlex.join(argv)}\n"
+            f"stderr:\n{stderr}",
+            pytrace=False,
+        )
     source.unlink()  # ~30 MB for 76 h, and the blocks now hold it all
     return tsdb
 
@@ -398,24 +397,27 @@ class HistoryServers:
 def _check_loaded(server: PrometheusServer, scenario: Scenario) -> None:
     """Fail unless Prometheus serves every generated series (retention can silently eat them)."""
     expected = sum(len(series) for _, _, series in LAYOUT)
-    params = {"match[]": f"{{{LABELS}}}", "start": f"{(scenario.start - WARMUP).timestamp():.0f}",
-              "end": f"{scenario.end.timestamp():.0f}"}
+    params = {
+        "match[]": f"{{{LABELS}}}",
+        "start": f"{(scenario.start - WARMUP).timestamp():.0f}",
+        "end": f"{scenario.end.timestamp():.0f}",
+    }
     # trust_env=False: a developer's HTTP_PROXY must not intercept loopback requests.
     response = httpx.get(f"{server.url}/api/v1/series", params=params, timeout=5, trust_env=False)
     found = len(response.json().get("data") or ())
     if found != expected:
-        server.fail(f"serves {found} of the {expected} backfilled series between "
-                    f"{params['start']} and {params['end']} ({response.text[:200]}); "
-                    f"were blocks deleted by retention?")
+        server.fail(
+            f"serves {found} of the {expected} backfilled series between "
+            f"{params['start']} and {params['end']} ({response.text[:200]}); "
+            f"were blocks deleted by retention?"
+        )
 
 
 _SERVERS = pytest.StashKey[HistoryServers]()
 
 
 @pytest.fixture(scope="session")
-def history_prometheus(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> HistoryServers:
+def history_prometheus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> HistoryServers:
     """Call it with a Scenario for a running Prometheus serving that history (`.url`, `.query`)."""
     # The stash, not the fixture cache, holds the servers, so a module that imports this
     # fixture beside conftest's copy still shares them.

@@ -95,7 +95,10 @@ class ManagedServer:
         # Append, so the tail after a restart still shows why the last run ended.
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 cwd=self.workdir,
             )
         self._wait_ready()
@@ -153,8 +156,17 @@ class RedisServer(ManagedServer):
     def __init__(self, workdir: Path) -> None:
         port = free_port()
         argv = [
-            require_binary("redis-server"), "--port", str(port), "--bind", HOST,
-            "--save", "", "--appendonly", "no", "--dir", str(workdir),
+            require_binary("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
         ]
         super().__init__(argv, port, workdir)
         self.url = f"redis://{HOST}:{port}/0"
@@ -189,8 +201,16 @@ class MongoServer(ManagedServer):
         config.write_text("# empty on purpose: flags on the command line are the whole config\n")
         argv = [
             require_binary(binary, " (or set ROLLOUTD_SECANTUSD to secantusd-py)"),
-            "--config", str(config), "--host", HOST, "--port", str(port),
-            "--storage-path", str(workdir / "data"), "--log-level", "INFO",
+            "--config",
+            str(config),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--storage-path",
+            str(workdir / "data"),
+            "--log-level",
+            "INFO",
         ]
         super().__init__(argv, port, workdir)
         self.uri = f"mongodb://{HOST}:{port}/"
@@ -231,9 +251,7 @@ class PrometheusServer(ManagedServer):
 
     name = "prometheus"
 
-    def __init__(
-        self, workdir: Path, *, storage: Path | None = None, retention: str | None = None
-    ) -> None:
+    def __init__(self, workdir: Path, *, storage: Path | None = None, retention: str | None = None) -> None:
         """`storage` may hold backfilled blocks (tests/support/history.py); `retention` overrides
         the 15 d default, which counts back from the newest block."""
         port = free_port()
@@ -296,9 +314,7 @@ class PrometheusServer(ManagedServer):
             time.sleep(POLL_INTERVAL * 4)
         return result
 
-    async def wait_for_query_async(
-        self, promql: str, timeout: float = QUERY_TIMEOUT
-    ) -> list[dict[str, Any]]:
+    async def wait_for_query_async(self, promql: str, timeout: float = QUERY_TIMEOUT) -> list[dict[str, Any]]:
         """As `wait_for_query`, without blocking the event loop an in-process exporter runs on."""
         async with httpx.AsyncClient(base_url=self.url, timeout=5, trust_env=False) as client:
             with anyio.move_on_after(timeout):
@@ -312,10 +328,7 @@ class PrometheusServer(ManagedServer):
     def target_health(self) -> list[str]:
         """One line per scrape target: its URL, health and last scrape error."""
         targets = self._get("/api/v1/targets").json()["data"]
-        return [
-            f"{t['scrapeUrl']}: {t['health']} {t['lastError']!r}"
-            for t in targets["activeTargets"]
-        ]
+        return [f"{t['scrapeUrl']}: {t['health']} {t['lastError']!r}" for t in targets["activeTargets"]]
 
     def _fail_query(self, promql: str, timeout: float) -> NoReturn:
         # The usual cause is a target Prometheus cannot scrape; show what it saw.

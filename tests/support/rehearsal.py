@@ -137,25 +137,35 @@ class GuardSpec:
 
     def toml(self) -> str:
         fn = "max" if self.direction == "above" else "min"
-        lines = ["[[guards]]", f"name = {json.dumps(self.name)}", f"query = {json.dumps(f'{fn}({self.metric})')}",
-                 f"direction = {json.dumps(self.direction)}", f"warning = {self.warning!r}",
-                 f"critical = {self.critical!r}"]
+        lines = [
+            "[[guards]]",
+            f"name = {json.dumps(self.name)}",
+            f"query = {json.dumps(f'{fn}({self.metric})')}",
+            f"direction = {json.dumps(self.direction)}",
+            f"warning = {self.warning!r}",
+            f"critical = {self.critical!r}",
+        ]
         if self.emergency is not None:
             lines.append(f"emergency = {self.emergency!r}")
-        lines += [f"window = {json.dumps(self.window)}", f"sustain = {json.dumps(self.sustain)}",
-                  f"no_data = {json.dumps(self.no_data)}"]
+        lines += [
+            f"window = {json.dumps(self.window)}",
+            f"sustain = {json.dumps(self.sustain)}",
+            f"no_data = {json.dumps(self.no_data)}",
+        ]
         return "\n".join(lines)
 
 
 @dataclass(frozen=True)
 class Stage:
-    at: str                       # an offset such as "30m" or "2h"
+    at: str  # an offset such as "30m" or "2h"
     percentage: float
     agents: tuple[str, ...] = ()
 
     def toml(self) -> str:
-        return (f"[[stages]]\nat = {json.dumps(self.at)}\npercentage = {self.percentage!r}\n"
-                f"agents = {json.dumps(list(self.agents))}")
+        return (
+            f"[[stages]]\nat = {json.dumps(self.at)}\npercentage = {self.percentage!r}\n"
+            f"agents = {json.dumps(list(self.agents))}"
+        )
 
 
 @dataclass(frozen=True)
@@ -165,21 +175,31 @@ class CheckpointSpec:
     requires_approval: bool = False
 
     def toml(self) -> str:
-        return (f"[[checkpoints]]\nat = {json.dumps(self.at)}\nname = {json.dumps(self.name)}\n"
-                f"requires_approval = {json.dumps(self.requires_approval)}\nmax_rollbacks = 0")
+        return (
+            f"[[checkpoints]]\nat = {json.dumps(self.at)}\nname = {json.dumps(self.name)}\n"
+            f"requires_approval = {json.dumps(self.requires_approval)}\nmax_rollbacks = 0"
+        )
 
 
 P95_GUARD = GuardSpec("p95_latency", P95, warning=0.2, critical=0.3, emergency=0.5)
-PASS_RATE_GUARD = GuardSpec("test_pass_rate", PASS_RATE, warning=98.0, critical=95.0, emergency=90.0,
-                            direction="below")
+PASS_RATE_GUARD = GuardSpec("test_pass_rate", PASS_RATE, warning=98.0, critical=95.0, emergency=90.0, direction="below")
 
 
-def plan_text(stages: list[Stage], *, guards: tuple[GuardSpec, ...] = (P95_GUARD, PASS_RATE_GUARD),
-              checkpoints: tuple[CheckpointSpec, ...] = (), name: str = "rehearsal", guard_interval: str = "5m",
-              failure_limit: int = 5, flags: tuple[str, ...] = PLAN_FLAGS) -> str:
-    head = (f"[plan]\nname = {json.dumps(name)}\nflags = {json.dumps(list(flags))}\n"
-            f"guard_interval = {json.dumps(guard_interval)}\nfailure_limit = {failure_limit}\n"
-            f'failure_response = "rollback_zero"')
+def plan_text(
+    stages: list[Stage],
+    *,
+    guards: tuple[GuardSpec, ...] = (P95_GUARD, PASS_RATE_GUARD),
+    checkpoints: tuple[CheckpointSpec, ...] = (),
+    name: str = "rehearsal",
+    guard_interval: str = "5m",
+    failure_limit: int = 5,
+    flags: tuple[str, ...] = PLAN_FLAGS,
+) -> str:
+    head = (
+        f"[plan]\nname = {json.dumps(name)}\nflags = {json.dumps(list(flags))}\n"
+        f"guard_interval = {json.dumps(guard_interval)}\nfailure_limit = {failure_limit}\n"
+        f'failure_response = "rollback_zero"'
+    )
     parts = [head, *(s.toml() for s in stages), *(c.toml() for c in checkpoints), *(g.toml() for g in guards)]
     return "\n\n".join(parts) + "\n"
 
@@ -189,8 +209,9 @@ def write_plan(path: Path, stages: list[Stage], **options: Any) -> Path:
     return path
 
 
-def write_rehearsal_config(directory: Path, plan: Path, prometheus_url: str, time_scale: float,
-                           **daemon: object) -> Path:
+def write_rehearsal_config(
+    directory: Path, plan: Path, prometheus_url: str, time_scale: float, **daemon: object
+) -> Path:
     """The daemon's config for a rehearsal: [daemon] with the plan and time_scale, and [prometheus]."""
     directory.mkdir(parents=True, exist_ok=True)
     path = write_config(directory, plan=str(plan), time_scale=time_scale, **daemon)
@@ -230,8 +251,14 @@ class Admin:
 def rolloutctl(socket: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run `python -m deploy.cli --socket SOCKET ARGS...` as an operator would (bounded)."""
     env = {k: v for k, v in os.environ.items() if k != "ROLLOUTD_SOCKET"}
-    return subprocess.run([sys.executable, "-m", "deploy.cli", "--socket", str(socket), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "--socket", str(socket), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def log_tail(daemon: Daemon | None, lines: int = LOG_TAIL) -> str:
@@ -241,8 +268,9 @@ def log_tail(daemon: Daemon | None, lines: int = LOG_TAIL) -> str:
     return "".join(line if len(line) <= 400 else line[:400] + "...\n" for line in recent) or "(no output yet)"
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, daemon: Daemon | None = None,
-               poll: float = POLL) -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout: float, what: str, daemon: Daemon | None = None, poll: float = POLL
+) -> T:
     """Return the predicate's first truthy result; fail after `timeout` seconds naming `what`,
     the last result seen and the daemon's recent log lines. A daemon that is not answering
     (restarting, or its socket not there yet) counts as "not yet"."""
@@ -257,11 +285,15 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, daemon: Da
             if last:
                 return last
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is not None:
-            raise AssertionError(f"waiting for {what}: rolloutd exited with {daemon.proc.returncode}\n"
-                                 f"last seen: {_short(last)}\nrolloutd's last log lines:\n{log_tail(daemon)}")
+            raise AssertionError(
+                f"waiting for {what}: rolloutd exited with {daemon.proc.returncode}\n"
+                f"last seen: {_short(last)}\nrolloutd's last log lines:\n{log_tail(daemon)}"
+            )
         if time.monotonic() > deadline:
-            raise AssertionError(f"waiting for {what}: not within {timeout:g}s\nlast seen: {_short(last)}\n"
-                                 f"rolloutd's last log lines:\n{log_tail(daemon)}")
+            raise AssertionError(
+                f"waiting for {what}: not within {timeout:g}s\nlast seen: {_short(last)}\n"
+                f"rolloutd's last log lines:\n{log_tail(daemon)}"
+            )
         time.sleep(poll)
 
 
@@ -288,12 +320,15 @@ class Rehearsal:
     def flags(self) -> dict[str, Any]:
         return read_flags(self.state_dir)
 
-    def wait_status(self, predicate: Callable[[dict[str, Any]], bool], what: str,
-                    timeout: float = 15.0) -> dict[str, Any]:
+    def wait_status(
+        self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 15.0
+    ) -> dict[str, Any]:
         """The first status for which `predicate` holds."""
+
         def check() -> dict[str, Any] | None:
             status = self.admin.status()
             return status if predicate(status) else None
+
         return wait_until(check, timeout, what, self.daemon)
 
     def wait_stage(self, stage: int, timeout: float = 15.0) -> dict[str, Any]:
@@ -308,6 +343,7 @@ class Rehearsal:
             if at and at not in seen:
                 seen.append(at)
             return len(seen) > rounds
+
         return self.wait_status(later, f"{rounds} more guard evaluations", timeout)
 
     def journal(self) -> list[dict[str, Any]]:
@@ -324,15 +360,21 @@ def read_flags(state_dir: Path) -> dict[str, Any]:
 
 def rollout_view(flags: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
     """What a rollout decides about each flag: enabled, percentage, constraints (no audit ids or times)."""
-    return {name: (body["enabled"], body.get("rollout_percentage"), json.dumps(body.get("constraints", [])))
-            for name, body in flags.items()}
+    return {
+        name: (body["enabled"], body.get("rollout_percentage"), json.dumps(body.get("constraints", [])))
+        for name, body in flags.items()
+    }
 
 
 def plan_flags_at(flags: dict[str, Any], percentage: float, agents: tuple[str, ...]) -> bool:
     """Every plan flag on, at `percentage` of the cohort `agents`."""
     cohort = [{"context_name": "agent", "operator": "IN", "values": list(agents)}]
-    return all(flags.get(name, {}).get("enabled") is True and flags[name].get("rollout_percentage") == percentage
-               and flags[name].get("constraints") == cohort for name in PLAN_FLAGS)
+    return all(
+        flags.get(name, {}).get("enabled") is True
+        and flags[name].get("rollout_percentage") == percentage
+        and flags[name].get("constraints") == cohort
+        for name in PLAN_FLAGS
+    )
 
 
 def events_named(daemon: Daemon, name: str) -> list[dict[str, Any]]:
@@ -378,14 +420,16 @@ def daemons() -> Iterator[Callable[[Path], Daemon]]:
 
 
 @pytest.fixture
-def rehearse(tmp_path: Path, scraped: PrometheusServer,
-             daemons: Callable[[Path], Daemon]) -> Callable[..., Rehearsal]:
+def rehearse(tmp_path: Path, scraped: PrometheusServer, daemons: Callable[[Path], Daemon]) -> Callable[..., Rehearsal]:
     """`rehearse(stages, time_scale=600, directory="rollout", **plan_options)`: a daemon
     running that plan against `scraped`, its state under tmp_path/directory."""
-    def start(stages: list[Stage], *, time_scale: float = 600.0, directory: str = "rollout",
-              **plan_options: Any) -> Rehearsal:
+
+    def start(
+        stages: list[Stage], *, time_scale: float = 600.0, directory: str = "rollout", **plan_options: Any
+    ) -> Rehearsal:
         base = tmp_path / directory
         base.mkdir()
         plan = write_plan(base / "plan.toml", stages, **plan_options)
         return Rehearsal(daemons(write_rehearsal_config(base, plan, scraped.url, time_scale)), plan)
+
     return start

@@ -12,10 +12,12 @@ import anyio
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from retrieval.cache import LocalCache, RetrievalCache
+from retrieval.cache import RetrievalCache
+from retrieval.cache_memory import LocalCache
 from retrieval.corpus import generate
 from retrieval.embedded_store import EmbeddedStore
-from retrieval.embedder import Embedder, HashingEmbedder
+from retrieval.embedder import Embedder
+from retrieval.embedder_hashing import HashingEmbedder
 from retrieval.gating import CACHE, GRAPH, HYBRID, VECTOR, Route, choose_route
 from retrieval.graph_store import GraphStore
 from retrieval.memory import Memory
@@ -81,13 +83,24 @@ class InstrumentedEmbedder:
         return sorted(out)
 
 
-def build(directory: Path, *, store: GraphStore | None = None, cache: RetrievalCache | None = None,
-          embedder: Embedder | None = None, settings: RetrieverSettings | None = None,
-          registry: CollectorRegistry | None = None) -> Retriever:
+def build(
+    directory: Path,
+    *,
+    store: GraphStore | None = None,
+    cache: RetrievalCache | None = None,
+    embedder: Embedder | None = None,
+    settings: RetrieverSettings | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Retriever:
     """A Retriever over `directory` (the embedded store under `directory/graph` by default)."""
-    return Retriever(store or EmbeddedStore(directory / "graph"), cache or LocalCache(),
-                     embedder or HashingEmbedder(), directory, settings or RetrieverSettings(),
-                     RetrievalMetrics(registry or CollectorRegistry()))
+    return Retriever(
+        store or EmbeddedStore(directory / "graph"),
+        cache or LocalCache(),
+        embedder or HashingEmbedder(),
+        directory,
+        settings or RetrieverSettings(),
+        RetrievalMetrics(registry or CollectorRegistry()),
+    )
 
 
 @asynccontextmanager
@@ -109,5 +122,4 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 def snapshot(registry: CollectorRegistry) -> dict[tuple, float]:
     """Every sample of every series, to compare before and after."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for metric in registry.collect() for s in metric.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for metric in registry.collect() for s in metric.samples}

@@ -1,82 +1,55 @@
 """A Controller on a simulated clock, for tests of the service and its admin API.
 
-    Rig                 one Controller over a real StateDB and FlagStore in a state_dir,
-                        with a SimClock and a ScriptedSource; `at(h, ...)` evaluates at
-                        plan hours
-    ScriptedSource      a GuardSource: guard values by name (a str is a provider error);
-                        report queries answered healthy, or failing with `report_error`
-    rigs                a fixture building Rigs, closing them at teardown (import it)
+Rig                 one Controller over a real StateDB and FlagStore in a state_dir,
+                    with a SimClock and a ScriptedSource; `at(h, ...)` evaluates at
+                    plan hours
+ScriptedSource      a GuardSource: guard values by name (a str is a provider error);
+                    report queries answered healthy, or failing with `report_error`
+rigs                a fixture building Rigs, closing them at teardown (import it)
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from controller.decide import Decision
 from controller.guards import Observation, assess
+from controller.host.replay import SimClock
 from controller.notify import Event
 from controller.plan import Direction, Guard, Plan
 from controller.plan_load import load_plan
-from controller.sources.promql_measures import PrometheusError, PromQLMeasures
-from controller.host.replay import SimClock
 from controller.report import SEED_METRICS
 from controller.service import Controller
+from controller.sources.promql_measures import PrometheusError, PromQLMeasures
 from controller.state_db import StateDB
 from flags.store import FlagStore
+from tests.support.plans import compact_toml
 
 REPO = Path(__file__).resolve().parents[2]
 PHASE5 = load_plan(REPO / "deploy" / "plans" / "phase5.toml")
-T0 = datetime(2025, 10, 23, 9, tzinfo=timezone.utc)   # the seeds' hour 0
+T0 = datetime(2025, 10, 23, 9, tzinfo=UTC)  # the seeds' hour 0
 FIRST_COHORT = ["Builder", "Deploy", "QA"]
 SECOND_COHORT = ["Builder", "Deploy", "QA", "Support", "Marketing"]
 
 # Healthy values of the seeds' report metrics, as the seed queries would return them.
-SEED_VALUES = {"test_pass_rate": 99.6, "error_rate": 0.0003, "p95_latency_ms": 84.0, "p99_latency_ms": 131.0,
-               "cache_hit_rate": 0.81, "retrieval_accuracy_precision_at_10": 0.86,
-               "retrieval_accuracy_recall_at_10": 0.79}
+SEED_VALUES = {
+    "test_pass_rate": 99.6,
+    "error_rate": 0.0003,
+    "p95_latency_ms": 84.0,
+    "p99_latency_ms": 131.0,
+    "cache_hit_rate": 0.81,
+    "retrieval_accuracy_precision_at_10": 0.86,
+    "retrieval_accuracy_recall_at_10": 0.79,
+}
 
-COMPACT = '''
-[plan]
-name = "compact"
-flags = ["new_ranker"]
-guard_interval = "5m"
-failure_limit = 3
-
-[[stages]]
-at = 0
-percentage = 0
-agents = []
-
-[[stages]]
-at = 1
-percentage = 10
-agents = ["Builder"]
-
-[[stages]]
-at = 2
-percentage = 50
-agents = ["Builder", "QA"]
-
-[[checkpoints]]
-name = "mid-point review"
-at = "1h30m"
-
-[[guards]]
-name = "latency"
-query = "histogram_quantile(0.95, sum by (le) (rate(latency_bucket[{{window}}])))"
-direction = "above"
-warning = 0.2
-critical = 0.3
-sustain = "5m"
-no_data = "pass"
-'''
+COMPACT = compact_toml()  # tests.support.plans: 0h 0%, 1h 10%, 2h 50%, review at 1h30, guard latency
 
 
 def hours(h: float) -> datetime:
@@ -86,8 +59,10 @@ def hours(h: float) -> datetime:
 
 def healthy(plan: Plan) -> dict[str, float]:
     """A value inside every threshold for each guard of `plan`."""
-    return {g.name: (min(g.thresholds.values()) / 2 if g.direction is Direction.ABOVE
-                     else max(g.thresholds.values()) + 1) for g in plan.guards}
+    return {
+        g.name: (min(g.thresholds.values()) / 2 if g.direction is Direction.ABOVE else max(g.thresholds.values()) + 1)
+        for g in plan.guards
+    }
 
 
 _WINDOWED = re.compile(r"^(?:max|min)_over_time\(\((?P<query>.*)\)\[[0-9smhd]+:[0-9smhd]+\]\)$")
@@ -143,16 +118,23 @@ class RecordingNotifications:
 class Rig:
     """One Controller over a real StateDB and FlagStore in `state_dir`."""
 
-    def __init__(self, state_dir: Path, plan: Plan = PHASE5, clock: SimClock | None = None,
-                 source: ScriptedSource | None = None, db: Callable[[Path], StateDB] = StateDB,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        plan: Plan = PHASE5,
+        clock: SimClock | None = None,
+        source: ScriptedSource | None = None,
+        db: Callable[[Path], StateDB] = StateDB,
+        **kwargs: Any,
+    ) -> None:
         self.state_dir = state_dir
         self.clock = clock or SimClock(T0)
         self.source = source or ScriptedSource(plan)
         self.store = FlagStore.open(state_dir, clock=self.clock)
-        self.db = db(state_dir)   # after the store, which creates state_dir
-        self.controller = Controller(plan, self.db, self.store, self.source, wall=self.clock,
-                                     state_dir=state_dir, **kwargs)
+        self.db = db(state_dir)  # after the store, which creates state_dir
+        self.controller = Controller(
+            plan, self.db, self.store, self.source, wall=self.clock, state_dir=state_dir, **kwargs
+        )
 
     async def at(self, *moments: float) -> list[Decision]:
         """Evaluate at each of `moments` (hours after T0) in turn; every decision taken."""

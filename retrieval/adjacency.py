@@ -84,6 +84,12 @@ class Adjacency:
             _discard(self._out, source, vid)
         return True
 
+    def neighbours(self, vid: int) -> list[int]:
+        """The stored memories `vid` links to or is linked from, in key order (no I/O)."""
+        keys = self._keys
+        both = sorted(set(self._out.get(vid, _EMPTY)) | set(self._in.get(vid, _EMPTY)))
+        return [n for n in both if n in keys]
+
     def expand(
         self,
         namespace: str,

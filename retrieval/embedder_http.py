@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from retrieval.embedder import EmbedderError, l2_normalise
+from retrieval.embedder import EmbedderError, EmbedKind, check_kind, l2_normalise
 
 
 class HttpEmbedder:
@@ -59,7 +59,9 @@ class HttpEmbedder:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], *, kind: EmbedKind = "passage") -> np.ndarray:
+        """`kind` is checked, not sent: the OpenAI embeddings API has no query/passage field."""
+        check_kind(kind)
         texts = list(texts)
         if not texts:
             return np.zeros((0, self._dim or 0), dtype=np.float32)

@@ -5,14 +5,15 @@ context (`targetingKey` + `agent`), and this pure function turns the answers int
 route:
 
     hybrid_rag_enabled  vector_search_enabled  graph_database_enabled   path
-    on                  on                     on                       hybrid (vector + graph, fused)
+    on                  on                     on                       hybrid (vector + lexical + graph, fused)
     any                 on                     off, or hybrid off       vector
     any                 off                    on                       graph
     any                 off                    off                      none (403: not rolled out)
 
     redis_cache_enabled on → results are cached (Redis, or in process without Redis)
 
-Hybrid needs all three because it is the fusion of the other two: an agent whose
+Hybrid needs all three because it is the fusion of the other two (with the lexical
+leg, which has no flag of its own: it is part of the hybrid feature): an agent whose
 graph flag is off must not reach the graph through the hybrid flag. An agent with
 none of them on is outside the rollout: the retriever is the feature being rolled
 out, so it answers 403 rather than serving a path the flags did not grant. The plan
@@ -46,7 +47,10 @@ class Route:
 
     @property
     def sources(self) -> tuple[str, ...]:
-        return {"hybrid": ("vector", "graph"), "vector": ("vector",), "graph": ("graph",), None: ()}[self.path]
+        """The legs this route grants, in the order they are reported."""
+        return {"hybrid": ("vector", "lexical", "graph"), "vector": ("vector",), "graph": ("graph",), None: ()}[
+            self.path
+        ]
 
 
 def choose_route(on: Mapping[str, bool]) -> Route:

@@ -95,6 +95,7 @@ class GraphStore(Protocol):
         hops: int = 2,
         limit: int = DEFAULT_EXPAND_LIMIT,
     ) -> list[tuple[str, int]]: ...
+    def neighbours(self, vid: int) -> list[int]: ...
     def count(self, namespace: str | None = None) -> int: ...
 
 
@@ -191,6 +192,10 @@ class BaseGraphStore:
     ) -> list[tuple[str, int]]:
         """k-hop neighbours from the in-process adjacency; never touches the system of record."""
         return self._adjacency.expand(namespace, seeds, hops, limit)
+
+    def neighbours(self, vid: int) -> list[int]:
+        """Keys of the stored memories linked to or from `vid` (explicit links), from the adjacency."""
+        return self._adjacency.neighbours(vid)
 
     def count(self, namespace: str | None = None) -> int:
         return self._adjacency.count(namespace)

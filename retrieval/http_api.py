@@ -1,7 +1,7 @@
 """The retrieval endpoints on the daemon's public listener.
 
     POST   /v1/retrieve          {"agent", "query", "top_k": 10, "namespace": "default",
-                                  "targetingKey"?, "context"?: {...}}
+                                  "targetingKey"?, "context"?: {...}, "legs"?: ["vector", "lexical", "graph"]}
                                  → 200 {"results": [{"id", "score", "text", "ranks"}], "path",
                                         "cache", "degraded", "latency_ms"[, "reasons"]}
     POST   /v1/memories          {"id"?, "text", "namespace": "default", "links": [], "metadata": {}}
@@ -14,7 +14,8 @@ The caller's flags decide the path (`retrieval.gating`): the context is `targeti
 `{"error": "...", "field": "..."}`:
 
     400  malformed body, a field of the wrong type or out of range (the field is named)
-    403  no retrieval flag is on for this caller (the flags are listed)
+    403  no retrieval flag is on for this caller (the flags are listed), or `legs` names a leg
+         its path does not grant (hybrid grants all three; vector and graph their own)
     404  DELETE of a memory that does not exist
     409  two memories hash to one key (rename one)
     413  body too large
@@ -41,6 +42,7 @@ from retrieval.gating import route_for
 from retrieval.graph_store import KeyCollision, StoreUnavailable, UnknownLinks
 from retrieval.memory import InvalidMemory, Memory, new_memory_id, validate_id, validate_namespace, validate_text
 from retrieval.retriever import MAX_TOP_K, NotReady, RetrievalFailed, Retriever
+from retrieval.search import LEGS
 
 log = structlog.get_logger("rolloutd.retrieval")
 
@@ -49,7 +51,7 @@ MAX_BATCH = 1000
 MAX_BODY = 1 << 20  # one memory: 32 KiB of text, 16 KiB of metadata, 256 links
 MAX_BATCH_BODY = 64 << 20
 RESERVED_NAMESPACES = ("rolloutd-validation",)  # the daemon's own ground truth (retrieval.validation)
-RETRIEVE_FIELDS = {"agent", "query", "top_k", "namespace", "targetingKey", "context"}
+RETRIEVE_FIELDS = {"agent", "query", "top_k", "namespace", "targetingKey", "context", "legs"}
 MEMORY_FIELDS = {"id", "text", "namespace", "links", "metadata"}
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -112,6 +114,7 @@ def retrieval_routes(
         top_k = body.get("top_k", 10)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
             raise ApiError(400, f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}", "top_k")
+        legs = _legs(body)
         context = _context(body, agent)
         route = route_for(snapshot(), context, clock())
         if route.path is None:
@@ -121,7 +124,16 @@ def retrieval_routes(
                 f"{context['targetingKey']!r}): every retrieval flag is off for it",
                 flags=dict(route.flags),
             )
-        answer = await retriever.retrieve(query, namespace, top_k, route)
+        outside = [leg for leg in legs or () if leg not in route.sources]
+        if outside:
+            raise ApiError(
+                403,
+                f"leg(s) {', '.join(outside)} not rolled out to this caller: its flags grant the {route.path} "
+                f"path, legs {', '.join(route.sources)}",
+                "legs",
+                flags=dict(route.flags),
+            )
+        answer = await retriever.retrieve(query, namespace, top_k, route, legs=legs)
         return JSONResponse(answer.to_dict())
 
     @guarded
@@ -182,6 +194,19 @@ def _string(body: dict[str, Any], field: str, *, required: bool, limit: int) -> 
     if len(value) > limit:
         raise ApiError(400, f"{field} is {len(value)} characters; at most {limit}", field)
     return value
+
+
+def _legs(body: dict[str, Any]) -> list[str] | None:
+    """The legs a caller narrowed the answer to (`None`: every leg its path grants)."""
+    legs = body.get("legs")
+    if legs is None:
+        return None
+    if not isinstance(legs, list) or not legs or not all(isinstance(leg, str) for leg in legs):
+        raise ApiError(400, f"legs must be a non-empty list of {', '.join(LEGS)}", "legs")
+    unknown = [leg for leg in legs if leg not in LEGS]
+    if unknown or len(set(legs)) != len(legs):
+        raise ApiError(400, f"legs must name each of {', '.join(LEGS)} at most once, got {legs!r}"[:300], "legs")
+    return legs
 
 
 def _context(body: dict[str, Any], agent: str) -> dict[str, Any]:

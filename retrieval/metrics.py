@@ -46,7 +46,7 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
-STAGES = ("embed", "vector", "graph", "fuse", "cache")
+STAGES = ("embed", "vector", "lexical", "graph", "fuse", "cache")
 
 
 class RetrievalMetrics:
@@ -79,11 +79,12 @@ class RetrievalMetrics:
         )
         self.vector_searches = Counter("vector_db_searches", "Vector index searches.", registry=r)
         self.graph_queries = Counter("graph_db_queries", "Graph expansions.", registry=r)
+        self.lexical_searches = Counter("lexical_index_searches", "Lexical (BM25) index searches.", registry=r)
         self.memories = Gauge("hybrid_rag_memories", "Memories stored, by namespace.", ["namespace"], registry=r)
         self.store_up = Gauge(
             "hybrid_rag_graph_store_up", "1 while the graph store (MongoDB or SQLite) answers.", registry=r
         )
-        for path in ("hybrid", "vector", "graph"):  # zero series exist before the first query
+        for path in ("hybrid", "vector", "graph", "lexical"):  # zero series exist before the first query
             self.queries.labels(path)
         for stage in STAGES:
             self.stage.labels(stage)

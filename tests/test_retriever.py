@@ -214,17 +214,20 @@ async def test_answer_path_names_the_path_that_ran(chains: Retriever) -> None:
 
 
 async def test_hybrid_beats_vector_only_on_two_hop_questions(tmp_path: Path) -> None:
-    """On generate(600)'s 2-hop questions hybrid finds the owner; vector search alone cannot."""
+    """On generate(600)'s 2-hop questions hybrid finds the owner; vector search alone cannot.
+    The graph path, whose walk follows the explicit links, puts it in the top 3; hybrid ranks it
+    in the top 10 but fuses the lexical look-alikes (every owner "signs off every change") too."""
     generated = generate(600)
     async with opened(build(tmp_path)) as r:
         await r.add([Memory(**m) for m in generated.memories])
         two_hop = [q for q in generated.questions if q.hops == 2]
         scores = {}
-        for path in ("hybrid", "vector"):
+        for path in ("hybrid", "vector", "graph"):
             answers = [await r.retrieve(q.query, q.namespace, 10, route(path)) for q in two_hop]
             scores[path] = quality.mean(quality.score(q, ids(a)) for q, a in zip(two_hop, answers, strict=False))
     assert len(two_hop) == 120
-    assert scores["hybrid"].recall_at_10 >= 0.95 and scores["hybrid"].top3 >= 0.9, scores["hybrid"]
+    assert scores["graph"].recall_at_10 >= 0.95 and scores["graph"].top3 >= 0.9, scores["graph"]
+    assert scores["hybrid"].recall_at_10 >= 0.95 and scores["hybrid"].mrr > scores["vector"].mrr, scores["hybrid"]
     assert scores["vector"].recall_at_10 <= 0.3, scores["vector"]
     assert scores["hybrid"].recall_at_10 - scores["vector"].recall_at_10 >= 0.6
 
@@ -333,6 +336,7 @@ async def test_reopen_after_a_crash_reflects_the_store(tmp_path: Path, kind: str
     await first.add([mem("owner-2", new_owner)])
     assert await first.delete("default", "note-3") and await first.delete("default", "fresh-2")
     await first.store.close()  # the crash: the store committed, the index files were not saved
+    first._lexical.close()  # ... and the dead process's lock on its lexical indexes went with it
 
     embedder = InstrumentedEmbedder()
     async with opened(build(tmp_path, embedder=embedder, settings=settings)) as r:
@@ -351,7 +355,8 @@ async def test_reopen_after_a_crash_reflects_the_store(tmp_path: Path, kind: str
         assert changed.results[0].text == new_owner
         stale = (await r.retrieve(old_owner, "default", 1, route("vector"))).results[0]
         assert not (stale.id == "owner-2" and stale.score > 0.99)  # no vector of the old text left
-        assert "owner-2" in ids(await r.retrieve(TWO_HOP_Q, "default", 10, route("hybrid")))[:3]
+        assert "owner-2" in ids(await r.retrieve(TWO_HOP_Q, "default", 10, route("graph")))[:3]  # links reloaded
+        assert "owner-2" in ids(await r.retrieve(TWO_HOP_Q, "default", 10, route("hybrid")))
         assert ids(await r.retrieve("Capacity review CAP-31", "default", 3, route("hybrid")))[0] == "fresh-1"
         assert ids(await r.retrieve("Handover note HND-5", "late", 3, route("hybrid"))) == ["late-1"]
     again = InstrumentedEmbedder()
@@ -424,6 +429,7 @@ async def test_run_saves_changed_indexes_so_a_crash_loses_nothing(tmp_path: Path
                 await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
     await first.store.close()  # crash after the periodic save
+    first._lexical.close()  # (a dead process holds no lock)
     embedder = InstrumentedEmbedder()
     async with opened(build(tmp_path, embedder=embedder)) as r:
         assert embedder.memories_embedded(corpus(30)) == [] and r.count() == 30
@@ -540,8 +546,8 @@ async def test_graph_only_route_is_not_served_by_vector_during_mongo_outage(tmp_
 
 
 async def test_slow_vector_source_is_left_out_and_the_graph_answers(tmp_path: Path) -> None:
-    """An embedder slower than vector_timeout: hybrid answers from the graph alone, degraded,
-    within the timeout, and the degraded answer is not cached."""
+    """An embedder slower than vector_timeout: hybrid answers from the lexical leg and the graph,
+    degraded, within the timeout, and the degraded answer is not cached."""
     embedder = InstrumentedEmbedder()
     registry = CollectorRegistry()
     settings = RetrieverSettings(vector_timeout=0.05)
@@ -550,14 +556,14 @@ async def test_slow_vector_source_is_left_out_and_the_graph_answers(tmp_path: Pa
         embedder.delay = 2.0
         with anyio.fail_after(1.0):
             answer = await r.retrieve(INCIDENT_Q, "default", 10, ALL_ON)
-        assert answer.degraded and answer.path == "graph" and answer.cache == "miss"
-        assert ids(answer)[:3] == ["incident-3", "release-3", "owner-3"]
+        assert answer.degraded and answer.path == "hybrid" and answer.cache == "miss"
+        assert ids(answer)[0] == "incident-3" and {"release-3", "owner-3"} <= set(ids(answer))
         assert all(x.ranks["vector"] is None for x in answer.results)
         assert len(answer.reasons) == 1 and "timed out" in answer.reasons[0]
         assert answer.reasons[0].startswith("vector")
         assert answer.latency_ms < 500
         assert sample(registry, "hybrid_rag_degraded_total", reason="vector") == 1
-        assert sample(registry, "hybrid_rag_queries_total", path="graph") == 1
+        assert sample(registry, "hybrid_rag_queries_total", path="hybrid") == 1
         embedder.delay = 0.0
         healthy = await r.retrieve(INCIDENT_Q, "default", 10, ALL_ON)
         assert healthy.cache == "miss" and healthy.path == "hybrid" and not healthy.degraded
@@ -579,9 +585,10 @@ async def test_no_source_answering_fails_and_counts_an_error(tmp_path: Path, pat
     assert sample(registry, "hybrid_rag_queries_total", path=path) == 1
 
 
-async def test_hybrid_without_entity_seeds_fails_when_the_vector_source_times_out(tmp_path: Path) -> None:
-    """A hybrid query naming no rare term seeds its graph walk from the vector hits; when the
-    vector source times out no source answered, so it fails instead of an empty "graph" answer."""
+async def test_hybrid_matching_nothing_when_the_vector_source_times_out_is_empty_and_degraded(tmp_path: Path) -> None:
+    """A hybrid query whose words no memory holds, while the vector leg times out: the lexical
+    leg answered (nothing matches) and the walk had no seed, so the answer is empty and says
+    the vector leg was left out -- never the vector leg's neighbours passed off as found."""
     embedder = InstrumentedEmbedder()
     registry = CollectorRegistry()
     async with opened(
@@ -589,11 +596,12 @@ async def test_hybrid_without_entity_seeds_fails_when_the_vector_source_times_ou
     ) as r:
         await r.add(corpus(30))
         embedder.delay = 2.0
-        with anyio.fail_after(1.0), pytest.raises(RetrievalFailed):
+        with anyio.fail_after(1.0):
             answer = await r.retrieve("zzqx wvvy", "default", 10, ALL_ON)
-            pytest.fail(f"answered {answer.to_dict()}")
-    assert sample(registry, "hybrid_rag_errors_total", path="hybrid", reason="no_source") == 1
-    assert sample(registry, "hybrid_rag_queries_total", path="graph") == 0
+        assert answer.results == [] and answer.degraded and answer.path == "hybrid"
+        assert answer.reasons == ("vector: timed out after 50 ms",)
+    assert sample(registry, "hybrid_rag_errors_total", path="hybrid", reason="no_source") == 0
+    assert sample(registry, "hybrid_rag_degraded_total", reason="vector") == 1
 
 
 # --- readiness and metrics --------------------------------------------------------------

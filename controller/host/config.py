@@ -17,6 +17,7 @@ from typing import Any
 
 from controller.errors import ConfigError
 from flags.parse import deeper_than, unreadable
+from retrieval.defaults import DEFAULT_EMBEDDER, DEFAULT_RRF_K, DEFAULT_WEIGHTS
 from retrieval.embedder import EmbedderError, check_spec
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -34,13 +35,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "retrieval": {
         "mongodb_uri": None,
         "redis_url": None,
-        "embedder": "hashing",
+        "embedder": DEFAULT_EMBEDDER,
         "index": "flat",
-        "rrf_k": 60,
-        "vector_weight": 1.0,
-        "graph_weight": 1.5,
+        "rrf_k": DEFAULT_RRF_K,
+        "vector_weight": DEFAULT_WEIGHTS["vector"],
+        "lexical_weight": DEFAULT_WEIGHTS["lexical"],
+        "graph_weight": DEFAULT_WEIGHTS["graph"],
         "hops": 2,
         "vector_timeout_ms": 500,
+        "lexical_timeout_ms": 500,
         "graph_timeout_ms": 500,
         "cache_ttl_seconds": 300,
         "labelled_set": None,
@@ -79,13 +82,15 @@ class DaemonSection:
 class RetrievalSection:
     """[retrieval]: where memories live and how the retriever searches them."""
 
-    embedder: str = "hashing"
+    embedder: str = DEFAULT_EMBEDDER
     index: str = "flat"
-    rrf_k: int = 60
-    vector_weight: float = 1.0
-    graph_weight: float = 1.5
-    hops: int = 2
+    rrf_k: int = DEFAULT_RRF_K
+    vector_weight: float = DEFAULT_WEIGHTS["vector"]
+    lexical_weight: float = DEFAULT_WEIGHTS["lexical"]
+    graph_weight: float = DEFAULT_WEIGHTS["graph"]
+    hops: int = 2  # accepted for old configs; the graph walk (personalized PageRank) has no hop count
     vector_timeout: float = 0.5
+    lexical_timeout: float = 0.5
     graph_timeout: float = 0.5
     cache_ttl: float = 300.0
     labelled_set: Path | None = None
@@ -205,7 +210,7 @@ def _retrieval(r: dict[str, Any], path: Path) -> RetrievalSection:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (1000 if key == "rrf_k" else 5):
             bound = "1 to 1000" if key == "rrf_k" else "1 to 5"
             raise ConfigError(path, f"[retrieval] {key} = {value!r}: expected a whole number from {bound}")
-    for key in ("vector_weight", "graph_weight"):
+    for key in ("vector_weight", "lexical_weight", "graph_weight"):
         value = r[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(path, f"[retrieval] {key} = {value!r}: expected a number >= 0")
@@ -219,9 +224,11 @@ def _retrieval(r: dict[str, Any], path: Path) -> RetrievalSection:
         index=r["index"],
         rrf_k=r["rrf_k"],
         vector_weight=float(r["vector_weight"]),
+        lexical_weight=float(r["lexical_weight"]),
         graph_weight=float(r["graph_weight"]),
         hops=r["hops"],
         vector_timeout=_positive(r, "vector_timeout_ms", path, "retrieval") / 1000,
+        lexical_timeout=_positive(r, "lexical_timeout_ms", path, "retrieval") / 1000,
         graph_timeout=_positive(r, "graph_timeout_ms", path, "retrieval") / 1000,
         cache_ttl=_positive(r, "cache_ttl_seconds", path, "retrieval"),
         labelled_set=Path(labelled) if labelled else None,

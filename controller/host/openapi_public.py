@@ -20,6 +20,7 @@ from flags.request_json import MAX_DEPTH
 from retrieval.http_api import MAX_BATCH, MAX_BATCH_BODY, MAX_BODY, MAX_QUERY_CHARS
 from retrieval.memory import ID_PATTERN, MAX_LINKS, NAMESPACE_PATTERN
 from retrieval.retriever import MAX_TOP_K
+from retrieval.search import LEGS
 
 Schema = dict[str, Any]
 VERSION = "1"
@@ -164,6 +165,14 @@ def _retrieval() -> dict[str, Schema]:
             "namespace": MEMORY["properties"]["namespace"],
             "targetingKey": {"type": "string", "minLength": 1},
             "context": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+            "legs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": len(LEGS),
+                "uniqueItems": True,
+                "items": {"enum": list(LEGS)},
+                "description": "run only these legs (each must be granted by the caller's path; default: all it grants)",
+            },
         },
     }
     result = {"type": "object", "required": ["id", "score", "text", "ranks"]}
@@ -181,7 +190,7 @@ def _retrieval() -> dict[str, Schema]:
                             "required": ["results", "path", "cache", "degraded", "latency_ms"],
                             "properties": {
                                 "results": {"type": "array", "items": result},
-                                "path": {"enum": ["hybrid", "vector", "graph"]},
+                                "path": {"enum": ["hybrid", "vector", "graph", "lexical"]},
                                 "cache": {"enum": ["hit", "miss", "bypass"]},
                                 "degraded": {"type": "boolean"},
                             },

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from controller.host.config import Config
 from flags.store import FlagStore
 from retrieval.backends import build_cache, build_embedder, build_store
+from retrieval.embed_batcher import BatchingEmbedder
 from retrieval.embedder import EmbedderError
 from retrieval.faults import Faults
 from retrieval.graph_store import GraphStoreError
@@ -44,15 +45,16 @@ def build_retriever(config: Config, registry: CollectorRegistry, faults: Faults 
     settings = RetrieverSettings(
         index_kind=cast(Kind, r.index),  # the config checked it is one of the kinds
         rrf_k=r.rrf_k,
-        weights={"vector": r.vector_weight, "graph": r.graph_weight},
+        weights={"vector": r.vector_weight, "lexical": r.lexical_weight, "graph": r.graph_weight},
         hops=r.hops,
         vector_timeout=r.vector_timeout,
+        lexical_timeout=r.lexical_timeout,
         graph_timeout=r.graph_timeout,
     )
     return Retriever(
         store,
         build_cache(config.redis_url, ttl=r.cache_ttl),
-        build_embedder(r.embedder),
+        BatchingEmbedder(build_embedder(r.embedder)),  # concurrent writes' texts embedded in one call
         directory,
         settings,
         RetrievalMetrics(registry),

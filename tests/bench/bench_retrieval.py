@@ -108,7 +108,7 @@ from retrieval.cache_memory import LocalCache
 from retrieval.cache_redis import RedisCache
 from retrieval.corpus import Corpus, generate
 from retrieval.embedded_store import EmbeddedStore
-from retrieval.embedder import Embedder
+from retrieval.embedder import Embedder, EmbedKind
 from retrieval.embedder_hashing import HashingEmbedder
 from retrieval.embedder_static import StaticModelEmbedder
 from retrieval.gating import ALL_ON, GRAPH, HYBRID, VECTOR, Route, choose_route
@@ -181,12 +181,12 @@ class PreEmbedded:
         queries = list(dict.fromkeys(queries))
         for start in range(0, len(queries), 512):
             chunk = queries[start : start + 512]
-            self._vectors.update(zip(chunk, await self.inner.embed(chunk), strict=False))
+            self._vectors.update(zip(chunk, await self.inner.embed(chunk, kind="query"), strict=False))
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if len(texts) == 1 and texts[0] in self._vectors:
+    async def embed(self, texts: Sequence[str], *, kind: EmbedKind = "passage") -> np.ndarray:
+        if kind == "query" and len(texts) == 1 and texts[0] in self._vectors:
             return self._vectors[texts[0]].reshape(1, -1)
-        return await self.inner.embed(texts)
+        return await self.inner.embed(texts, kind=kind)
 
 
 # -- shared plumbing ------------------------------------------------------------------------
@@ -237,7 +237,8 @@ async def open_retriever(
 def index_facts(retriever: Retriever, index_kind: str) -> dict[str, Any]:
     """The kind of the namespace's index and, for IVF, whether it trained and its lists; an IVF
     index still exact would make its figures the flat index's, so that fails the run."""
-    index = retriever._indexes[NAMESPACE]
+    index = retriever._vectors.get(NAMESPACE)
+    assert index is not None
     facts: dict[str, Any] = {"kind": index.kind}
     if index_kind == "ivf":
         if not index.trained:
@@ -618,7 +619,7 @@ async def embed_figures(questions: Sequence[Question]) -> dict[str, Any]:
     out = {}
     for embedder in available_embedders():
         await embedder.embed(["warm-up"])
-        seconds = await timed(lambda q, embedder=embedder: embedder.embed([q.query]), questions)
+        seconds = await timed(lambda q, embedder=embedder: embedder.embed([q.query], kind="query"), questions)
         out[embedder.name] = latency_summary_ms(seconds)
     return out
 

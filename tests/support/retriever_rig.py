@@ -16,7 +16,7 @@ from retrieval.cache import RetrievalCache
 from retrieval.cache_memory import LocalCache
 from retrieval.corpus import generate
 from retrieval.embedded_store import EmbeddedStore
-from retrieval.embedder import Embedder
+from retrieval.embedder import Embedder, EmbedKind
 from retrieval.embedder_hashing import HashingEmbedder
 from retrieval.gating import CACHE, GRAPH, HYBRID, VECTOR, Route, choose_route
 from retrieval.graph_store import GraphStore
@@ -58,11 +58,11 @@ class InstrumentedEmbedder:
         self.delay = delay
         self.seen: list[str] = []
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], *, kind: EmbedKind = "passage") -> np.ndarray:
         if self.delay:
             await anyio.sleep(self.delay)
         self.seen += texts
-        return await self.inner.embed(texts)
+        return await self.inner.embed(texts, kind=kind)
 
     def memories_embedded(self, memories: Iterable[Memory]) -> list[str]:
         """Which of `memories` had their text embedded, as sorted "namespace/id"s.

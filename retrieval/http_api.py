@@ -198,9 +198,9 @@ def _string(body: dict[str, Any], field: str, *, required: bool, limit: int) -> 
 
 def _legs(body: dict[str, Any]) -> list[str] | None:
     """The legs a caller narrowed the answer to (`None`: every leg its path grants)."""
-    legs = body.get("legs")
-    if legs is None:
+    if "legs" not in body:
         return None
+    legs = body["legs"]
     if not isinstance(legs, list) or not legs or not all(isinstance(leg, str) for leg in legs):
         raise ApiError(400, f"legs must be a non-empty list of {', '.join(LEGS)}", "legs")
     unknown = [leg for leg in legs if leg not in LEGS]

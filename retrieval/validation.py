@@ -49,12 +49,14 @@ from retrieval.retriever import NotReady, RetrievalFailed, Retriever
 log = structlog.get_logger("rolloutd.retrieval")
 
 VALIDATION_NAMESPACE = "rolloutd-validation"  # reserved: the synthetic corpus lives here
-PATHS = ("hybrid", "vector", "graph")
+PATHS = ("hybrid", "vector", "graph", "lexical")
 ROUTES: Mapping[str, Route] = {  # cache off: a cached answer measures the cache
     "hybrid": choose_route({VECTOR: True, GRAPH: True, HYBRID: True}),
     "vector": choose_route({VECTOR: True}),
     "graph": choose_route({GRAPH: True}),
+    "lexical": choose_route({VECTOR: True, GRAPH: True, HYBRID: True}),  # narrowed by LEGS_OF
 }
+LEGS_OF: Mapping[str, list[str]] = {"lexical": ["lexical"]}  # the lexical leg has no path of its own
 METRICS = ("precision_at_10", "recall_at_10", "top3", "mrr", "ndcg_at_10")
 Predicate = Callable[[], bool]
 
@@ -147,7 +149,7 @@ async def measure(retriever: Retriever, questions: Sequence[Question], paths: Se
     for path in paths:
         per_hops: dict[int, list[Scores]] = defaultdict(list)
         for q in questions:
-            answer = await retriever.retrieve(q.query, q.namespace, K, ROUTES[path], quiet=True)
+            answer = await retriever.retrieve(q.query, q.namespace, K, ROUTES[path], legs=LEGS_OF.get(path), quiet=True)
             degraded += answer.degraded
             per_hops[q.hops].append(score(q, [r.id for r in answer.results]))
         scores[path] = mean(s for group in per_hops.values() for s in group)

@@ -58,13 +58,18 @@ def daemon(tmp_path: Path):
 
 
 def test_ready_status_watchdog_and_stopping_reach_notify_socket(tmp_path: Path, notify: NotifyListener) -> None:
-    """READY=1 with STATUS and MAINPID once serving, WATCHDOG=1 at half WATCHDOG_USEC, STOPPING=1 on SIGTERM."""
+    """READY=1 with STATUS and MAINPID once serving, WATCHDOG=1 at half WATCHDOG_USEC, STOPPING=1 on SIGTERM.
+
+    Serving means flags: OFREP answers the moment READY=1 is sent. The retriever loads in the
+    background (its embedding model, its indexes), so /readyz turns 200 when it has, not before."""
     d = Daemon(write_config(tmp_path), env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"})
     d.start(wait=False)
     ready = notify.wait_for("READY", "1")
     assert ready["MAINPID"] == str(d.proc.pid)
     assert "serving 1 flags" in ready["STATUS"]
-    assert httpx.get(d.base_url + "/readyz").status_code == 200, "READY=1 must mean serving"
+    ofrep = httpx.post(d.base_url + "/ofrep/v1/evaluate/flags", json={"context": {"targetingKey": "a"}})
+    assert ofrep.status_code == 200, "READY=1 must mean serving flags"
+    d.wait_ready(timeout=20.0)  # and the retriever follows
     start = time.monotonic()
     for _ in range(4):
         notify.wait_for("WATCHDOG", "1", timeout=2.0)

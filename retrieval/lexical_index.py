@@ -67,6 +67,9 @@ _WRITER_HEAP = 32_000_000  # tantivy flushes a segment when this fills; one thre
 _SCHEMA_FIELDS = {"key": "u64", "fp": "i64", "text": "text"}
 
 
+TIE_SLACK = 16  # extra hits fetched so that ties at the k-th score are broken by key
+
+
 class LexicalIndexError(Exception):
     """The on-disk index is missing parts, torn, foreign or locked: delete and rebuild it."""
 
@@ -202,9 +205,12 @@ class LexicalIndex:
         should = _T.Occur.Should
         clauses = [(should, _T.Query.term_query(self._schema, "text", t, index_option="freq")) for t in terms]
         searcher = self._searcher()
-        hits = self._guard(lambda: searcher.search(_T.Query.boolean_query(clauses), k, count=False).hits)
+        # A few more than k, ordered by (score, key): which of two equal scores comes first must
+        # not depend on how tantivy's background merges happened to lay out the segments.
+        hits = self._guard(lambda: searcher.search(_T.Query.boolean_query(clauses), k + TIE_SLACK, count=False).hits)
         keys = self._guard(lambda: searcher.fast_field_values("key", [address for _, address in hits]))
-        return [(key, float(score)) for (score, _), key in zip(hits, keys, strict=True)]
+        ranked = sorted(((key, float(score)) for (score, _), key in zip(hits, keys, strict=True)), key=_best_first)
+        return ranked[:k]
 
     def fingerprints(self) -> dict[int, int]:
         """key → fingerprint of every live doc, from one snapshot."""
@@ -274,6 +280,10 @@ class LexicalIndex:
             if _is_fatal(exc):
                 raise
             raise LexicalIndexError(self.directory, f"{exc.__class__.__name__}: {exc}") from exc
+
+
+def _best_first(hit: tuple[int, float]) -> tuple[float, int]:
+    return (-hit[1], hit[0])
 
 
 def _valid_key(key: int) -> int:

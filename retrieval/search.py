@@ -91,16 +91,18 @@ class Legs:
 
         async def graph() -> list[Hit]:
             # The seeds' legs run even when not granted as a leg of their own (the graph
-            # path): they only choose where the walk starts, never what is served.
+            # path, or `legs` narrowed to the graph): they only choose where the walk starts,
+            # never what is served, and the walk starts from the same seeds on every path.
             for name in ("vector", "lexical"):
                 if name in legs:
                     await done[name].wait()
             lexical = out.lists.get("lexical")
             if lexical is None and "lexical" not in legs:
                 lexical = [k for k, _ in await self.lexical.search(namespace, query, s.graph_seeds)]
-            seeds = self.seeds(s, namespace, query, lexical or [], out.lists.get("vector", []))
-            if not seeds and "vector" not in legs:
-                seeds = {k: 1.0 for k, _ in await self.vector(namespace, query, s.graph_seeds)}
+            vector = out.lists.get("vector")
+            if vector is None and "vector" not in legs:
+                vector = await self.vector_seeds(s, namespace, query)
+            seeds = self.seeds(s, namespace, query, lexical or [], vector or [])
             t = self.timer()
             walked = self.graph.walk(namespace, seeds, s.expand_limit * 2, explicit=self.store.neighbours)
             self.metrics.graph_queries.inc()
@@ -133,6 +135,16 @@ class Legs:
             for rank, key in enumerate(ranked):
                 hits[key] = hits.get(key, 0.0) + 1.0 / (1 + rank)
         return mix_seeds(self.graph.query_phrases(namespace, query), hits)
+
+    async def vector_seeds(self, s: SearchSettings, namespace: str, query: str) -> list[int]:
+        """The best vector hits for seeding only: within the vector leg's own timeout, and
+        nothing (the walk starts from the rest) when the embedder fails or is slow."""
+        with anyio.move_on_after(s.timeouts["vector"]):
+            try:
+                return [k for k, _ in await self.vector(namespace, query, s.graph_seeds)]
+            except Exception as exc:  # noqa: BLE001  (seeding is best effort; the graph leg still answers)
+                log.warning("retrieval.graph_seeds.vector_failed", error=repr(exc))
+        return []
 
     async def vector(self, namespace: str, query: str, k: int) -> list[Hit]:
         if self.vectors.get(namespace) is None:

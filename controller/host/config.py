@@ -17,7 +17,7 @@ from typing import Any
 
 from controller.errors import ConfigError
 from flags.parse import deeper_than, unreadable
-from retrieval.defaults import DEFAULT_EMBEDDER, DEFAULT_RRF_K, DEFAULT_WEIGHTS
+from retrieval.defaults import DEFAULT_EMBEDDER, DEFAULT_INDEX, DEFAULT_RRF_K, DEFAULT_WEIGHTS
 from retrieval.embedder import EmbedderError, check_spec
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -36,7 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "mongodb_uri": None,
         "redis_url": None,
         "embedder": DEFAULT_EMBEDDER,
-        "index": "flat",
+        "index": DEFAULT_INDEX,
         "rrf_k": DEFAULT_RRF_K,
         "vector_weight": DEFAULT_WEIGHTS["vector"],
         "lexical_weight": DEFAULT_WEIGHTS["lexical"],
@@ -83,7 +83,7 @@ class RetrievalSection:
     """[retrieval]: where memories live and how the retriever searches them."""
 
     embedder: str = DEFAULT_EMBEDDER
-    index: str = "flat"
+    index: str = DEFAULT_INDEX
     rrf_k: int = DEFAULT_RRF_K
     vector_weight: float = DEFAULT_WEIGHTS["vector"]
     lexical_weight: float = DEFAULT_WEIGHTS["lexical"]

@@ -8,8 +8,9 @@ No argument runs all twelve; each is described in its module:
     reaction            bench_controller.py  a sustained breach → flags rolled back and fsynced
     replay              bench_controller.py  `rolloutd replay` of the 72-hour plan over real history
     idle                bench_controller.py  an idle daemon's CPU; RSS across 10,000 evaluations
-    retrieval           bench_retrieval.py   vector (exact, IVF, HNSW), 2-hop graph, hybrid, cache hits at 10k/100k
-                                             memories; throughput on two cores, RSS, build and reload
+    retrieval           bench_retrieval.py   at 100k memories, default embedder: hybrid (query embedded) and each leg,
+                                             cache hits through Redis, the walk at 500k+ links, writes through a
+                                             daemon, restart without re-embedding, RSS per structure
     quality             bench_retrieval.py   P@10, R@10, top-3, MRR, nDCG by hops: vector vs hybrid vs graph,
                                              hashing and the wordllama model
     multihop            bench_multihop.py    Recall@2/5/10 on MuSiQue and HotpotQA through a real daemon, per leg

@@ -50,6 +50,7 @@ import numpy as np
 
 from retrieval.backends import build_embedder
 from retrieval.embedder import Embedder
+from retrieval.fusion import fuse
 from retrieval.gating import CACHE, GRAPH, HYBRID, VECTOR
 from retrieval.labelled_sets import GoldQuestion, MultihopSet, load_set
 from tests.bench import REPO, BenchFailure, heading, line, percentile, table, verdict
@@ -76,6 +77,7 @@ R5_TARGETS = {
 ISSUE_BM25_R5 = {"musique": 0.531, "hotpotqa": 0.775}
 R2_MARGIN = 0.10
 CLOSE_OVERLAP, CLOSE_R5 = 0.9, 0.02  # vector path vs dense-only
+SWEEP_GRAPH_WEIGHTS, SWEEP_RRF_K = (1.0, 1.5, 2.0, 3.0, 5.0), (10, 60)  # the fusion sweep (vector, lexical 1)
 
 
 def data_dir() -> Path:
@@ -366,6 +368,7 @@ def measure_embedder(
         out["load"] = client.load(data)
         out["legs"] = client.probe_legs(questions[0].query)
         out["paths"], rankings = ask_all(client, data, questions)
+        out["fusion_sweep"] = fusion_sweep(data, questions, rankings)
     finally:
         client.close()
         started.stop()
@@ -403,6 +406,27 @@ def ask_all(
             [a["latency_ms"] for a in answers]
         )
     return paths, rankings
+
+
+def fusion_sweep(
+    data: MultihopSet, questions: Sequence[GoldQuestion], rankings: Mapping[str, list[list[str]]]
+) -> dict[str, Any]:
+    """R@2/5/10 of the three legs' top-10 lists (as answered) fused offline by weighted RRF, over
+    the graph weight and `rrf_k` (vector and lexical 1): how the defaults were chosen. The cell
+    of the defaults must equal the daemon's own hybrid answer."""
+    if not all(leg in rankings for leg in LEGS):
+        return {}
+    titles = data.title_of()
+    out: dict[str, Any] = {}
+    for k in SWEEP_RRF_K:
+        for graph in SWEEP_GRAPH_WEIGHTS:
+            weights = {"vector": 1.0, "lexical": 1.0, "graph": graph}
+            fused = [
+                [f.id for f in fuse({leg: rankings[leg][i] for leg in LEGS}, weights=weights, k=k, limit=TOP_K)]
+                for i in range(len(questions))
+            ]
+            out[f"graph {graph:g}, rrf_k {k}"] = recalls(questions, [[titles.get(i, "") for i in r] for r in fused])
+    return out
 
 
 # -- printing ---------------------------------------------------------------------------------------
@@ -454,6 +478,8 @@ def print_set(name: str, out: Mapping[str, Any]) -> None:
                 f"vector path vs dense-only, {spec}",
                 f"top-10 overlap {c['top10_overlap']:.3f}, R@5 {c['r@5_diff']:+.3f}: {'close' if close else 'DIFFERS'}",
             )
+        for cell, f in m.get("fusion_sweep", {}).items():
+            line(f"fused offline, {spec}, {cell}", f"R@2 {f['r@2']:.3f}  R@5 {f['r@5']:.3f}  R@10 {f['r@10']:.3f}")
         for t in m["targets"]:
             value = (
                 t["value"] if isinstance(t["value"], str) else f"{t['value']:.3f}" if t["value"] is not None else "-"

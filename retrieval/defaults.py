@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 DEFAULT_EMBEDDER = "static:wordllama"
 # Exact below 20,000 memories a namespace, k-means lists above: on wordllama vectors at 100,000
-# it keeps recall@10 0.970 by id (1.000 counting ties) and hybrid p95 4.8 ms, where exact is 15.2
+# it keeps recall@10 0.970 by id (1.000 counting ties) and hybrid p95 3.1 ms, where exact is 9.2
 # (`make bench BENCH_ARGS=retrieval`, 2026-12-06).
 DEFAULT_INDEX = "ivf"
 DEFAULT_RRF_K = 60

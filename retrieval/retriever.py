@@ -80,7 +80,6 @@ class RetrieverSettings:
     index_kind: Kind = "flat"  # "flat" (exact), "ivf" or "hnsw"
     rrf_k: int = DEFAULT_RRF_K
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    hops: int = 2
     graph_seeds: int = 5  # lexical and vector hits that seed the walk
     expand_limit: int = 100  # memories the walk returns at most
     vector_timeout: float = 0.5  # seconds, per leg
@@ -148,6 +147,7 @@ class Retriever:
         self.faults = faults  # injected on purpose (the demo); None in production
         self.directory = Path(directory)
         self.settings = settings or RetrieverSettings()
+        self._search_settings = self.settings.search()  # frozen: built once, read by every query
         self.metrics = metrics or RetrievalMetrics()
         self._quiet = RetrievalMetrics()  # a private registry nobody scrapes: `retrieve(quiet=True)`
         self._timer = timer
@@ -365,7 +365,7 @@ class Retriever:
             if cached is not None:
                 results = [Result(r["id"], r["score"], r["text"], r["ranks"]) for r in json.loads(cached)]
                 return self._answered(m, results, path, "hit", reasons, started)
-        found = await self._legs(m).run(self.settings.search(), query, namespace, top_k, sources)
+        found = await self._legs(m).run(self._search_settings, query, namespace, top_k, sources)
         if not found.lists:
             m.queries.labels(path).inc()
             m.errors.labels(path, "no_source").inc()
@@ -373,7 +373,7 @@ class Retriever:
             log.error("retrieval.failed", path=path, namespace=namespace, problem=problem)
             raise RetrievalFailed(problem)
         t = self._timer()
-        results = [self._result(k, score, ranks) for k, score, ranks in fuse_legs(self.settings.search(), found, top_k)]
+        results = [self._result(k, score, ranks) for k, score, ranks in fuse_legs(self._search_settings, found, top_k)]
         results = [r for r in results if r.id]
         m.stage.labels("fuse").observe(self._timer() - t)
         reasons += found.failed

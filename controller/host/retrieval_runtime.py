@@ -46,7 +46,6 @@ def build_retriever(config: Config, registry: CollectorRegistry, faults: Faults 
         index_kind=cast(Kind, r.index),  # the config checked it is one of the kinds
         rrf_k=r.rrf_k,
         weights={"vector": r.vector_weight, "lexical": r.lexical_weight, "graph": r.graph_weight},
-        hops=r.hops,
         vector_timeout=r.vector_timeout,
         lexical_timeout=r.lexical_timeout,
         graph_timeout=r.graph_timeout,

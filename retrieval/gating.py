@@ -23,7 +23,7 @@ have all of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -51,6 +51,10 @@ class Route:
         return {"hybrid": ("vector", "lexical", "graph"), "vector": ("vector",), "graph": ("graph",), None: ()}[
             self.path
         ]
+
+    def refused(self, legs: Sequence[str]) -> list[str]:
+        """Those of `legs` this route does not grant (a caller may narrow its legs, never widen them)."""
+        return [leg for leg in legs if leg not in self.sources]
 
 
 def choose_route(on: Mapping[str, bool]) -> Route:

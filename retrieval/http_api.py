@@ -124,7 +124,7 @@ def retrieval_routes(
                 f"{context['targetingKey']!r}): every retrieval flag is off for it",
                 flags=dict(route.flags),
             )
-        outside = [leg for leg in legs or () if leg not in route.sources]
+        outside = route.refused(legs or ())
         if outside:
             raise ApiError(
                 403,

@@ -340,7 +340,7 @@ class Retriever:
             raise ValueError("the route grants no retrieval path")
         granted = route.sources
         if legs is not None:
-            outside = [leg for leg in legs if leg not in granted]
+            outside = route.refused(legs)
             if outside or not legs:
                 raise ValueError(f"legs {outside or list(legs)} not granted on the {route.path} path: {list(granted)}")
             granted = tuple(leg for leg in LEGS if leg in legs)

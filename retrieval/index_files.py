@@ -25,9 +25,14 @@ import numpy as np
 SUFFIX = ".rvix"
 
 
+def namespace_stem(namespace: str) -> str:
+    """A file-name-safe name for `namespace`'s index (hashed: namespaces may hold any character)."""
+    return hashlib.sha256(namespace.encode()).hexdigest()[:24]
+
+
 def index_path(directory: Path, namespace: str) -> Path:
-    """The file of `namespace`'s index (hashed: namespaces may hold any character)."""
-    return directory / f"{hashlib.sha256(namespace.encode()).hexdigest()[:24]}{SUFFIX}"
+    """The file of `namespace`'s vector index."""
+    return directory / f"{namespace_stem(namespace)}{SUFFIX}"
 
 
 def fingerprint(text: str) -> int:

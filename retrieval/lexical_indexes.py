@@ -13,7 +13,6 @@ must not hold up the event loop that serves queries.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import anyio
 import structlog
 
-from retrieval.index_files import reconcile
+from retrieval.index_files import namespace_stem, reconcile
 from retrieval.lexical_index import LexicalIndex, LexicalIndexError
 
 log = structlog.get_logger("rolloutd.retrieval")
@@ -30,7 +29,7 @@ RELOAD_BATCH = 4096
 
 
 def lexical_dir(directory: Path, namespace: str) -> Path:
-    return directory / hashlib.sha256(namespace.encode()).hexdigest()[:24]
+    return directory / namespace_stem(namespace)
 
 
 class LexicalIndexes:
